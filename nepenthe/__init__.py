@@ -1,0 +1,30 @@
+"""nepenthe: entropy-based pruning that makes neural networks shallower (NEPENTHE).
+
+Four parts, each behind small public functions:
+
+- kernels: :func:`count_states`, :func:`fused_activation` (exact activation-state counts on every backend);
+- profiler: :func:`profile` (per-call-site state counts and entropy of any model);
+- surgery: :func:`linearize`, :func:`shrink` (remove zero-entropy activations and merge the layers around them);
+- orchestrator: the NEPENTHE pruning loop and the ``nepenthe`` command line.
+"""
+
+from .activations import ActivationSpec, Piece, activation_spec, register_activation
+from .entropy import dominant_state, is_linearizable, layer_entropy, neuron_entropy
+from .kernels import available_backends, backend_status, count_states, fused_activation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationSpec",
+    "Piece",
+    "activation_spec",
+    "available_backends",
+    "backend_status",
+    "count_states",
+    "dominant_state",
+    "fused_activation",
+    "is_linearizable",
+    "layer_entropy",
+    "neuron_entropy",
+    "register_activation",
+]

@@ -1,0 +1,92 @@
+"""The one place that chooses a counting backend.
+
+Order of preference by device: CPU tensors use the C++/OpenMP extension (``cpu``), CUDA tensors the CUDA
+extension (``cuda``) then ``triton``; ``torch`` (the reference) is the fallback everywhere. ``backend=`` or the
+``NEPENTHE_BACKEND`` environment variable forces one; a forced backend that cannot run raises with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("torch", "cpu", "cuda", "triton")
+_MODULES = {
+    "torch": "nepenthe.kernels.torch_backend",
+    "cpu": "nepenthe.kernels.cpu_backend",
+    "cuda": "nepenthe.kernels.cuda_backend",
+    "triton": "nepenthe.kernels.triton_backend",
+}
+_PREFERENCE = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that was asked for cannot run here; the message says why."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend loaded in this process, and why not if it did not."""
+
+    name: str
+    loaded: bool
+    reason: str
+
+
+_loaded: dict[str, ModuleType | BackendStatus] = {}
+
+
+def _load(name: str) -> ModuleType | BackendStatus:
+    if name not in _loaded:
+        try:
+            module = importlib.import_module(_MODULES[name])
+            module.load()
+            _loaded[name] = module
+        except Exception as err:  # noqa: BLE001 - any failure to load is reported, never raised at import
+            _loaded[name] = BackendStatus(name, False, f"{type(err).__name__}: {err}")
+    return _loaded[name]
+
+
+def backend_status() -> list[BackendStatus]:
+    """Every backend with whether it loaded here and, if not, why (what ``nepenthe doctor`` prints)."""
+    out = []
+    for name in BACKENDS:
+        got = _load(name)
+        out.append(got if isinstance(got, BackendStatus) else BackendStatus(name, True, "loaded"))
+    return out
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Names of the backends that can count tensors on ``device`` (all devices if None)."""
+    names = []
+    for name in BACKENDS:
+        got = _load(name)
+        if isinstance(got, BackendStatus):
+            continue
+        if device is None or got.device_problem(torch.device(device)) is None:
+            names.append(name)
+    return names
+
+
+def select_backend(device: torch.device, backend: str | None) -> ModuleType:
+    """The backend module to run on ``device``: the one asked for (or forced by env), else the best loaded."""
+    requested = backend if backend is not None else os.environ.get("NEPENTHE_BACKEND") or None
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {requested!r}")
+        got = _load(requested)
+        if isinstance(got, BackendStatus):
+            raise BackendUnavailable(f"backend {requested!r} is not available: {got.reason}")
+        problem = got.device_problem(device)
+        if problem is not None:
+            raise BackendUnavailable(f"backend {requested!r} cannot run on {device}: {problem}")
+        return got
+    for name in _PREFERENCE.get(device.type, ("torch",)):
+        got = _load(name)
+        if not isinstance(got, BackendStatus) and got.device_problem(device) is None:
+            return got
+    return _load("torch")  # type: ignore[return-value]

@@ -1,0 +1,48 @@
+"""Thresholds as the kernels compare them, so that every backend counts exactly as the float64 reference.
+
+The specification compares each value with each threshold as real numbers. Kernels read float16, bfloat16
+and float32 inputs as float32 (exact), so a threshold that float32 cannot hold is replaced by the largest
+float32 below it: for a float32 value v, ``v > t`` exactly when ``v > round_down(t)``. Such a threshold can
+never tie with a value, so its tie value is NaN (which equals nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MAX_THRESHOLDS = 7
+
+
+@dataclass(frozen=True)
+class KernelThresholds:
+    """``greater[k]``: compare ``v > greater[k]``; ``tie[k]``: value that ties with threshold k (NaN if none)."""
+
+    greater: tuple[float, ...]
+    tie: tuple[float, ...]
+    compute_dtype: torch.dtype
+
+    @property
+    def num_states(self) -> int:
+        return len(self.greater) + 1
+
+
+def kernel_thresholds(thresholds: tuple[float, ...], dtype: torch.dtype) -> KernelThresholds:
+    """Thresholds rounded for a kernel that reads ``dtype`` (float64 stays float64, the rest read float32)."""
+    if dtype == torch.float64:
+        return KernelThresholds(tuple(thresholds), tuple(thresholds), torch.float64)
+    greater, tie = [], []
+    with np.errstate(over="ignore"):
+        for t in thresholds:
+            t32 = np.float32(t)
+            if float(t32) == t:
+                greater.append(float(t32))
+                tie.append(float(t32))
+            else:
+                below = t32 if float(t32) < t else np.nextafter(t32, np.float32(-np.inf))
+                greater.append(float(below))
+                tie.append(math.nan)
+    return KernelThresholds(tuple(greater), tuple(tie), torch.float32)
