@@ -75,9 +75,7 @@ def _prelu_pieces(m: nn.Module) -> list[Piece]:
 
 _REGISTRY: dict[type[nn.Module], ActivationSpec] = {
     nn.ReLU: ActivationSpec(_sign, lambda m: [Piece(0.0, 0.0), Piece(1.0, 0.0)], "relu"),
-    nn.LeakyReLU: ActivationSpec(
-        _sign, lambda m: [Piece(float(m.negative_slope), 0.0), Piece(1.0, 0.0)], "leaky_relu"
-    ),
+    nn.LeakyReLU: ActivationSpec(_sign, lambda m: [Piece(float(m.negative_slope), 0.0), Piece(1.0, 0.0)], "leaky_relu"),
     nn.PReLU: ActivationSpec(_sign, _prelu_pieces),
     nn.Hardtanh: ActivationSpec(_hardtanh_thresholds, _hardtanh_pieces, "hardtanh"),  # ReLU6 too
     nn.ELU: ActivationSpec(_sign, lambda m: [Piece(0.0, 0.0, exact=False), Piece(1.0, 0.0)]),

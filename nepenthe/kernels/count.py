@@ -51,7 +51,5 @@ def count_states(
     if x.numel() == 0:
         return counts
     x, view = readable_view(x, channel_dim)
-    chosen.count(
-        CountJob(x, channel_dim, view, values, kernel_thresholds(values, x.dtype), bool(ignore_ties), counts)
-    )
+    chosen.count(CountJob(x, channel_dim, view, values, kernel_thresholds(values, x.dtype), bool(ignore_ties), counts))
     return counts

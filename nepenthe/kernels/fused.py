@@ -61,8 +61,17 @@ class _FusedActivation(torch.autograd.Function):
         if x.numel():
             chosen.fused_forward(
                 FusedJob(
-                    xr, channel_dim, view, thresholds, kernel_thresholds(thresholds, x.dtype), ignore_ties,
-                    counts, y=y, y_view=y_view, kind=kind, params=params,
+                    xr,
+                    channel_dim,
+                    view,
+                    thresholds,
+                    kernel_thresholds(thresholds, x.dtype),
+                    ignore_ties,
+                    counts,
+                    y=y,
+                    y_view=y_view,
+                    kind=kind,
+                    params=params,
                 )
             )
         ctx.save_for_backward(x)
