@@ -1,0 +1,239 @@
+"""The Triton counting kernel (optionally fused with an activation) and the host code that launches it.
+
+One kernel reads the ``(outer, C, inner)`` strided view of x in tiles of ``[BLOCK_C, BLOCK_I]`` (channels by
+inner positions) and serves every layout: contiguous NCHW tiles run along ``inner`` (stride 1), channels_last
+and token tensors ``(N, L, C)`` tiles run along the channels (stride 1). Triton specialises a stride equal to 1
+and 16-divisible strides/pointers at launch, so the contiguous axis is known at compile time and loads
+vectorise to 128-bit accesses whenever the addresses are aligned.
+
+Each program walks ``iters`` consecutive tiles of one channel block, counts in registers and issues one atomic
+add per (channel, state) at the end, so atomics stay rare and no boolean temporary ever reaches memory.
+Per-element counts are packed into one integer (8 bits per state) so that the reduction across the tile runs
+once per program rather than once per tile; ``iters <= 255`` keeps every 8-bit field from overflowing.
+
+CUDA tensors run the compiled kernel; CPU tensors run it in the Triton interpreter (``TRITON_INTERPRET=1``),
+which is how the kernel is tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+from .jobs import CountJob, FusedJob
+from .layout import ChannelView
+
+# Activation codes (the kernel's ACT constexpr); 0 = count only.
+ACTIVATIONS = {"relu": 1, "hardtanh": 2, "leaky_relu": 3, "gelu_none": 4, "gelu_tanh": 5}
+# The constants tensor holds the greater thresholds, then the tie values, then two activation parameters.
+TIE_OFFSET = tl.constexpr(8)
+PARAM_OFFSET = tl.constexpr(16)
+FIELD_BITS = tl.constexpr(8)
+FIELD_MASK = tl.constexpr(255)
+MAX_ITERS = 255
+NUM_WARPS = 8
+TILE_BYTES = 16384
+ROW_BYTES = 512
+
+
+def _count_states_kernel(
+    x_ptr,
+    y_ptr,
+    counts_ptr,
+    consts_ptr,
+    channels,
+    inner,
+    n_itiles,
+    total_tiles,
+    iters,
+    n_cblocks,
+    s_outer,
+    s_chan,
+    s_inner,
+    ys_outer,
+    ys_chan,
+    ys_inner,
+    K: tl.constexpr,
+    IGNORE_TIES: tl.constexpr,
+    ACT: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    BF16: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    # 64-bit from the start: tile and element offsets of tensors over 2^31 elements overflow int32.
+    pid = tl.program_id(0).to(tl.int64)
+    cblock = pid % n_cblocks
+    first = (pid // n_cblocks) * iters
+    c = cblock * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < channels
+    i_loc = tl.arange(0, BLOCK_I)
+    x_c = c[:, None] * s_chan
+    y_c = c[:, None] * ys_chan
+    acc = tl.zeros([BLOCK_C, BLOCK_I], dtype=ACC)
+    one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
+    for j in range(tl.minimum(iters, total_tiles - first)):
+        t = first + j
+        o = t // n_itiles
+        i = (t - o * n_itiles) * BLOCK_I + i_loc
+        mask = c_ok[:, None] & (i < inner)[None, :]
+        raw = tl.load(x_ptr + (o * s_outer + x_c + i[None, :] * s_inner), mask=mask, other=0.0)
+        if BF16:
+            # bfloat16 is the top half of a float32: widen the bits (exact; the interpreter's cast is not).
+            v = (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        else:
+            v = raw.to(COMPUTE)
+        valid = mask & (v == v)
+        state = tl.zeros([BLOCK_C, BLOCK_I], dtype=tl.int32)
+        for k in tl.static_range(K - 1):
+            state += (v > tl.load(consts_ptr + k)).to(tl.int32)
+            if IGNORE_TIES:
+                valid = valid & (v != tl.load(consts_ptr + TIE_OFFSET + k))
+        # One count per state, packed 8 bits apart: a single add per element for any number of states.
+        acc += tl.where(valid, one << (state.to(ACC) * FIELD_BITS), 0)
+        if ACT != 0:
+            if ACT == 1:
+                out = tl.where(v < 0, 0.0, v)
+            elif ACT == 2:
+                lo = tl.load(consts_ptr + PARAM_OFFSET)
+                hi = tl.load(consts_ptr + PARAM_OFFSET + 1)
+                out = tl.where(v < lo, lo, tl.where(v > hi, hi, v))
+            elif ACT == 3:
+                out = tl.where(v > 0, v, v * tl.load(consts_ptr + PARAM_OFFSET))
+            elif ACT == 4:
+                out = v * 0.5 * (1.0 + tl.math.erf(v * 0.7071067811865476))
+            else:
+                # 0.5 * (1 + tanh(z)) == sigmoid(2z): torch's tanh formula without cancellation for v << 0.
+                z = 0.7978845608028654 * (v + 0.044715 * v * v * v)
+                out = v / (1.0 + tl.exp(-2.0 * z))
+            y_off = o * ys_outer + y_c + i[None, :] * ys_inner
+            if BF16:
+                # Round to nearest even by hand, as torch does (the interpreter's float32 -> bfloat16 cast
+                # rounds half up); NaN stays a quiet NaN.
+                bits = out.to(tl.uint32, bitcast=True)
+                rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+                bits = tl.where(out == out, rounded, (bits >> 16) | 0x40)
+                tl.store(y_ptr + y_off, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+            else:
+                tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=mask)
+    for k in tl.static_range(K):
+        n = tl.sum((acc >> (k * FIELD_BITS)) & FIELD_MASK, axis=1).to(tl.int64)
+        tl.atomic_add(counts_ptr + c * K + k, n, mask=c_ok & (n > 0))
+
+
+@functools.cache
+def compiled_kernel() -> JITFunction:
+    """The kernel as a JIT function for real GPUs (also what ``triton.compile`` takes)."""
+    return JITFunction(_count_states_kernel)
+
+
+@functools.cache
+def interpreted_kernel() -> InterpretedFunction:
+    """The kernel for the Triton interpreter, which runs it on CPU tensors."""
+    return InterpretedFunction(_count_states_kernel)
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(
+    greater: tuple[float, ...], tie: tuple[float, ...], params: tuple[float, float], dtype: torch.dtype, device: str
+) -> torch.Tensor:
+    # Cached: the host-to-device copy happens once per threshold set, not once per counted tensor.
+    values = [0.0] * (PARAM_OFFSET.value + 2)
+    values[: len(greater)] = greater
+    values[TIE_OFFSET.value : TIE_OFFSET.value + len(tie)] = tie
+    values[PARAM_OFFSET.value :] = params
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _target_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        # About 16 resident-or-queued programs per SM: full occupancy, a short tail, few atomics.
+        return 16 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: few programs, so the tests cover programs that walk several tiles
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    return min(triton.next_power_of_2(max(n, 1)), cap)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile shape and work split of one launch over an ``(outer, C, inner)`` view."""
+
+    block_c: int
+    block_i: int
+    iters: int
+    n_cblocks: int
+    n_itiles: int
+    total_tiles: int
+
+    @property
+    def programs(self) -> int:
+        return self.n_cblocks * triton.cdiv(self.total_tiles, self.iters)
+
+
+def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> LaunchConfig:
+    """Tiles of ``TILE_BYTES`` laid along the axis with the smaller stride (the contiguous one when there is one).
+
+    Example::
+
+        >>> launch_config(ChannelView(32, 64, 3136, 64 * 3136, 3136, 1), 4, 2112)  # NCHW float32
+        LaunchConfig(block_c=1, block_i=4096, iters=1, n_cblocks=64, n_itiles=1, total_tiles=32)
+    """
+    tile = TILE_BYTES // itemsize
+    along_channels = view.inner == 1 or (view.channels > 1 and view.stride_channel < view.stride_inner)
+    if along_channels:
+        block_c = _pow2_at_most(view.channels, ROW_BYTES // itemsize)
+        block_i = _pow2_at_most(view.inner, tile // block_c)
+    else:
+        block_i = _pow2_at_most(view.inner, tile)
+        block_c = _pow2_at_most(view.channels, tile // block_i)
+    n_cblocks = triton.cdiv(view.channels, block_c)
+    n_itiles = triton.cdiv(view.inner, block_i)
+    total_tiles = view.outer * n_itiles
+    iters = max(1, min(MAX_ITERS, triton.cdiv(n_cblocks * total_tiles, target_programs)))
+    return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
+
+
+def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Launch the kernel for ``job``: count, and when ``act`` is non-zero write the activation into ``job.y``."""
+    x, view, device = job.x, job.view, job.x.device
+    kt = job.kernel_thresholds
+    consts = _constants(kt.greater, kt.tie, params, kt.compute_dtype, str(device))
+    cfg = launch_config(view, x.element_size(), _target_programs(device))
+    if act:
+        assert isinstance(job, FusedJob)
+        y, y_view = job.y, job.y_view
+    else:
+        y, y_view = x, view
+    states = kt.num_states
+    kernel = compiled_kernel() if device.type == "cuda" else interpreted_kernel()
+    args = (
+        x, y, job.counts, consts, view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters,
+        cfg.n_cblocks, view.stride_outer, view.stride_channel, view.stride_inner,
+        y_view.stride_outer, y_view.stride_channel, y_view.stride_inner,
+    )  # fmt: skip
+    meta = dict(
+        K=states,
+        IGNORE_TIES=job.ignore_ties,
+        ACT=act,
+        COMPUTE=tl.float64 if kt.compute_dtype == torch.float64 else tl.float32,
+        BF16=x.dtype == torch.bfloat16,
+        ACC=tl.int32 if states <= 4 else tl.int64,
+        BLOCK_C=cfg.block_c,
+        BLOCK_I=cfg.block_i,
+        num_warps=NUM_WARPS,
+    )
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[(cfg.programs,)](*args, **meta)
+    else:
+        kernel[(cfg.programs,)](*args, **meta)
