@@ -11,12 +11,15 @@ Four parts, each behind small public functions:
 from .activations import ActivationSpec, Piece, activation_spec, register_activation
 from .entropy import dominant_state, is_linearizable, layer_entropy, neuron_entropy
 from .kernels import available_backends, backend_status, count_states, fused_activation
+from .profiler import LayerInfo, Profile, prepare, profile
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationSpec",
+    "LayerInfo",
     "Piece",
+    "Profile",
     "activation_spec",
     "available_backends",
     "backend_status",
@@ -26,5 +29,7 @@ __all__ = [
     "is_linearizable",
     "layer_entropy",
     "neuron_entropy",
+    "prepare",
+    "profile",
     "register_activation",
 ]
