@@ -40,9 +40,7 @@ def call_site_names(calls: Iterable[tuple[str, int]]) -> dict[tuple[str, int], s
     return {(m, i): site_name(m, i, per_module[m]) for m, i in calls}
 
 
-def activation_modules(
-    model: nn.Module, is_tracked: Callable[[nn.Module], bool] | None = None
-) -> dict[str, nn.Module]:
+def activation_modules(model: nn.Module, is_tracked: Callable[[nn.Module], bool] | None = None) -> dict[str, nn.Module]:
     """Every activation module of ``model`` by qualified name (all registered activations by default)."""
     tracked = is_tracked or (lambda m: activation_spec(m) is not None)
     return {name: m for name, m in model.named_modules(remove_duplicate=False) if name and tracked(m)}

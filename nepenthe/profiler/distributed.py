@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 def _metadata(prof: Profile) -> list[tuple]:
     return [
-        (s.module_name, s.call_index, tuple(s.counts.shape), s.channel_dim, s.thresholds, prof._max_calls[s.module_name])
-        for s in prof._sites.values()
+        (s.module_name, s.call_index, tuple(s.counts.shape), s.channel_dim, s.thresholds, prof._max_calls[name])
+        for name, s in ((s.module_name, s) for s in prof._sites.values())
     ]
 
 
@@ -40,8 +40,13 @@ def all_reduce_profile(prof: Profile, group: object = None) -> None:
             if module_name not in prof._modules:
                 raise ValueError(f"Profile.all_reduce: module {module_name!r} of another rank is not in this model")
             prof._site_from_state(
-                {"module_name": module_name, "call_index": index, "thresholds": entry[4], "channel_dim": entry[3],
-                 "counts": torch.empty(entry[2])}  # fmt: skip
+                {
+                    "module_name": module_name,
+                    "call_index": index,
+                    "thresholds": entry[4],
+                    "channel_dim": entry[3],
+                    "counts": torch.empty(entry[2]),
+                }  # fmt: skip
             )
     sites = [prof._sites[key] for key in sorted(union)]
     if not sites:
@@ -62,5 +67,5 @@ def all_reduce_profile(prof: Profile, group: object = None) -> None:
             s.entropy_sum.copy_(entropy[e_offset : e_offset + c])
             e_offset += c
     if prof.aggregate == "batch_mean":
-        for s, b in zip(sites, entropy[e_offset:].tolist()):
+        for s, b in zip(sites, entropy[e_offset:].tolist(), strict=True):
             s.batches = int(round(b))

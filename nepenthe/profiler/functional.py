@@ -175,7 +175,7 @@ def _module_for(entry: _Functional, node: fx.Node) -> nn.Module | str:
         values[param] = args[index] if index < len(args) else node.kwargs.get(param, default)
     extra = set(node.kwargs) - {p for p, _ in entry.params} - {"input"}
     if len(args) > len(entry.params) or extra:
-        return f"unexpected arguments {args[len(entry.params):]} {sorted(extra)}"
+        return f"unexpected arguments {args[len(entry.params) :]} {sorted(extra)}"
     if any(isinstance(v, fx.Node) for v in values.values()):
         return "an argument is computed in the forward pass (not a constant)"
     if entry.always_inplace:

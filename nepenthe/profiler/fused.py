@@ -37,7 +37,12 @@ class FusedCountingActivation(nn.Module):
             return self.original(x)
         counts, thresholds, channel_dim, ignore_ties = found
         return fused_activation(
-            x, self.kind, counts, channel_dim=channel_dim, thresholds=thresholds, ignore_ties=ignore_ties,
+            x,
+            self.kind,
+            counts,
+            channel_dim=channel_dim,
+            thresholds=thresholds,
+            ignore_ties=ignore_ties,
             **self.params,
         )
 

@@ -296,8 +296,15 @@ class Profile:
     def layers(self) -> dict[str, LayerInfo]:
         """Every layer seen so far, in call order: name -> :class:`LayerInfo` (empty before any forward)."""
         return {
-            self._name(s): LayerInfo(self._name(s), s.module_name, s.call_index, s.module,
-                                     activation_spec(s.module), s.thresholds, s.channel_dim)  # fmt: skip
+            self._name(s): LayerInfo(
+                self._name(s),
+                s.module_name,
+                s.call_index,
+                s.module,
+                activation_spec(s.module),
+                s.thresholds,
+                s.channel_dim,
+            )  # fmt: skip
             for s in self._sites.values()
         }
 
@@ -402,7 +409,7 @@ class Profile:
         self._flush()
         _check_state(state, self)
         layers = state["layers"]
-        for name, entry in layers.items():
+        for entry in layers.values():
             key = (entry["module_name"], entry["call_index"])
             site = self._sites.get(key)
             if site is None:
@@ -418,7 +425,7 @@ class Profile:
                 site.entropy_sum.copy_(entropy_sum)
                 site.batches = int(entry["batches"])
         if not add:
-            for key, site in self._sites.items():
+            for site in self._sites.values():
                 if self._name(site) not in layers:
                     raise ValueError(f"state dict has no layer {self._name(site)!r}, which this profile has")
         self._forwards = (self._forwards if add else 0) + int(state.get("forwards", 0))
@@ -483,7 +490,7 @@ def _check_state(state: Mapping, prof: Profile) -> None:
         raise ValueError(f"not a nepenthe profile state dict (expected format {STATE_FORMAT!r})")
     theirs, ours = [tuple(x) for x in state["model"]], prof._fingerprint()
     if theirs != ours:
-        diff = next(((a, b) for a, b in zip(theirs, ours) if a != b), None)
+        diff = next(((a, b) for a, b in zip(theirs, ours, strict=False) if a != b), None)
         raise ValueError(
             "state dict comes from a different model: it has "
             f"{len(theirs)} tracked activation modules, this model {len(ours)}"

@@ -39,7 +39,9 @@ def format_table(rows: list[Row], title: str) -> str:
     left = {0, 1}
 
     def line(values: tuple[str, ...]) -> str:
-        return "  ".join(v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+        return "  ".join(
+            v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        )
 
     rule = "-" * len(line(_HEADER))
     n_lin = sum(r.linearizable for r in rows)
