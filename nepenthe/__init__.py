@@ -12,14 +12,17 @@ from .activations import ActivationSpec, Piece, activation_spec, register_activa
 from .entropy import dominant_state, is_linearizable, layer_entropy, neuron_entropy
 from .kernels import available_backends, backend_status, count_states, fused_activation
 from .profiler import LayerInfo, Profile, prepare, profile
+from .orchestrator import NepentheConfig, RunResult, run_nepenthe
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationSpec",
     "LayerInfo",
+    "NepentheConfig",
     "Piece",
     "Profile",
+    "RunResult",
     "activation_spec",
     "available_backends",
     "backend_status",
@@ -32,4 +35,5 @@ __all__ = [
     "prepare",
     "profile",
     "register_activation",
+    "run_nepenthe",
 ]
