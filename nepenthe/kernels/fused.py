@@ -12,7 +12,7 @@ import torch
 
 from .dispatch import select_backend
 from .jobs import FUSED_KINDS, FusedJob
-from .layout import readable_view
+from .layout import channel_view, readable_view
 from .thresholds import kernel_thresholds
 from .validate import check_counts, check_input, check_thresholds
 
@@ -57,6 +57,12 @@ class _FusedActivation(torch.autograd.Function):
         chosen = select_backend(x.device, backend)
         xr, view = readable_view(x, channel_dim)
         y = torch.empty_like(xr)
+        if any(n > 1 and a != b for n, a, b in zip(xr.shape, xr.stride(), y.stride(), strict=True)):
+            # x is not dense, so empty_like chose another layout, whose channel view may pair the non-channel
+            # dims differently: give x and y one layout so that one (outer, C, inner) index reads and writes both.
+            xr = xr.contiguous()
+            view = channel_view(xr, channel_dim)
+            y = torch.empty_like(xr)
         _, y_view = readable_view(y, channel_dim)
         if x.numel():
             chosen.fused_forward(

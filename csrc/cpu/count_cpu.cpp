@@ -1,0 +1,459 @@
+// C++/OpenMP counting and fused-activation kernels for CPU tensors (no libtorch: raw pointers and strides).
+//
+// Two fast layouts: rows with inner stride 1 (contiguous NCHW) are counted along the row, and channels with
+// stride 1 (channels_last, token tensors) are counted across the channel vector of each position; any other
+// strides take the row path with a gather. Values are converted to the compute type (float32, or float64 for
+// float64 input) a chunk at a time in an L1-sized buffer, then each comparison count is one vectorizable
+// pass over it. Counters are int32 per chunk, int64 per item; each item adds its exact per-state counts into
+// the result once, so threads never contend in the hot loop.
+#include "count_cpu.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace nepenthe {
+namespace {
+
+constexpr int64_t kChunk = 2048;           // gather/activation buffer length: 8 KiB of float32, stays in L1
+constexpr int64_t kItemTarget = 1 << 15;   // elements per work item (row path)
+constexpr int64_t kMinRun = 1024;          // row path: elements of one channel per item, to amortize a flush
+constexpr int64_t kChanTarget = 1 << 16;   // elements per work item (channel path): 256 KiB of float32, in L2
+constexpr int64_t kMaxItemChans = 2048;    // channels per item (channel path)
+constexpr int64_t kParallelMin = 1 << 16;  // below this many elements, threads cost more than they save
+
+struct BF16 {
+  uint16_t bits;
+};
+
+// Storage type S -> compute type T, and back for the fused output (round to nearest even, as torch does).
+template <class S>
+struct Traits;
+
+template <>
+struct Traits<float> {
+  using T = float;
+  static T load(float v) { return v; }
+  static float store(float v) { return v; }
+};
+
+template <>
+struct Traits<double> {
+  using T = double;
+  static T load(double v) { return v; }
+  static double store(double v) { return v; }
+};
+
+template <>
+struct Traits<_Float16> {
+  using T = float;
+  static T load(_Float16 v) { return static_cast<float>(v); }
+  static _Float16 store(float v) { return static_cast<_Float16>(v); }
+};
+
+template <>
+struct Traits<BF16> {
+  using T = float;
+  static T load(BF16 v) {
+    uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  }
+  static BF16 store(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return BF16{static_cast<uint16_t>((bits >> 16) | 0x40u)};
+    return BF16{static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16)};
+  }
+};
+
+// The activation in compute precision T; bit-exact with torch for relu/hardtanh/leaky_relu (NaN propagates,
+// -0.0 stays -0.0), GELU in float32 (float64 for float64 input).
+template <class T>
+struct Act {
+  int kind;
+  T lo, hi, slope;
+  explicit Act(const ActivationArgs& a)
+      : kind(a.kind), lo(static_cast<T>(a.p0)), hi(static_cast<T>(a.p1)), slope(static_cast<T>(a.p0)) {}
+};
+
+template <class S, class T>
+void apply_activation(const Act<T>& act, const T* __restrict v, int64_t n, S* __restrict y, int64_t ys) {
+  using Tr = Traits<S>;
+  const T lo = act.lo, hi = act.hi, slope = act.slope;
+  const T half = T(0.5), one = T(1), rsqrt2 = T(0.70710678118654752440), k0 = T(0.79788456080286535588),
+          k1 = T(0.044715);
+  switch (act.kind) {
+    case kRelu:
+      for (int64_t i = 0; i < n; ++i) y[i * ys] = Tr::store(v[i] < T(0) ? T(0) : v[i]);
+      break;
+    case kHardtanh:
+      for (int64_t i = 0; i < n; ++i) y[i * ys] = Tr::store(v[i] < lo ? lo : (v[i] > hi ? hi : v[i]));
+      break;
+    case kLeakyRelu:
+      for (int64_t i = 0; i < n; ++i) y[i * ys] = Tr::store(v[i] > T(0) ? v[i] : v[i] * slope);
+      break;
+    case kGeluErf:
+      for (int64_t i = 0; i < n; ++i) y[i * ys] = Tr::store(half * v[i] * (one + std::erf(v[i] * rsqrt2)));
+      break;
+    case kGeluTanh:
+      for (int64_t i = 0; i < n; ++i) {
+        const T x = v[i];
+        y[i * ys] = Tr::store(half * x * (one + std::tanh(k0 * (x + k1 * x * x * x))));
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+// SIMD through GCC vector extensions: 64-byte vectors, lowered to AVX-512, AVX2 or SSE by the target. A lane
+// comparison is -1 where true, so subtracting it counts; NaN lanes compare false everywhere, so NaN padding
+// counts nowhere.
+template <class T>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
+  static constexpr int kWidth = 16;
+};
+
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t I __attribute__((vector_size(64)));
+  static constexpr int kWidth = 8;
+};
+
+typedef uint16_t U16x16 __attribute__((vector_size(32)));
+typedef uint32_t U32x16 __attribute__((vector_size(64)));
+
+// One vector of compute-type values from kWidth consecutive stored values.
+template <class S, class T = typename Traits<S>::T>
+inline typename Simd<T>::V load_vec(const S* p) {
+  using V = typename Simd<T>::V;
+  V v;
+  if constexpr (std::is_same_v<S, T>) {
+    std::memcpy(&v, p, sizeof v);
+  } else if constexpr (std::is_same_v<S, BF16>) {
+    U16x16 h;
+    std::memcpy(&h, p, sizeof h);
+    const U32x16 w = __builtin_convertvector(h, U32x16) << 16;
+    std::memcpy(&v, &w, sizeof v);
+  } else {
+#if defined(__AVX512F__)
+    const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    std::memcpy(&v, &f, sizeof v);
+#elif defined(__F16C__)
+    const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+    std::memcpy(&v, &lo, sizeof lo);
+    std::memcpy(reinterpret_cast<char*>(&v) + sizeof lo, &hi, sizeof hi);
+#else
+    for (int l = 0; l < Simd<T>::kWidth; ++l) v[l] = Traits<S>::load(p[l]);
+#endif
+  }
+  return v;
+}
+
+// The first m < kWidth stored values, the other lanes NaN.
+template <class S, class T = typename Traits<S>::T>
+inline typename Simd<T>::V load_partial(const S* p, int64_t m) {
+  typename Simd<T>::V v;
+  for (int l = 0; l < Simd<T>::kWidth; ++l) v[l] = std::numeric_limits<T>::quiet_NaN();
+  for (int64_t l = 0; l < m; ++l) v[l] = Traits<S>::load(p[l]);
+  return v;
+}
+
+template <class I>
+inline I lane_index() {
+  I idx;
+  for (size_t l = 0; l < sizeof(I) / sizeof(idx[0]); ++l) idx[l] = static_cast<decltype(idx[0] + 0)>(l);
+  return idx;
+}
+
+template <class I>
+inline int64_t lane_sum(I v) {
+  int64_t s = 0;
+  for (size_t l = 0; l < sizeof(I) / sizeof(v[0]); ++l) s += v[l];
+  return s;
+}
+
+// Comparison counts [valid, gt_0..gt_{K-1}, tie_0..tie_{K-1}] kept in vector registers; every comparison of a
+// loaded vector is made while it sits in a register. Lane counters are int32 for float: flush before 2^31
+// values per lane.
+template <class T, int K, bool kTies>
+struct Counter {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  static constexpr int W = Simd<T>::kWidth;
+  static constexpr int kAcc = 1 + K * (kTies ? 2 : 1);
+  V g[K], t[K];
+  I acc[kAcc];
+
+  Counter() = default;
+  explicit Counter(const Thresholds<T>& th) {
+    for (int k = 0; k < K; ++k) {
+      g[k] = th.greater[k] - V{};
+      t[k] = th.tie[k] - V{};
+    }
+    clear();
+  }
+  void clear() {
+    for (int j = 0; j < kAcc; ++j) acc[j] = I{};
+  }
+  inline void add(V x, I keep) {
+    acc[0] -= (x == x) & keep;
+    for (int k = 0; k < K; ++k) acc[1 + k] -= (x > g[k]) & keep;
+    if constexpr (kTies) {
+      for (int k = 0; k < K; ++k) acc[1 + K + k] -= (x == t[k]) & keep;
+    }
+  }
+  inline void add(V x) { add(x, I{} - 1); }
+
+  // n contiguous stored values; a tail shorter than a vector is read as an overlapping, masked vector.
+  template <class S>
+  inline void add_row(const S* p, int64_t n) {
+    int64_t i = 0;
+    for (; i + W <= n; i += W) add(load_vec<S>(p + i));
+    if (i == n) return;
+    if (n >= W) {
+      add(load_vec<S>(p + n - W), lane_index<I>() >= static_cast<decltype(acc[0][0] + 0)>(i - (n - W)));
+    } else {
+      add(load_partial<S>(p, n));
+    }
+  }
+
+  // Adds the per-state counts of all lanes together to counts[0..K].
+  void flush_total(int64_t* counts, bool ignore_ties) {
+    int64_t sums[kAcc];
+    for (int j = 0; j < kAcc; ++j) sums[j] = lane_sum(acc[j]);
+    add_states(counts, sums, ignore_ties);
+    clear();
+  }
+  // Lane l counts channel l: adds the per-state counts of lanes [lo, hi) to counts + l * (K + 1).
+  void flush_lanes(int64_t* counts, int lo, int hi, bool ignore_ties) {
+    for (int l = lo; l < hi; ++l) {
+      int64_t sums[kAcc];
+      for (int j = 0; j < kAcc; ++j) sums[j] = acc[j][l];
+      add_states(counts + static_cast<int64_t>(l) * (K + 1), sums, ignore_ties);
+    }
+    clear();
+  }
+  static void add_states(int64_t* counts, const int64_t* sums, bool ignore_ties) {
+    for (int s = 0; s <= K; ++s) {
+      const int64_t n = state_count(sums, K, ignore_ties, s);
+      if (n != 0) __atomic_fetch_add(counts + s, n, __ATOMIC_RELAXED);
+    }
+  }
+};
+
+// Values x[0], x[s], ..., x[(n-1)s] in compute precision, in buf.
+template <class S, class T = typename Traits<S>::T>
+inline void load_values(const S* x, int64_t s, int64_t n, T* buf) {
+  if (s == 1) {
+    for (int64_t i = 0; i < n; ++i) buf[i] = Traits<S>::load(x[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) buf[i] = Traits<S>::load(x[i * s]);
+  }
+}
+
+template <class S>
+struct Job {
+  using T = typename Traits<S>::T;
+  const S* x;
+  View v;
+  Thresholds<T> th;
+  int64_t* counts;
+  S* y;  // fused output, or nullptr
+  View yv;
+  Act<T> act;
+  int threads;
+  bool by_channel;  // channel stride 1 and inner stride not 1: count across each position's channels
+};
+
+// Fused output of the values at (o, c, i0..i0+n) of x's view: read again while they are still in cache.
+template <class S, class T = typename Traits<S>::T>
+inline void write_activation(const Job<S>& job, int64_t o, int64_t c, int64_t i0, int64_t n, bool along_c,
+                             T* buf) {
+  const View &v = job.v, &yv = job.yv;
+  const int64_t xs = along_c ? v.s_channel : v.s_inner, ys = along_c ? yv.s_channel : yv.s_inner;
+  const S* xp = job.x + o * v.s_outer + c * v.s_channel + i0 * v.s_inner;
+  S* yp = job.y + o * yv.s_outer + c * yv.s_channel + i0 * yv.s_inner;
+  for (int64_t done = 0; done < n; done += kChunk) {
+    const int64_t m = std::min(kChunk, n - done);
+    load_values(xp + done * xs, xs, m, buf);
+    if (ys == 1) {
+      apply_activation(job.act, buf, m, yp + done, int64_t{1});
+    } else {
+      apply_activation(job.act, buf, m, yp + done * ys, ys);
+    }
+  }
+}
+
+// Row path: inner stride 1 (contiguous NCHW), or any strides through a gather. An item counts a block of
+// channels over a block of rows, channel by channel, so a channel's vector counters live across its rows.
+template <class S, int K, bool kTies>
+void run_rows(const Job<S>& job) {
+  using T = typename Traits<S>::T;
+  const View& v = job.v;
+  const int64_t rows = clamp64(kMinRun / std::max<int64_t>(1, std::min(v.inner, kItemTarget)), 1, v.outer);
+  RowPlan p{};
+  p.inner = clamp64(v.inner, 1, kItemTarget);
+  p.rows = p.inner == v.inner ? rows : 1;
+  p.chans = clamp64(kItemTarget / (p.rows * p.inner), 1, v.channels);
+  p.row_blocks = ceil_div(v.outer, p.rows);
+  p.chan_blocks = ceil_div(v.channels, p.chans);
+  p.inner_blocks = ceil_div(v.inner, p.inner);
+  const int64_t items = p.items();
+  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+#pragma omp parallel num_threads(job.threads) if (parallel)
+  {
+    std::vector<T> buf(kChunk);
+    Counter<T, K, kTies> counter(job.th);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t ib = item % p.inner_blocks;
+      const int64_t cb = (item / p.inner_blocks) % p.chan_blocks;
+      const int64_t rb = item / (p.inner_blocks * p.chan_blocks);
+      const int64_t o0 = rb * p.rows, o1 = std::min(v.outer, o0 + p.rows);
+      const int64_t c0 = cb * p.chans, c1 = std::min(v.channels, c0 + p.chans);
+      const int64_t i0 = ib * p.inner, i1 = std::min(v.inner, i0 + p.inner);
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t o = o0; o < o1; ++o) {
+          const S* row = job.x + o * v.s_outer + c * v.s_channel + i0 * v.s_inner;
+          if (v.s_inner == 1) {
+            counter.add_row(row, i1 - i0);
+          } else {
+            for (int64_t i = 0; i < i1 - i0; i += kChunk) {
+              const int64_t n = std::min(kChunk, i1 - i0 - i);
+              load_values(row + i * v.s_inner, v.s_inner, n, buf.data());
+              counter.add_row(buf.data(), n);
+            }
+          }
+          if (job.y != nullptr) write_activation(job, o, c, i0, i1 - i0, false, buf.data());
+        }
+        counter.flush_total(job.counts + c * (K + 1), job.th.ignore_ties);
+      }
+    }
+  }
+}
+
+// Channel path: channel stride 1 (channels_last, (N, L, C)). Each lane of a vector counter is one channel; a
+// tile of R vectors of channels keeps its counters in registers while it sweeps the item's positions.
+template <class S, int K, bool kTies>
+void run_channels(const Job<S>& job) {
+  using T = typename Traits<S>::T;
+  using Ctr = Counter<T, K, kTies>;
+  using I = typename Ctr::I;
+  constexpr int W = Ctr::W;
+  constexpr int R = std::max(1, 16 / Ctr::kAcc);
+  const View& v = job.v;
+  const ChannelPlan p = plan_channels(v, kChanTarget, kMaxItemChans);
+  const int64_t items = p.items(v.outer);
+  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+#pragma omp parallel num_threads(job.threads) if (parallel)
+  {
+    std::vector<T> buf(kChunk);
+    Ctr ctr[R];
+    for (int r = 0; r < R; ++r) ctr[r] = Ctr(job.th);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t cb = item % p.chan_blocks;
+      const int64_t pb = (item / p.chan_blocks) % p.pos_blocks;
+      const int64_t o = item / (p.chan_blocks * p.pos_blocks);
+      const int64_t c0 = cb * p.chans, c1 = std::min(v.channels, c0 + p.chans);
+      const int64_t q0 = pb * p.positions, q1 = std::min(v.inner, q0 + p.positions);
+      const S* base = job.x + o * v.s_outer;
+      int64_t c = c0;
+      for (; c + R * W <= c1; c += R * W) {  // full tiles
+        for (int64_t q = q0; q < q1; ++q) {
+          const S* row = base + q * v.s_inner + c;
+          for (int r = 0; r < R; ++r) ctr[r].add(load_vec<S>(row + r * W));
+        }
+        for (int r = 0; r < R; ++r) ctr[r].flush_lanes(job.counts + (c + r * W) * (K + 1), 0, W, job.th.ignore_ties);
+      }
+      for (; c + W <= c1; c += W) {  // single vectors
+        for (int64_t q = q0; q < q1; ++q) ctr[0].add(load_vec<S>(base + q * v.s_inner + c));
+        ctr[0].flush_lanes(job.counts + c * (K + 1), 0, W, job.th.ignore_ties);
+      }
+      if (c < c1) {  // the last channels: an overlapping masked vector, or NaN-padded if the block is narrow
+        const int64_t m = c1 - c;
+        if (c1 - c0 >= W) {
+          const int64_t start = c1 - W;
+          const I keep = lane_index<I>() >= static_cast<decltype(I{}[0] + 0)>(W - m);
+          for (int64_t q = q0; q < q1; ++q) ctr[0].add(load_vec<S>(base + q * v.s_inner + start), keep);
+          ctr[0].flush_lanes(job.counts + start * (K + 1), static_cast<int>(W - m), W, job.th.ignore_ties);
+        } else {
+          for (int64_t q = q0; q < q1; ++q) ctr[0].add(load_partial<S>(base + q * v.s_inner + c, m));
+          ctr[0].flush_lanes(job.counts + c * (K + 1), 0, static_cast<int>(m), job.th.ignore_ties);
+        }
+      }
+      if (job.y != nullptr) {
+        for (int64_t q = q0; q < q1; ++q) write_activation(job, o, c0, q, c1 - c0, true, buf.data());
+      }
+    }
+  }
+}
+
+template <class S, int K>
+void run_k(const Job<S>& job) {
+  if constexpr (K <= kMaxThresholds) {
+    if (job.th.k != K) {
+      run_k<S, K + 1>(job);
+    } else if (job.by_channel) {
+      job.th.ignore_ties ? run_channels<S, K, true>(job) : run_channels<S, K, false>(job);
+    } else {
+      job.th.ignore_ties ? run_rows<S, K, true>(job) : run_rows<S, K, false>(job);
+    }
+  }
+}
+
+template <class S>
+void run(const CountRequest& r) {
+  using T = typename Traits<S>::T;
+  Job<S> job{static_cast<const S*>(r.x), r.view, {}, r.counts, static_cast<S*>(r.y), r.y_view,
+             Act<T>(r.activation), std::max(1, r.threads), false};
+  job.th.k = r.num_thresholds;
+  job.th.ignore_ties = r.ignore_ties;
+  for (int k = 0; k < r.num_thresholds; ++k) {
+    job.th.greater[k] = static_cast<T>(r.greater[k]);
+    job.th.tie[k] = static_cast<T>(r.tie[k]);
+  }
+  // A dimension of size 1 has no meaningful stride: reading it as stride 1 keeps the fast paths.
+  if (job.v.inner == 1) job.v.s_inner = job.v.s_channel == 1 ? 0 : 1;
+  job.by_channel = job.v.s_inner != 1 && job.v.s_channel == 1;
+  run_k<S, 1>(job);
+}
+
+}  // namespace
+
+void count_cpu(const CountRequest& r) {
+  switch (r.dtype) {
+    case kFloat32:
+      run<float>(r);
+      break;
+    case kFloat16:
+      run<_Float16>(r);
+      break;
+    case kBFloat16:
+      run<BF16>(r);
+      break;
+    case kFloat64:
+      run<double>(r);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace nepenthe
