@@ -12,7 +12,10 @@ Per-element counts are packed into one integer (8 bits per state) so that the re
 once per program rather than once per tile; ``iters <= 255`` keeps every 8-bit field from overflowing.
 
 CUDA tensors run the compiled kernel; CPU tensors run it in the Triton interpreter (``TRITON_INTERPRET=1``),
-which is how the kernel is tested on machines without a GPU.
+which is how the kernel is tested on machines without a GPU. Triton decides at import whether its own library
+functions (``tl.sum``, ``tl.zeros``, ...) are compiled or interpreted, so the kernel calls only builtins: then the
+interpreter works even when it was switched on after triton was imported. The one reduction goes through
+``tl.reduce`` with triton's own ``_sum_combine``, which the interpreter recognises and runs as a numpy sum.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def _count_states_kernel(
     i_loc = tl.arange(0, BLOCK_I)
     x_c = c[:, None] * s_chan
     y_c = c[:, None] * ys_chan
-    acc = tl.zeros([BLOCK_C, BLOCK_I], dtype=ACC)
+    acc = tl.full([BLOCK_C, BLOCK_I], 0, dtype=ACC)
     one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
     for j in range(tl.minimum(iters, total_tiles - first)):
         t = first + j
@@ -91,7 +94,7 @@ def _count_states_kernel(
         else:
             v = raw.to(COMPUTE)
         valid = mask & (v == v)
-        state = tl.zeros([BLOCK_C, BLOCK_I], dtype=tl.int32)
+        state = tl.full([BLOCK_C, BLOCK_I], 0, dtype=tl.int32)
         for k in tl.static_range(K - 1):
             state += (v > tl.load(consts_ptr + k)).to(tl.int32)
             if IGNORE_TIES:
@@ -124,7 +127,7 @@ def _count_states_kernel(
             else:
                 tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=mask)
     for k in tl.static_range(K):
-        n = tl.sum((acc >> (k * FIELD_BITS)) & FIELD_MASK, axis=1).to(tl.int64)
+        n = tl.reduce((acc >> (k * FIELD_BITS)) & FIELD_MASK, 1, tl.standard._sum_combine).to(tl.int64)
         tl.atomic_add(counts_ptr + c * K + k, n, mask=c_ok & (n > 0))
 
 
@@ -203,8 +206,18 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> Lau
     return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
 
 
-def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> None:
-    """Launch the kernel for ``job``: count, and when ``act`` is non-zero write the activation into ``job.y``."""
+@dataclass(frozen=True)
+class KernelLaunch:
+    """Everything one launch passes to the kernel: grid size, runtime arguments and compile-time constants."""
+
+    programs: int
+    args: tuple
+    constexprs: dict[str, object]
+    num_warps: int = NUM_WARPS
+
+
+def kernel_launch(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> KernelLaunch:
+    """The launch for ``job``: count, and when ``act`` is non-zero also write the activation into ``job.y``."""
     x, view, device = job.x, job.view, job.x.device
     kt = job.kernel_thresholds
     consts = _constants(kt.greater, kt.tie, params, kt.compute_dtype, str(device))
@@ -213,27 +226,30 @@ def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 
         assert isinstance(job, FusedJob)
         y, y_view = job.y, job.y_view
     else:
-        y, y_view = x, view
-    states = kt.num_states
-    kernel = compiled_kernel() if device.type == "cuda" else interpreted_kernel()
+        y, y_view = x, view  # never written: ACT == 0 compiles the store away
     args = (
         x, y, job.counts, consts, view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters,
         cfg.n_cblocks, view.stride_outer, view.stride_channel, view.stride_inner,
         y_view.stride_outer, y_view.stride_channel, y_view.stride_inner,
     )  # fmt: skip
-    meta = dict(
-        K=states,
+    constexprs = dict(
+        K=kt.num_states,
         IGNORE_TIES=job.ignore_ties,
         ACT=act,
         COMPUTE=tl.float64 if kt.compute_dtype == torch.float64 else tl.float32,
         BF16=x.dtype == torch.bfloat16,
-        ACC=tl.int32 if states <= 4 else tl.int64,
+        ACC=tl.int32 if kt.num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
-        num_warps=NUM_WARPS,
     )
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            kernel[(cfg.programs,)](*args, **meta)
+    return KernelLaunch(cfg.programs, args, constexprs)
+
+
+def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Launch the kernel for ``job`` on its device (compiled on CUDA, interpreted on CPU)."""
+    launch = kernel_launch(job, act, params)
+    if job.x.device.type == "cuda":
+        with torch.cuda.device(job.x.device):
+            compiled_kernel()[(launch.programs,)](*launch.args, **launch.constexprs, num_warps=launch.num_warps)
     else:
-        kernel[(cfg.programs,)](*args, **meta)
+        interpreted_kernel()[(launch.programs,)](*launch.args, **launch.constexprs)

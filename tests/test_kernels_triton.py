@@ -1,0 +1,304 @@
+"""The Triton backend against the torch reference, run on CPU tensors in the Triton interpreter.
+
+Every count must equal ``count_states_reference`` exactly; fused outputs must equal torch's activation (bit for
+bit for relu/hardtanh/leaky_relu, within dtype tolerance for gelu). The interpreter is slow, so tensors are small
+but shaped so that tiles are partial, programs walk several tiles and channel blocks split. The tests marked
+``gpu`` run the compiled kernels on CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from nepenthe.kernels import available_backends, count_states, fused_activation  # noqa: E402
+from nepenthe.kernels import triton_backend  # noqa: E402
+from nepenthe.kernels.layout import ChannelView, readable_view  # noqa: E402
+from nepenthe.kernels.reference import count_states_reference  # noqa: E402
+from nepenthe.kernels.triton_count import MAX_ITERS, TILE_BYTES, launch_config  # noqa: E402
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+THRESHOLDS = [(0.0,), (0.0, 6.0), (-3.0, 3.0), (0.1,), (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)]
+DENORMAL = {torch.float32: 2.0**-140, torch.float16: 2.0**-20, torch.bfloat16: 2.0**-130, torch.float64: 2.0**-1070}
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def triton_interpreter():
+    """Run Triton kernels on CPU tensors through the interpreter, for this module only."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        yield
+
+
+def _values(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Random values with many exact ties (multiples of 0.5) and a sprinkling of NaN, ±inf, ±0 and denormals."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+    halves = torch.round(torch.randn(shape, generator=gen, dtype=torch.float64) * 4) / 2
+    x = torch.where(torch.rand(shape, generator=gen) < 0.4, halves, x)
+    tiny = DENORMAL[dtype]
+    specials = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, tiny, -tiny, 0.1, 6.0, 3.0, -3.0])
+    pick = torch.randint(len(specials), shape, generator=gen)
+    x = torch.where(torch.rand(shape, generator=gen) < 0.1, specials.double()[pick], x)
+    return x.to(dtype)
+
+
+def _nchw(dtype, seed):
+    return _values((3, 5, 7, 9), dtype, seed), 1
+
+
+def _channels_last(dtype, seed):
+    return _values((3, 6, 5, 7), dtype, seed).to(memory_format=torch.channels_last), 1
+
+
+def _nc(dtype, seed):
+    return _values((37, 10), dtype, seed), 1
+
+
+def _nlc(dtype, seed):
+    return _values((3, 17, 12), dtype, seed), -1
+
+
+def _nhwc(dtype, seed):
+    return _values((2, 5, 6, 7), dtype, seed), -1
+
+
+def _sliced(dtype, seed):
+    return _values((4, 7, 9, 11), dtype, seed)[1:, 1:6, 2:8, 3:], 1
+
+
+def _permuted(dtype, seed):
+    return _values((2, 5, 4, 3), dtype, seed).permute(0, 3, 1, 2), 1
+
+
+def _needs_copy(dtype, seed):
+    return _values((2, 3, 8, 9), dtype, seed)[:, :, ::2, ::3], 1
+
+
+def _expanded(dtype, seed):
+    return _values((1, 4, 1, 5), dtype, seed).expand(3, 4, 6, 5), 1
+
+
+def _one_channel(dtype, seed):
+    return _values((4, 1, 6, 6), dtype, seed), 1
+
+
+def _many_tiles_nchw(dtype, seed):
+    return _values((3, 2, 70, 70), dtype, seed), 1
+
+
+def _many_blocks_channels_last(dtype, seed):
+    return _values((4, 300, 6, 6), dtype, seed).to(memory_format=torch.channels_last), 1
+
+
+LAYOUTS = [
+    _nchw, _channels_last, _nc, _nlc, _nhwc, _sliced, _permuted, _needs_copy, _expanded, _one_channel,
+]  # fmt: skip
+
+
+def _reference(x, thresholds, channel_dim, ignore_ties=False):
+    return count_states_reference(x, tuple(float(t) for t in thresholds), channel_dim % x.dim(), ignore_ties)
+
+
+def test_backend_contract_on_cpu_follows_the_interpreter(monkeypatch):
+    triton_backend.load()
+    assert triton_backend.NAME == "triton"
+    assert triton_backend.device_problem(torch.device("cpu")) is None
+    assert "triton" in available_backends("cpu")
+    assert triton_backend.device_problem(torch.device("cuda", 0)) is None
+    assert "CUDA" in triton_backend.device_problem(torch.device("meta"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in triton_backend.device_problem(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("thresholds", THRESHOLDS, ids=lambda t: f"k{len(t)}:{t[0]}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda f: f.__name__.strip("_"))
+def test_counts_equal_reference(layout, dtype, thresholds):
+    x, channel_dim = layout(dtype, seed=zlib.crc32(f"{layout.__name__}{dtype}{thresholds}".encode()))
+    for ignore_ties in (False, True):
+        got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="triton")
+        assert torch.equal(got, _reference(x, thresholds, channel_dim, ignore_ties))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", [_many_tiles_nchw, _many_blocks_channels_last], ids=lambda f: f.__name__.strip("_"))
+def test_programs_walking_several_tiles_and_channel_blocks(layout, dtype):
+    x, channel_dim = layout(dtype, seed=7)
+    xr, view = readable_view(x, channel_dim)
+    cfg = launch_config(view, x.element_size(), target_programs=4)  # what the interpreter uses
+    assert cfg.iters > 1 and cfg.programs > 1  # the case under test, not a single-tile launch
+    thresholds = (-1.0, 0.0, 3.0)
+    got = count_states(x, thresholds, channel_dim=channel_dim, backend="triton")
+    assert torch.equal(got, _reference(x, thresholds, channel_dim))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_special_values_hand_counted(dtype):
+    tiny = DENORMAL[dtype]
+    x = torch.tensor([math.nan, -math.inf, -1.0, -0.0, 0.0, tiny, -tiny, 1.0, 3.0, 6.0, math.inf], dtype=dtype)
+    x = x.reshape(-1, 1)  # (N, C=1)
+    # states for (0, 3): -inf -1 -0 0 -tiny -> 0; tiny 1 3 -> 1; 6 inf -> 2; NaN nowhere
+    assert count_states(x, (0.0, 3.0), backend="triton").tolist() == [[5, 3, 2]]
+    # ties -0, 0 (with 0) and 3 (with 3) count nowhere
+    assert count_states(x, (0.0, 3.0), ignore_ties=True, backend="triton").tolist() == [[3, 2, 2]]
+
+
+def test_adds_into_given_counts():
+    x, _ = _channels_last(torch.float32, seed=3)
+    counts = torch.full((6, 3), 5, dtype=torch.int64)
+    out = count_states(x, (-1.0, 1.0), counts=counts, backend="triton")
+    assert out is counts
+    assert torch.equal(counts, 5 + _reference(x, (-1.0, 1.0), 1))
+
+
+def test_empty_tensor_counts_nothing():
+    x = torch.empty(0, 4, 3, 3)
+    assert torch.equal(count_states(x, (0.0,), backend="triton"), torch.zeros(4, 2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    "shape, strides",
+    [((3, 2, 5), (2**30 + 16, 5, 1)), ((2, 3, 5), (5, 2**30 + 16, 1))],
+    ids=["outer-stride", "channel-stride"],
+)
+def test_element_offsets_beyond_int32(shape, strides):
+    # Strides that fit int32 but offsets (2 * stride) that do not. The 4 GiB base costs almost no memory: only
+    # the pages that are touched become resident.
+    try:
+        base = torch.empty(2**31 + 2**20, dtype=torch.float16)
+    except RuntimeError as err:
+        pytest.skip(f"cannot reserve 4 GiB of address space: {err}")
+    x = base.as_strided(shape, strides)
+    x.copy_(_values(shape, torch.float16, seed=11))
+    got = count_states(x, (-1.0, 0.0, 1.0), backend="triton")
+    assert torch.equal(got, _reference(x, (-1.0, 0.0, 1.0), 1))
+
+
+def test_launch_config_keeps_packed_counts_and_tiles_in_range():
+    huge = ChannelView(1, 3, 2**34, 0, 1, 3)  # channels_last-like, 2^35 elements
+    cfg = launch_config(huge, 2, target_programs=2112)
+    assert cfg.iters == MAX_ITERS  # capped: an 8-bit packed count per element per state cannot overflow
+    assert cfg.programs * cfg.iters >= cfg.n_cblocks * cfg.total_tiles
+    assert cfg.block_c * cfg.block_i * 2 <= TILE_BYTES
+    nchw = ChannelView(256, 64, 3136, 64 * 3136, 3136, 1)
+    cfg = launch_config(nchw, 4, target_programs=2112)
+    assert (cfg.block_c, cfg.block_i) == (1, 4096)  # tiles run along the contiguous inner axis
+    cl = ChannelView(1, 768, 256 * 49, 0, 1, 768)
+    cfg = launch_config(cl, 2, target_programs=2112)
+    assert cfg.block_c == 256 and cfg.block_c * cfg.block_i * 2 == TILE_BYTES  # tiles along the channels
+
+
+FUSED = [
+    ("relu", {}, True),
+    ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, True),
+    ("hardtanh", {"min_val": -1.0, "max_val": 1.5}, True),
+    ("leaky_relu", {"negative_slope": 0.01}, True),
+    ("gelu", {"approximate": "none"}, False),
+    ("gelu", {"approximate": "tanh"}, False),
+]
+
+
+def _assert_bit_equal(y: torch.Tensor, ref: torch.Tensor) -> None:
+    assert torch.equal(y.isnan(), ref.isnan())
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[y.element_size()]
+    keep = ~ref.isnan()
+    assert torch.equal(y.contiguous().view(ints)[keep], ref.contiguous().view(ints)[keep])  # ±0 included
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind, params, exact", FUSED, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("layout", [_nchw, _channels_last, _nlc, _sliced], ids=lambda f: f.__name__.strip("_"))
+def test_fused_output_and_counts(layout, kind, params, exact, dtype):
+    x, channel_dim = layout(dtype, seed=5)
+    if not exact:
+        x = torch.where(x.isinf(), 0.0, x)  # torch's CPU gelu(±inf) is NaN, its CUDA gelu(inf) is inf
+    thresholds = (params["min_val"], params["max_val"]) if kind == "hardtanh" else (0.0,)
+    counts = torch.zeros(x.shape[channel_dim], len(thresholds) + 1, dtype=torch.int64)
+    y = fused_activation(x, kind, counts, channel_dim=channel_dim, backend="triton", **params)
+    ref = getattr(F, kind)(x, **params)
+    if exact:
+        _assert_bit_equal(y, ref)
+    else:
+        torch.testing.assert_close(y, ref, equal_nan=True)
+    assert torch.equal(counts, _reference(x, thresholds, channel_dim))
+
+
+@pytest.mark.parametrize("kind, params, exact", FUSED[::2], ids=lambda v: v if isinstance(v, str) else "")
+def test_fused_gradient_matches_unfused(kind, params, exact):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    counts = torch.zeros(3, 3 if kind == "hardtanh" else 2, dtype=torch.int64)
+    y = fused_activation(x, kind, counts, backend="triton", **params)
+    grad = torch.randn_like(y)
+    (got,) = torch.autograd.grad(y, x, grad)
+    (want,) = torch.autograd.grad(getattr(F, kind)(x, **params), x, grad)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@cuda_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda f: f.__name__.strip("_"))
+def test_gpu_counts_equal_reference(layout, dtype):
+    x, channel_dim = layout(dtype, seed=13)
+    x = x.cuda()
+    for thresholds in THRESHOLDS:
+        for ignore_ties in (False, True):
+            got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="triton")
+            assert torch.equal(got, _reference(x, thresholds, channel_dim, ignore_ties))
+
+
+@pytest.mark.gpu
+@cuda_only
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_realistic_activation_without_host_sync(dtype, memory_format):
+    x = torch.randn(64, 64, 56, 56, device="cuda").to(dtype).contiguous(memory_format=memory_format)
+    count_states(x, (0.0, 6.0), backend="triton")  # first call compiles and uploads the thresholds
+    counts = torch.zeros(64, 3, dtype=torch.int64, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        count_states(x, (0.0, 6.0), counts=counts, backend="triton")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(counts, _reference(x, (0.0, 6.0), 1))
+
+
+@pytest.mark.gpu
+@cuda_only
+@pytest.mark.parametrize("kind, params, exact", FUSED, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gpu_fused(kind, params, exact, dtype):
+    x = _values((8, 32, 14, 14), dtype, seed=17).cuda().contiguous(memory_format=torch.channels_last)
+    x = torch.where(x.isinf(), 0.0, x)
+    thresholds = (params["min_val"], params["max_val"]) if kind == "hardtanh" else (0.0,)
+    counts = torch.zeros(32, len(thresholds) + 1, dtype=torch.int64, device="cuda")
+    y = fused_activation(x, kind, counts, backend="triton", **params)
+    ref = getattr(F, kind)(x, **params)
+    if exact:
+        torch.testing.assert_close(y, ref, rtol=0, atol=0, equal_nan=True)
+    else:
+        torch.testing.assert_close(y, ref, equal_nan=True)
+    assert torch.equal(counts, _reference(x, thresholds, 1))
+
+
+@pytest.mark.gpu
+@cuda_only
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_gpu_tensor_over_2_pow_31_elements(channels_last):
+    if torch.cuda.get_device_properties(0).total_memory < 12 * 2**30:
+        pytest.skip("needs 12 GiB of GPU memory")
+    shape = (2**11 + 1, 4, 512, 512)  # 2^31 + 2^20 elements, 4 GiB in float16
+    x = torch.randn(shape, device="cuda", dtype=torch.float16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = count_states(x, (-1.0, 0.0, 1.0), backend="triton")
+    assert int(got.sum()) == x.numel()
+    assert torch.equal(got, _reference(x, (-1.0, 0.0, 1.0), 1))
