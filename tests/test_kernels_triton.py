@@ -17,8 +17,12 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from nepenthe.kernels import available_backends, count_states, fused_activation  # noqa: E402
-from nepenthe.kernels import triton_backend  # noqa: E402
+from nepenthe.kernels import (  # noqa: E402
+    available_backends,
+    count_states,
+    fused_activation,
+    triton_backend,
+)
 from nepenthe.kernels.layout import ChannelView, readable_view  # noqa: E402
 from nepenthe.kernels.reference import count_states_reference  # noqa: E402
 from nepenthe.kernels.triton_count import MAX_ITERS, TILE_BYTES, launch_config  # noqa: E402
