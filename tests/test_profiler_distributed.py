@@ -1,0 +1,65 @@
+"""Two CPU processes (gloo) profile different data shards of a DDP model; all_reduce gives the full-data counts."""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import nepenthe
+
+WORLD = 2
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU6(),
+        nn.Flatten(), nn.Linear(6 * 5 * 5, 8), nn.GELU(),
+    ).eval()  # fmt: skip
+
+
+def make_data() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(3, 3, 5, 5, generator=generator) * 3 for _ in range(6)]
+
+
+def worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        model = make_model()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        data = make_data()
+        with nepenthe.profile(ddp) as prof, torch.no_grad():
+            for x in data[rank::WORLD]:
+                ddp(x)
+        if rank == 1:
+            model(data[0])  # outside the profile: must not count
+        prof.all_reduce()
+        torch.save({"counts": prof.counts(), "layers": list(prof.layers)}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_all_reduce_over_two_gloo_processes_equals_one_process_on_all_data(tmp_path):
+    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    model = make_model()
+    with nepenthe.profile(model) as single, torch.no_grad():
+        for x in make_data():
+            model(x)
+    expected = single.counts()
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["layers"] == list(expected) == ["2", "4", "7"]
+        for layer, counts in expected.items():
+            assert torch.equal(got["counts"][layer], counts), (rank, layer)
