@@ -45,27 +45,15 @@ struct ActivationArgs {
 };
 
 // Work split for layouts read row by row (inner stride 1, or any strides): an item is a block of outer rows
-// x a block of channels x a block of inner positions, about `target` elements, ordered so that consecutive
-// items read consecutive memory in a contiguous (N, C, H, W) tensor.
+// x a block of channels x a block of inner positions.
 struct RowPlan {
   int64_t rows, chans, inner;             // per item
   int64_t row_blocks, chan_blocks, inner_blocks;
   NEP_HD int64_t items() const { return row_blocks * chan_blocks * inner_blocks; }
 };
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
-
-inline RowPlan plan_rows(const View& v, int64_t target, int64_t max_chans) {
-  RowPlan p{};
-  p.inner = clamp64(v.inner, 1, target);
-  p.chans = clamp64(target / p.inner, 1, v.channels < max_chans ? v.channels : max_chans);
-  p.rows = p.chans == v.channels ? clamp64(target / (p.inner * p.chans), 1, v.outer) : 1;
-  p.row_blocks = ceil_div(v.outer, p.rows);
-  p.chan_blocks = ceil_div(v.channels, p.chans);
-  p.inner_blocks = ceil_div(v.inner, p.inner);
-  return p;
-}
+NEP_HD inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+NEP_HD inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // Work split for channel stride 1 (channels_last, (N, L, C)): an item is a block of positions x a block of
 // channels of one outer index; each position's channels are contiguous.
@@ -92,5 +80,22 @@ NEP_HD inline int64_t state_count(const Acc* acc, int k, bool ignore_ties, int s
   int64_t ties = (ignore_ties && s < k) ? static_cast<int64_t>(acc[1 + k + s]) : 0;
   return lower - upper - ties;
 }
+
+// One counting (optionally fused) call, as the Python bindings receive it.
+struct CountRequest {
+  const void* x;  // first element of the input (storage offset included)
+  int dtype;      // DType
+  View view;      // (outer, C, inner) of x
+  int num_thresholds;
+  double greater[kMaxThresholds];
+  double tie[kMaxThresholds];
+  bool ignore_ties;
+  int64_t* counts;  // contiguous (C, num_thresholds + 1), added into
+  void* y;          // fused output (same dtype), or nullptr to only count
+  View y_view;      // (outer, C, inner) of y, same sizes as view
+  ActivationArgs activation;
+  int threads;        // CPU: OpenMP threads
+  uintptr_t stream;   // CUDA: the cudaStream_t to launch on
+};
 
 }  // namespace nepenthe

@@ -1,0 +1,70 @@
+"""The ``cuda`` backend: the CUDA extension ``nepenthe._cuda`` (csrc/cuda), for CUDA tensors.
+
+Kernels run on the current torch stream of the tensor's device and never synchronise with the host.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+from .cpu_backend import DTYPE_CODES, activation_args, view_args
+from .jobs import CountJob, FusedJob
+
+NAME = "cuda"
+
+_ext: ModuleType | None = None
+
+
+def load() -> None:
+    """Import ``nepenthe._cuda`` and check that a CUDA GPU is present; raise with the reason otherwise."""
+    global _ext
+    try:
+        ext = importlib.import_module("nepenthe._cuda")
+    except ImportError as err:
+        raise ImportError(
+            f"nepenthe._cuda not built or not loadable ({err}): build it where nvcc is found with "
+            "`NEPENTHE_BUILD_CUDA=1 pip install --no-build-isolation --no-deps -e .`"
+        ) from err
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA GPU: torch.cuda.is_available() is False")
+    if ext.device_count() < 1:
+        raise RuntimeError(
+            f"nepenthe._cuda (CUDA runtime {ext.runtime_version()}) sees no usable GPU: the driver may be older "
+            "than the CUDA toolkit it was built with"
+        )
+    _ext = ext
+
+
+def device_problem(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"the cuda backend counts CUDA tensors only, got a tensor on {device}"
+    return None
+
+
+def _common(job: CountJob) -> list[object]:
+    kt = job.kernel_thresholds
+    return [
+        job.x.data_ptr(),
+        DTYPE_CODES[job.x.dtype],
+        view_args(job.view),
+        list(kt.greater),
+        list(kt.tie),
+        job.ignore_ties,
+        job.counts.data_ptr(),
+        torch.cuda.current_stream(job.x.device).cuda_stream,
+    ]
+
+
+def count(job: CountJob) -> None:
+    assert _ext is not None, "cuda backend used before load()"
+    with torch.cuda.device(job.x.device):
+        _ext.count(*_common(job))
+
+
+def fused_forward(job: FusedJob) -> None:
+    assert _ext is not None, "cuda backend used before load()"
+    with torch.cuda.device(job.x.device):
+        _ext.fused(*_common(job), job.y.data_ptr(), view_args(job.y_view), *activation_args(job.kind, job.params))

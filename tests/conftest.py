@@ -1,0 +1,41 @@
+"""Shared test setup: `gpu` tests skip with a reason where no CUDA GPU is present; kernel backends as params.
+
+A test that takes ``device_backend`` runs once per ``(device, backend)`` pair whose compiled or Triton
+backend can run here (the torch reference is what they are compared with). CUDA pairs carry the ``gpu``
+mark; without a GPU a single placeholder CUDA pair is collected and skipped, so a run says what it did not
+cover. Triton is listed for CPU tensors only under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nepenthe.kernels import available_backends
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _device_backends() -> list[object]:
+    params: list[object] = []
+    for device in ("cpu", "cuda"):
+        if device == "cuda" and not torch.cuda.is_available():
+            params.append(pytest.param(("cuda", "cuda"), marks=pytest.mark.gpu, id="cuda-cuda"))
+            continue
+        marks = [pytest.mark.gpu] if device == "cuda" else []
+        for name in available_backends(device):
+            if name != "torch":
+                params.append(pytest.param((device, name), marks=marks, id=f"{device}-{name}"))
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device_backend" in metafunc.fixturenames:
+        metafunc.parametrize("device_backend", _device_backends())

@@ -1,0 +1,203 @@
+"""Every compiled backend counts exactly as the torch reference (``count_states_reference``), on every layout.
+
+Inputs are fresh random tensors (seeded per case) with many exact ties and a sprinkling of NaN, ±inf, ±0 and
+denormals. Shapes are chosen so that no size is a multiple of a vector width or work-item size, channel blocks
+split, rows are shorter and longer than a vector, and both kernel layouts (inner stride 1 and channel stride 1)
+plus the strided gather are taken.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import zlib
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from nepenthe.kernels import backend_status, count_states
+from nepenthe.kernels.reference import count_states_reference
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+THRESHOLD_SETS = [(0.0,), (0.0, 6.0), (-3.0, 3.0), (0.1,), (-2.5, -1.0, -0.1, 0.0, 0.5, 1.0, 3.0)]
+DENORMAL = {torch.float32: 2.0**-140, torch.float16: 2.0**-20, torch.bfloat16: 2.0**-130, torch.float64: 2.0**-1070}
+
+
+def random_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, device: str = "cpu") -> torch.Tensor:
+    """Gaussian values, 40% of them snapped to multiples of 0.5 (ties), 10% replaced by special values."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+    halves = torch.round(torch.randn(shape, generator=gen, dtype=torch.float64) * 4) / 2
+    x = torch.where(torch.rand(shape, generator=gen) < 0.4, halves, x)
+    tiny = DENORMAL[dtype]
+    specials = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, tiny, -tiny, 0.1, 6.0, -2.5, 3.0])
+    pick = torch.randint(len(specials), shape, generator=gen)
+    x = torch.where(torch.rand(shape, generator=gen) < 0.1, specials.double()[pick], x)
+    return x.to(dtype).to(device)
+
+
+def _seed(*parts: object) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+# name -> (shape of the base tensor, how to view it, channel_dim)
+LAYOUTS: dict[str, tuple[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor], int]] = {
+    "nchw": ((3, 5, 7, 9), lambda t: t, 1),
+    "nchw_long_rows": ((2, 3, 41, 43), lambda t: t, 1),
+    "channels_last": ((3, 21, 5, 7), lambda t: t.contiguous(memory_format=torch.channels_last), 1),
+    "nc": ((37, 19), lambda t: t, 1),
+    "nlc": ((3, 11, 33), lambda t: t, -1),
+    "nhwc": ((2, 5, 7, 18), lambda t: t, -1),
+    "sliced_inner": ((3, 4, 9, 10), lambda t: t[:, :, 1:8, ::3], 1),
+    "sliced_channels": ((4, 12, 5, 6), lambda t: t[:, 2:11:2], 1),
+    "permuted": ((4, 6, 5, 7), lambda t: t.permute(2, 1, 3, 0), 1),
+    "sliced_channels_last": ((6, 20, 3, 5), lambda t: t.contiguous(memory_format=torch.channels_last)[::2], 1),
+    "c1": ((5, 1, 6, 7), lambda t: t, 1),
+    "c1_last": ((4, 9, 1), lambda t: t, -1),
+    "vector": ((23,), lambda t: t, 0),
+    "channel_first_of_3d": ((17, 4, 5), lambda t: t, 0),
+}
+
+
+def _case(layout: str, dtype: torch.dtype, device: str, seed: int) -> tuple[torch.Tensor, int]:
+    shape, view, channel_dim = LAYOUTS[layout]
+    return view(random_values(shape, dtype, seed, device)), channel_dim
+
+
+def _check(x: torch.Tensor, thresholds: tuple[float, ...], channel_dim: int, ignore_ties: bool, backend: str) -> None:
+    got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend)
+    want = count_states_reference(x.cpu(), thresholds, channel_dim % x.dim(), ignore_ties)
+    assert got.dtype == torch.int64 and got.device == x.device
+    assert torch.equal(got.cpu(), want), f"{backend}: {x.dtype} {tuple(x.shape)} {x.stride()} {thresholds}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_counts_equal_reference(device_backend, layout, dtype):
+    device, backend = device_backend
+    x, channel_dim = _case(layout, dtype, device, _seed(layout, dtype))
+    for thresholds in THRESHOLD_SETS:
+        for ignore_ties in (False, True):
+            _check(x, thresholds, channel_dim, ignore_ties, backend)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "shape,channel_dim,channels_last",
+    [
+        ((1, 3, 70001), 1, False),  # a row longer than one work item
+        ((300, 7, 5), 1, False),  # many short rows per work item
+        ((3, 2500), 1, False),  # channel stride 1 with more channels than one channel block
+        ((2, 4100, 2, 3), 1, True),
+        ((401, 17), 1, False),  # channels: one vector plus a masked tail
+        ((129, 5), 1, False),  # channels: fewer than one vector
+        ((5, 33, 3), 0, False),  # channel_dim=0, rows of 99
+    ],
+    ids=str,
+)
+def test_counts_large_and_odd_sizes(device_backend, shape, channel_dim, channels_last, dtype):
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; tests/test_kernels_triton.py covers it with small tiles")
+    x = random_values(shape, dtype, _seed(shape, dtype), device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for thresholds in [(0.0,), (-3.0, 3.0), THRESHOLD_SETS[-1]]:
+        _check(x, thresholds, channel_dim, ignore_ties=thresholds == (-3.0, 3.0), backend=backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_threshold_between_representable_values(device_backend, dtype):
+    """0.1 is not a float32: values on either side of it, and float32(0.1) itself, land in the right state."""
+    device, backend = device_backend
+    f32 = torch.tensor(0.1, dtype=torch.float32)
+    near = torch.stack([torch.nextafter(f32, torch.tensor(-1.0)), f32, torch.nextafter(f32, torch.tensor(1.0))])
+    x = torch.cat([near.to(dtype), torch.tensor([0.1], dtype=dtype)]).repeat(5).reshape(5, 4).to(device)
+    for ignore_ties in (False, True):
+        _check(x, (0.1,), 1, ignore_ties, backend)
+        _check(x, (float(f32),), 1, ignore_ties, backend)
+
+
+def test_ties_hand_counted(device_backend):
+    device, backend = device_backend
+    x = torch.tensor([[-1.0, 0.0, 0.0, 2.0, 6.0, 7.0, math.nan]], device=device).T.contiguous()  # (N=7, C=1)
+    assert count_states(x, (0.0, 6.0), backend=backend).tolist() == [[3, 2, 1]]
+    assert count_states(x, (0.0, 6.0), ignore_ties=True, backend=backend).tolist() == [[1, 1, 1]]
+
+
+@pytest.mark.parametrize("shape,channel_dim", [((0, 3, 4), 1), ((2, 3, 0), 1), ((4, 0), 1), ((2, 0, 5), -1)])
+def test_empty_tensors(device_backend, shape, channel_dim):
+    device, backend = device_backend
+    x = torch.empty(shape, device=device)
+    got = count_states(x, (0.0, 1.0), channel_dim=channel_dim, backend=backend)
+    assert got.shape == (shape[channel_dim], 3) and int(got.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced_inner"])
+def test_counts_accumulate_in_place(device_backend, layout):
+    device, backend = device_backend
+    x, channel_dim = _case(layout, torch.float32, device, _seed("acc", layout))
+    channels = x.shape[channel_dim]
+    start = torch.randint(0, 1000, (channels, 3), generator=torch.Generator().manual_seed(1))
+    counts = start.clone().to(device)
+    out = count_states(x, (-1.0, 1.0), channel_dim=channel_dim, counts=counts, backend=backend)
+    assert out is counts
+    want = start + count_states_reference(x.cpu(), (-1.0, 1.0), channel_dim, False)
+    assert torch.equal(counts.cpu(), want)
+    count_states(x, (-1.0, 1.0), channel_dim=channel_dim, counts=counts, backend=backend)
+    assert torch.equal(counts.cpu(), want + (want - start))
+
+
+def test_backends_agree_on_channels_last_activation(device_backend):
+    """A realistic post-conv activation (channels_last, bf16): the backend, the reference and torch agree."""
+    device, backend = device_backend
+    x = random_values((4, 32, 9, 11), torch.bfloat16, 7, device).contiguous(memory_format=torch.channels_last)
+    got = count_states(x, (0.0,), backend=backend)
+    positive = (x > 0).sum(dim=(0, 2, 3))
+    assert torch.equal(got[:, 1], positive)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("by_channel", [False, True], ids=["rows", "channels"])
+def test_more_than_2_31_elements(device_backend, by_channel):
+    """64-bit indexing: 2^31 + 14 float16 values (4 GiB), with values at the far end counted by hand."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("2^31 elements are far too many for the Triton interpreter")
+    n = 2**30 + 7
+    x = torch.ones((n, 2) if by_channel else (2, n), dtype=torch.float16, device=device)
+    cols = x if by_channel else x.T  # (n, 2) view: row i, channel c
+    cols[:100, 0] = -1.0
+    cols[-1000:, 0] = 0.0
+    cols[-5:, 1] = math.nan
+    cols[-3:-1, 1] = -2.0  # overrides two of the NaNs
+    counts = count_states(x, (0.0,), channel_dim=1 if by_channel else 0, backend=backend).cpu()
+    assert counts.tolist() == [[1100, n - 1100], [2, n - 5]]
+
+
+def test_cpu_extension_loads():
+    """The build made nepenthe._cpu and the dispatcher loaded it (CI installs with `pip install -e .`)."""
+    status = {s.name: s for s in backend_status()}
+    assert status["cpu"].loaded, status["cpu"].reason
+
+
+def test_cuda_extension_compiled():
+    """Where nvcc is found (and the CUDA build is not switched off) the build made nepenthe._cuda.
+
+    Importing it needs no GPU: the CUDA runtime is linked statically and only looks for a driver when called.
+    """
+    if os.environ.get("NEPENTHE_BUILD_CUDA") == "0" or (shutil.which("nvcc") is None and not _cuda_home_nvcc()):
+        pytest.skip("the CUDA extension is not built here (no nvcc, or NEPENTHE_BUILD_CUDA=0)")
+    try:
+        import nepenthe._cuda as ext
+    except ImportError as err:
+        pytest.fail(f"nvcc is here but nepenthe._cuda was not built ({err}); rebuild with `pip install -e .`")
+    assert ext.runtime_version() >= 11000
+    assert callable(ext.count) and callable(ext.fused)
+
+
+def _cuda_home_nvcc() -> bool:
+    homes = (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda")
+    return any(h and os.path.isfile(os.path.join(h, "bin", "nvcc")) for h in homes)
