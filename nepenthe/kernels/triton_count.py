@@ -70,24 +70,42 @@ def _count_states_kernel(
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     # 64-bit from the start: tile and element offsets of tensors over 2^31 elements overflow int32.
     pid = tl.program_id(0).to(tl.int64)
     cblock = pid % n_cblocks
     first = (pid // n_cblocks) * iters
     c = cblock * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < channels
     i_loc = tl.arange(0, BLOCK_I)
+    # ALIGN: divisibility of (C, inner, x strides, y strides) that the JIT does not mark (it marks multiples of 16
+    # only), so loads still vectorise when 14x14 rows start every 196 elements or channels_last rows hold 24.
+    c_ok = c < channels
+    if ALIGN[0] > 1:
+        c_ok = tl.max_constancy(c_ok, ALIGN[0])
     x_c = c[:, None] * s_chan
+    if ALIGN[3] > 1:
+        x_c = tl.multiple_of(x_c, [ALIGN[3], ALIGN[3]])
     y_c = c[:, None] * ys_chan
+    if ALIGN[6] > 1:
+        y_c = tl.multiple_of(y_c, [ALIGN[6], ALIGN[6]])
     acc = tl.full([BLOCK_C, BLOCK_I], 0, dtype=ACC)
     one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
     for j in range(tl.minimum(iters, total_tiles - first)):
         t = first + j
         o = t // n_itiles
         i = (t - o * n_itiles) * BLOCK_I + i_loc
-        mask = c_ok[:, None] & (i < inner)[None, :]
-        raw = tl.load(x_ptr + (o * s_outer + x_c + i[None, :] * s_inner), mask=mask, other=0.0)
+        i_ok = i < inner
+        if ALIGN[1] > 1:
+            i_ok = tl.max_constancy(i_ok, ALIGN[1])
+        mask = c_ok[:, None] & i_ok[None, :]
+        x_o = o * s_outer
+        if ALIGN[2] > 1:
+            x_o = tl.multiple_of(x_o, ALIGN[2])
+        x_i = i[None, :] * s_inner
+        if ALIGN[4] > 1:
+            x_i = tl.multiple_of(x_i, [ALIGN[4], ALIGN[4]])
+        raw = tl.load(x_ptr + (x_o + x_c + x_i), mask=mask, other=0.0)
         if BF16:
             # bfloat16 is the top half of a float32: widen the bits (exact; the interpreter's cast is not).
             v = (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
@@ -116,7 +134,13 @@ def _count_states_kernel(
                 # 0.5 * (1 + tanh(z)) == sigmoid(2z): torch's tanh formula without cancellation for v << 0.
                 z = 0.7978845608028654 * (v + 0.044715 * v * v * v)
                 out = v / (1.0 + tl.exp(-2.0 * z))
-            y_off = o * ys_outer + y_c + i[None, :] * ys_inner
+            y_o = o * ys_outer
+            if ALIGN[5] > 1:
+                y_o = tl.multiple_of(y_o, ALIGN[5])
+            y_i = i[None, :] * ys_inner
+            if ALIGN[7] > 1:
+                y_i = tl.multiple_of(y_i, [ALIGN[7], ALIGN[7]])
+            y_off = y_o + y_c + y_i
             if BF16:
                 # Round to nearest even by hand, as torch does (the interpreter's float32 -> bfloat16 cast
                 # rounds half up); NaN stays a quiet NaN.
@@ -206,6 +230,11 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> Lau
     return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
 
 
+def _alignment(stride: int) -> int:
+    """The largest power of two up to 16 that divides ``stride`` (0 divides by anything)."""
+    return 16 if stride % 16 == 0 else stride & -stride
+
+
 @dataclass(frozen=True)
 class KernelLaunch:
     """Everything one launch passes to the kernel: grid size, runtime arguments and compile-time constants."""
@@ -232,6 +261,8 @@ def kernel_launch(job: CountJob, act: int = 0, params: tuple[float, float] = (0.
         cfg.n_cblocks, view.stride_outer, view.stride_channel, view.stride_inner,
         y_view.stride_outer, y_view.stride_channel, y_view.stride_inner,
     )  # fmt: skip
+    strides = (view.stride_outer, view.stride_channel, view.stride_inner)
+    y_strides = (y_view.stride_outer, y_view.stride_channel, y_view.stride_inner)
     constexprs = dict(
         K=kt.num_states,
         IGNORE_TIES=job.ignore_ties,
@@ -241,15 +272,21 @@ def kernel_launch(job: CountJob, act: int = 0, params: tuple[float, float] = (0.
         ACC=tl.int32 if kt.num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
+        ALIGN=(
+            min(_alignment(view.channels), cfg.block_c),  # constancy hints cannot exceed the block
+            min(_alignment(view.inner), cfg.block_i),
+            *(_alignment(s) for s in (*strides, *y_strides)),
+        ),
     )
     return KernelLaunch(cfg.programs, args, constexprs)
 
 
 def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> None:
-    """Launch the kernel for ``job`` on its device (compiled on CUDA, interpreted on CPU)."""
+    """Launch the kernel for ``job``: compiled for CUDA tensors, interpreted under ``TRITON_INTERPRET=1``."""
     launch = kernel_launch(job, act, params)
-    if job.x.device.type == "cuda":
+    if triton.knobs.runtime.interpret or job.x.device.type != "cuda":
+        # Under TRITON_INTERPRET=1 everything is interpreted, as for any Triton kernel (CUDA tensors included).
+        interpreted_kernel()[(launch.programs,)](*launch.args, **launch.constexprs)
+    else:
         with torch.cuda.device(job.x.device):
             compiled_kernel()[(launch.programs,)](*launch.args, **launch.constexprs, num_warps=launch.num_warps)
-    else:
-        interpreted_kernel()[(launch.programs,)](*launch.args, **launch.constexprs)

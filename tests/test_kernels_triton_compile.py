@@ -1,0 +1,182 @@
+"""The Triton kernels compile for real GPUs (sm_90 and sm_80) down to PTX and cubin, without a GPU.
+
+Each variant is specialised the way Triton's JIT specialises a launch (strides equal to 1 become constants,
+16-divisible pointers and integers are marked so), from the arguments the backend really passes for a CPU
+tensor of that layout. The contiguous NCHW and channels_last kernels must read x with vector loads.
+
+Compilation runs in a child process with the interpreter off: Triton fixes at import whether its library
+functions are compiled or interpreted, and this test session may have imported it with ``TRITON_INTERPRET=1``.
+This file is also that child's script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# name: (dtype, layout, kind, thresholds, ignore_ties, arch)
+VARIANTS = {
+    "fp32-nchw-sm90": ("float32", "nchw", None, (0.0,), False, 90),
+    "fp16-nchw-sm90": ("float16", "nchw", None, (0.0,), False, 90),
+    "bf16-nchw-sm90": ("bfloat16", "nchw", None, (0.0,), False, 90),
+    "fp32-nhwc-sm90": ("float32", "nhwc", None, (0.0,), False, 90),
+    "fp16-nhwc-sm90": ("float16", "nhwc", None, (0.0,), False, 90),
+    "bf16-nhwc-sm90": ("bfloat16", "nhwc", None, (0.0,), False, 90),
+    "fp32-nlc-sm90": ("float32", "nlc", None, (0.0, 6.0), False, 90),
+    "fp32-nchw14-sm90": ("float32", "nchw14", None, (0.0,), False, 90),
+    "fp16-nchw14-sm90": ("float16", "nchw14", None, (0.0,), False, 90),
+    "fp32-nhwc24-sm90": ("float32", "nhwc24", None, (0.0,), False, 90),
+    "fp32-nchw-sm80": ("float32", "nchw", None, (0.0,), False, 80),
+    "fp16-nhwc-sm80": ("float16", "nhwc", None, (0.0,), False, 80),
+    "bf16-nchw-sm80": ("bfloat16", "nchw", None, (0.0,), False, 80),
+    "fp64-nchw-sm90": ("float64", "nchw", None, (0.0,), False, 90),
+    "fp32-nhwc-k8-ties-sm90": ("float32", "nhwc", None, (-3, -2, -1, 0, 1, 2, 3), True, 90),
+    "fp32-strided-sm90": ("float32", "strided", None, (0.0,), False, 90),
+    "relu-fp32-nchw-sm90": ("float32", "nchw", "relu", (0.0,), False, 90),
+    "hardtanh-fp16-nhwc-sm90": ("float16", "nhwc", "hardtanh", (0.0, 6.0), False, 90),
+    "leaky_relu-bf16-nchw-sm90": ("bfloat16", "nchw", "leaky_relu", (0.0,), False, 90),
+    "gelu-fp32-nhwc-sm90": ("float32", "nhwc", "gelu", (0.0,), False, 90),
+    "gelu_tanh-bf16-nhwc-sm90": ("bfloat16", "nhwc", "gelu_tanh", (0.0,), False, 90),
+    "gelu-fp16-nchw-sm80": ("float16", "nchw", "gelu", (0.0,), False, 80),
+}
+MUST_VECTORISE = [
+    name for name, (dt, layout, kind, *_) in VARIANTS.items()
+    if kind is None and layout.startswith(("nchw", "nhwc")) and dt in ("float32", "float16")
+]  # fmt: skip
+_PARAMS = {"hardtanh": (0.0, 6.0), "leaky_relu": (0.01, 0.0)}
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tensor(dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, int]:
+    if layout == "nchw":
+        return torch.zeros(2, 8, 32, 32, dtype=dtype), 1
+    if layout == "nchw14":  # rows of 196 elements: aligned to 16 bytes, not to 16 elements
+        return torch.zeros(2, 8, 14, 14, dtype=dtype), 1
+    if layout == "nhwc24":  # MobileNet-V2's 24 channels
+        return torch.zeros(2, 24, 8, 8, dtype=dtype).to(memory_format=torch.channels_last), 1
+    if layout == "nhwc":
+        return torch.zeros(2, 256, 4, 4, dtype=dtype).to(memory_format=torch.channels_last), 1
+    if layout == "nlc":
+        return torch.zeros(2, 49, 96, dtype=dtype), -1
+    return torch.zeros(2, 6, 8, 10, dtype=dtype).permute(0, 2, 3, 1), 1  # neither stride is 1
+
+
+def _compile_variant(name: str) -> dict[str, object]:
+    """Compile one variant in this (child) process; what the test checks about it."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from nepenthe.kernels.jobs import CountJob, FusedJob
+    from nepenthe.kernels.layout import readable_view
+    from nepenthe.kernels.thresholds import kernel_thresholds
+    from nepenthe.kernels.triton_count import ACTIVATIONS, compiled_kernel, kernel_launch
+
+    dtype_name, layout, kind, thresholds, ignore_ties, arch = VARIANTS[name]
+    x, channel_dim = _tensor(getattr(torch, dtype_name), layout)
+    x, view = readable_view(x, channel_dim % x.dim())
+    counts = torch.zeros(view.channels, len(thresholds) + 1, dtype=torch.int64)
+    kt = kernel_thresholds(tuple(float(t) for t in thresholds), x.dtype)
+    common = (x, channel_dim % x.dim(), view, tuple(map(float, thresholds)), kt, ignore_ties, counts)
+    if kind is None:
+        launch = kernel_launch(CountJob(*common))
+    else:
+        job = FusedJob(*common, y=torch.empty_like(x), y_view=view, kind=kind.split("_tanh")[0])
+        act = ACTIVATIONS[kind if kind in ACTIVATIONS else "gelu_none"]
+        launch = kernel_launch(job, act, _PARAMS.get(kind, (0.0, 0.0)))
+
+    fn = compiled_kernel()
+    names = fn.arg_names
+    signature, constexprs, attrs = {}, dict(launch.constexprs), {}
+    for pos, (arg_name, value) in enumerate(zip(names[: len(launch.args)], launch.args, strict=True)):
+        # What the JIT does at launch: ints equal to 1 become constants, 16-divisible values are marked so.
+        if isinstance(value, torch.Tensor):
+            signature[arg_name] = "*" + {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                                         torch.float64: "fp64", torch.int64: "i64"}[value.dtype]  # fmt: skip
+            divisible = value.data_ptr() % 16 == 0
+        elif value == 1:
+            constexprs[arg_name] = 1
+            continue
+        else:
+            signature[arg_name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            divisible = value % 16 == 0
+        if divisible:
+            attrs[(pos,)] = [["tt.divisibility", 16]]
+    signature.update({k: "constexpr" for k in constexprs})
+    src = triton.compiler.ASTSource(fn, signature, constexprs, attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch.num_warps})
+    ptx = kernel.asm["ptx"]
+    return {
+        "cubin_bytes": len(kernel.asm["cubin"]),
+        "loads": sorted(set(re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx))),
+        "stores": sorted(set(re.findall(r"st\.global(?:\.[a-z0-9]+)*", ptx))),
+    }
+
+
+def _child_main() -> None:
+    results = {}
+    for name in VARIANTS:
+        try:
+            results[name] = _compile_variant(name)
+        except Exception as err:  # noqa: BLE001 - reported to the parent test, which fails that variant
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+    print(json.dumps(results))
+
+
+def _ptxas_problem() -> str | None:
+    try:
+        import triton
+
+        tool = triton.knobs.nvidia.ptxas
+    except Exception as err:  # noqa: BLE001 - any failure to find ptxas means this test cannot run here
+        return f"no ptxas for Triton: {type(err).__name__}: {err}"
+    if tool is None or not os.path.exists(tool.path):
+        return "no ptxas for Triton"
+    return None
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict[str, dict[str, object]]:
+    pytest.importorskip("triton")
+    problem = _ptxas_problem()
+    if problem:
+        pytest.skip(problem)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, __file__], capture_output=True, text=True, env=env, cwd=_ROOT, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_kernel_compiles_to_cubin(compiled, name):
+    result = compiled[name]
+    assert "error" not in result, result.get("error")
+    assert result["cubin_bytes"] > 0
+    assert any(op.startswith("ld.global") for op in result["loads"])
+
+
+@pytest.mark.parametrize("name", MUST_VECTORISE)
+def test_contiguous_kernels_use_vector_loads(compiled, name):
+    loads = compiled[name].get("loads", [])
+    assert any(".v4." in op or ".v2." in op for op in loads), loads
+
+
+def test_fused_kernels_store_the_activation(compiled):
+    for name, (_, _, kind, *_) in VARIANTS.items():
+        stores = compiled[name].get("stores")
+        assert stores is not None, compiled[name]
+        assert bool(stores) == (kind is not None), (name, stores)
+
+
+if __name__ == "__main__":
+    _child_main()
