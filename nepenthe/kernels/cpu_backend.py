@@ -11,6 +11,7 @@ from .jobs import CountJob, FusedJob
 from .layout import ChannelView
 
 NAME = "cpu"
+EXTENSION = "nepenthe._cpu"
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 ACTIVATION_CODES = {"relu": 0, "hardtanh": 1, "leaky_relu": 2, ("gelu", "none"): 3, ("gelu", "tanh"): 4}
@@ -22,10 +23,10 @@ def load() -> None:
     """Import ``nepenthe._cpu``; raise ImportError saying how to build it when it is missing or broken."""
     global _ext
     try:
-        _ext = importlib.import_module("nepenthe._cpu")
+        _ext = importlib.import_module(EXTENSION)
     except ImportError as err:
         raise ImportError(
-            f"nepenthe._cpu not built or not loadable ({err}): run `pip install --no-build-isolation --no-deps -e .`"
+            f"{EXTENSION} not built or not loadable ({err}): run `pip install --no-build-isolation --no-deps -e .`"
         ) from err
 
 

@@ -1,0 +1,137 @@
+"""Bad input raises a ValueError/TypeError naming the argument before any kernel runs; a backend that cannot run
+says why; a missing extension never breaks ``import nepenthe``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import nepenthe
+from nepenthe.kernels import BackendUnavailable, count_states, cpu_backend, dispatch, fused_activation
+
+
+@pytest.mark.parametrize(
+    "x,error,name",
+    [
+        (torch.ones(4, 3, dtype=torch.int32), TypeError, "x"),
+        (torch.ones(4, 3, dtype=torch.bool), TypeError, "x"),
+        (torch.ones(4, 3, dtype=torch.complex64), TypeError, "x"),
+        ([1.0, 2.0], TypeError, "x"),
+        (torch.tensor(1.0), ValueError, "x"),
+    ],
+    ids=["int32", "bool", "complex", "list", "0-d"],
+)
+def test_bad_x(x, error, name):
+    with pytest.raises(error, match=rf"\b{name}\b"):
+        count_states(x)
+
+
+@pytest.mark.parametrize("channel_dim,error", [(2, ValueError), (-3, ValueError), (1.0, TypeError), (True, TypeError)])
+def test_bad_channel_dim(channel_dim, error):
+    with pytest.raises(error, match="channel_dim"):
+        count_states(torch.ones(4, 3), channel_dim=channel_dim)
+
+
+@pytest.mark.parametrize(
+    "thresholds,error",
+    [
+        ((1.0, 0.0), ValueError),
+        ((0.0, 0.0), ValueError),
+        ((), ValueError),
+        (tuple(range(8)), ValueError),
+        ((0.0, math.nan), ValueError),
+        ((math.inf,), ValueError),
+        (("a",), TypeError),
+        (None, TypeError),
+    ],
+    ids=["decreasing", "equal", "empty", "eight", "nan", "inf", "string", "none"],
+)
+def test_bad_thresholds(thresholds, error):
+    counts = torch.zeros(3, 2, dtype=torch.int64)
+    with pytest.raises(error, match="thresholds"):
+        count_states(torch.ones(4, 3), thresholds, counts=counts)
+    assert int(counts.abs().sum()) == 0  # nothing ran
+
+
+@pytest.mark.parametrize(
+    "counts,error",
+    [
+        (torch.zeros(3, 3, dtype=torch.int64), ValueError),
+        (torch.zeros(4, 2, dtype=torch.int64), ValueError),
+        (torch.zeros(3, 2, dtype=torch.int32), TypeError),
+        (torch.zeros(3, 2, dtype=torch.float32), TypeError),
+        (torch.zeros(2, 3, dtype=torch.int64).T, ValueError),
+        (torch.zeros(3, 2, dtype=torch.int64, device="meta"), ValueError),
+        ([[0, 0]] * 3, TypeError),
+    ],
+    ids=["shape_k", "shape_c", "int32", "float", "non_contiguous", "other_device", "list"],
+)
+def test_bad_counts(counts, error):
+    with pytest.raises(error, match="counts"):
+        count_states(torch.ones(4, 3), (0.0,), counts=counts)
+
+
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(ValueError, match="backend"):
+        count_states(torch.ones(4, 3), backend="opencl")
+
+
+def test_backend_from_environment(monkeypatch):
+    monkeypatch.setenv("NEPENTHE_BACKEND", "opencl")
+    with pytest.raises(ValueError, match="backend"):
+        count_states(torch.ones(4, 3))
+    monkeypatch.setenv("NEPENTHE_BACKEND", "torch")
+    assert count_states(torch.tensor([[-1.0], [2.0]])).tolist() == [[1, 1]]
+
+
+def test_cuda_backend_on_cpu_tensor_says_why():
+    with pytest.raises(BackendUnavailable, match="cuda") as err:
+        count_states(torch.ones(4, 3), backend="cuda")
+    reason = str(err.value)
+    if torch.cuda.is_available() and "cuda" in nepenthe.available_backends("cuda"):
+        assert "CUDA tensors only" in reason
+    else:
+        assert "not available" in reason and len(reason) > len("backend 'cuda' is not available: ")
+
+
+def test_cpu_backend_on_cuda_tensor_says_why():
+    assert "CPU tensors only" in cpu_backend.device_problem(torch.device("cuda", 0))
+    assert cpu_backend.device_problem(torch.device("cpu")) is None
+
+
+def test_missing_extension_reports_how_to_build(monkeypatch):
+    """A missing nepenthe._cpu leaves the cpu backend out with a reason; the torch reference still counts."""
+    monkeypatch.setattr(cpu_backend, "EXTENSION", "nepenthe._cpu_never_built")
+    monkeypatch.setattr(dispatch, "_loaded", {})
+    status = {s.name: s for s in nepenthe.backend_status()}
+    assert not status["cpu"].loaded
+    assert "nepenthe._cpu_never_built not built" in status["cpu"].reason and "pip install" in status["cpu"].reason
+    assert "cpu" not in nepenthe.available_backends("cpu")
+    with pytest.raises(BackendUnavailable, match="not built"):
+        count_states(torch.ones(4, 3), backend="cpu")
+    assert count_states(torch.tensor([[-1.0], [2.0]])).tolist() == [[1, 1]]  # falls back to torch
+
+
+@pytest.mark.parametrize(
+    "kind,params,name",
+    [
+        ("swish", {}, "kind"),
+        ("hardtanh", {"min_val": 0.0}, "max_val"),
+        ("hardtanh", {"min_val": 1.0, "max_val": 1.0}, "min_val"),
+        ("leaky_relu", {}, "negative_slope"),
+        ("gelu", {"approximate": "fast"}, "approximate"),
+    ],
+)
+def test_bad_fused_arguments(kind, params, name):
+    counts = torch.zeros(3, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match=name):
+        fused_activation(torch.ones(4, 3), kind, counts, **params)
+
+
+def test_fused_bad_counts_and_input():
+    with pytest.raises(ValueError, match="counts"):
+        fused_activation(torch.ones(4, 3), "relu", torch.zeros(3, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x"):
+        fused_activation(torch.ones(4, 3, dtype=torch.int64), "relu", torch.zeros(3, 2, dtype=torch.int64))

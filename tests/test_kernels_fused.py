@@ -1,0 +1,125 @@
+"""Fused activation kernels against the unfused torch activation (forward and gradient) and the reference counts.
+
+Forward outputs must equal torch's bit for bit for relu/hardtanh/leaky_relu (signed zeros included; NaN where
+torch has NaN) and within dtype tolerance for GELU (computed in float32; float64 for float64). Gradients come
+from torch's own backward, so they are compared exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nepenthe.kernels import fused_activation
+from nepenthe.kernels.fused import default_thresholds
+from nepenthe.kernels.reference import count_states_reference
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+KINDS = [
+    ("relu", {}),
+    ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
+    ("hardtanh", {"min_val": -0.3, "max_val": 2.7}),
+    ("leaky_relu", {"negative_slope": 0.01}),
+    ("leaky_relu", {"negative_slope": 0.3}),
+    ("gelu", {"approximate": "none"}),
+    ("gelu", {"approximate": "tanh"}),
+]
+GELU_TOL = {torch.float32: 2e-6, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+LAYOUTS = {
+    "nchw": lambda t: (t, 1),
+    "channels_last": lambda t: (t.contiguous(memory_format=torch.channels_last), 1),
+    "nlc": lambda t: (t.flatten(2).transpose(1, 2).contiguous(), -1),
+    "sliced": lambda t: (t[:, :, 1:, ::2], 1),
+    "sliced_channels_last": lambda t: (t.contiguous(memory_format=torch.channels_last)[::2], 1),
+}
+
+
+def _input(dtype: torch.dtype, device: str, seed: int, with_inf: bool) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 19, 5, 7, generator=gen, dtype=torch.float64) * 4
+    x = torch.where(torch.rand(x.shape, generator=gen) < 0.3, torch.round(x * 2) / 2, x)
+    specials = [math.nan, 0.0, -0.0, 6.0, -0.3, 2.7, 1e-30, -1e-30] + ([math.inf, -math.inf] if with_inf else [])
+    x.view(-1)[: len(specials)] = torch.tensor(specials, dtype=torch.float64)
+    return x.to(dtype).to(device)
+
+
+def _torch_activation(x: torch.Tensor, kind: str, params: dict[str, object]) -> torch.Tensor:
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "hardtanh":
+        return F.hardtanh(x, params["min_val"], params["max_val"])
+    if kind == "leaky_relu":
+        return F.leaky_relu(x, params["negative_slope"])
+    return F.gelu(x, approximate=params["approximate"])
+
+
+def _assert_bit_equal(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal bit patterns (so -0.0 != 0.0), except that any NaN matches any NaN."""
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[got.element_size()]
+    keep = ~torch.isnan(want)
+    assert torch.equal(got[keep].view(ints), want[keep].view(ints))
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind,params", KINDS, ids=[f"{k}-{'-'.join(map(str, p.values()))}" for k, p in KINDS])
+def test_fused_forward_backward_counts(device_backend, kind, params, dtype, layout):
+    device, backend = device_backend
+    seed = zlib.crc32(repr((kind, params, dtype, layout)).encode())
+    # torch's vectorized GELU turns +-inf into NaN; the fused kernel gives the limit, so GELU skips infinities.
+    base = _input(dtype, device, seed, with_inf=kind != "gelu")
+    x, channel_dim = LAYOUTS[layout](base)
+    thresholds = default_thresholds(kind, params)
+    counts = torch.zeros(x.shape[channel_dim], len(thresholds) + 1, dtype=torch.int64, device=device)
+
+    xf = x.detach().clone().requires_grad_(True)
+    y = fused_activation(xf, kind, counts, channel_dim=channel_dim, backend=backend, **params)
+    xt = x.detach().clone().requires_grad_(True)
+    yt = _torch_activation(xt, kind, params)
+
+    assert y.shape == yt.shape and y.dtype == yt.dtype
+    if kind == "gelu":
+        tol = GELU_TOL[dtype]
+        torch.testing.assert_close(y, yt, atol=tol, rtol=tol, equal_nan=True)
+    else:
+        _assert_bit_equal(y.detach(), yt.detach())
+    assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), thresholds, channel_dim % x.dim(), False))
+
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+    y.backward(grad.to(device))
+    yt.backward(grad.to(device))
+    _assert_bit_equal(xf.grad, xt.grad)
+
+
+@pytest.mark.parametrize("ignore_ties", [False, True])
+def test_fused_custom_thresholds_and_ties(device_backend, ignore_ties):
+    device, backend = device_backend
+    x = (torch.round(torch.randn(3, 8, 6, 5, generator=torch.Generator().manual_seed(3)) * 2) / 2).to(device)
+    thresholds = (-1.0, 0.0, 0.5, 6.0)
+    counts = torch.full((8, 5), 7, dtype=torch.int64, device=device)
+    y = fused_activation(
+        x,
+        "hardtanh",
+        counts,
+        thresholds=thresholds,
+        ignore_ties=ignore_ties,
+        backend=backend,
+        min_val=-1.0,
+        max_val=6.0,
+    )
+    _assert_bit_equal(y, F.hardtanh(x, -1.0, 6.0))
+    want = 7 + count_states_reference(x.cpu(), thresholds, 1, ignore_ties)
+    assert torch.equal(counts.cpu(), want)
+
+
+def test_fused_empty(device_backend):
+    device, backend = device_backend
+    x = torch.empty(0, 4, 3, device=device, requires_grad=True)
+    counts = torch.zeros(4, 2, dtype=torch.int64, device=device)
+    y = fused_activation(x, "relu", counts, backend=backend)
+    assert y.shape == x.shape and int(counts.abs().sum()) == 0
