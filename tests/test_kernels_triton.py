@@ -186,10 +186,22 @@ def test_element_offsets_beyond_int32(shape, strides):
     assert torch.equal(got, _reference(x, (-1.0, 0.0, 1.0), 1))
 
 
+@pytest.mark.parametrize("states", [4, 8], ids=["int32-packing", "int64-packing"])
+def test_packed_counts_at_the_iteration_cap(states):
+    # Rows of 2 elements that cannot merge: 508 one-row tiles, so a program walks MAX_ITERS tiles and every element
+    # slot adds MAX_ITERS into the top state's packed field (the one nearest the sign bit).
+    x = torch.full((4 * MAX_ITERS, 1, 3), 10.0)[:, :, :2]
+    _, view = readable_view(x, 1)
+    assert launch_config(view, 4, target_programs=4).iters == MAX_ITERS
+    thresholds = tuple(float(t) for t in range(states - 1))
+    got = count_states(x, thresholds, backend="triton")
+    assert got.tolist() == [[0] * (states - 1) + [x.numel()]]
+
+
 def test_launch_config_keeps_packed_counts_and_tiles_in_range():
     huge = ChannelView(1, 3, 2**34, 0, 1, 3)  # channels_last-like, 2^35 elements
     cfg = launch_config(huge, 2, target_programs=2112)
-    assert cfg.iters == MAX_ITERS  # capped: an 8-bit packed count per element per state cannot overflow
+    assert cfg.iters == MAX_ITERS  # capped: a 7-bit packed count per element and state cannot overflow
     assert cfg.programs * cfg.iters >= cfg.n_cblocks * cfg.total_tiles
     assert cfg.block_c * cfg.block_i * 2 <= TILE_BYTES
     nchw = ChannelView(256, 64, 3136, 64 * 3136, 3136, 1)

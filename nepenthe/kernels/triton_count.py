@@ -4,12 +4,15 @@ One kernel reads the ``(outer, C, inner)`` strided view of x in tiles of ``[BLOC
 inner positions) and serves every layout: contiguous NCHW tiles run along ``inner`` (stride 1), channels_last
 and token tensors ``(N, L, C)`` tiles run along the channels (stride 1). Triton specialises a stride equal to 1
 and 16-divisible strides/pointers at launch, so the contiguous axis is known at compile time and loads
-vectorise to 128-bit accesses whenever the addresses are aligned.
+vectorise to 128-bit accesses whenever the addresses are aligned; the ``ALIGN`` constants add what the JIT does
+not mark (sizes and strides divisible by 2, 4 or 8), so 14x14 feature maps and 24-channel rows vectorise too.
 
 Each program walks ``iters`` consecutive tiles of one channel block, counts in registers and issues one atomic
 add per (channel, state) at the end, so atomics stay rare and no boolean temporary ever reaches memory.
-Per-element counts are packed into one integer (8 bits per state) so that the reduction across the tile runs
-once per program rather than once per tile; ``iters <= 255`` keeps every 8-bit field from overflowing.
+Per-element counts are packed into one integer (7 bits per state: int32 for up to 4 states, int64 for up to 8)
+so that the reduction across the tile runs once per program rather than once per tile. ``iters <= 127`` keeps
+every field from overflowing into the next, and no sum ever reaches the sign bit (no signed overflow, which
+Triton's debug mode would flag).
 
 CUDA tensors run the compiled kernel; CPU tensors run it in the Triton interpreter (``TRITON_INTERPRET=1``),
 which is how the kernel is tested on machines without a GPU. Triton decides at import whether its own library
@@ -37,9 +40,9 @@ ACTIVATIONS = {"relu": 1, "hardtanh": 2, "leaky_relu": 3, "gelu_none": 4, "gelu_
 # The constants tensor holds the greater thresholds, then the tie values, then two activation parameters.
 TIE_OFFSET = tl.constexpr(8)
 PARAM_OFFSET = tl.constexpr(16)
-FIELD_BITS = tl.constexpr(8)
-FIELD_MASK = tl.constexpr(255)
-MAX_ITERS = 255
+FIELD_BITS = tl.constexpr(7)
+FIELD_MASK = tl.constexpr(127)
+MAX_ITERS = 127
 NUM_WARPS = 8
 TILE_BYTES = 16384
 ROW_BYTES = 512
@@ -117,7 +120,7 @@ def _count_states_kernel(
             state += (v > tl.load(consts_ptr + k)).to(tl.int32)
             if IGNORE_TIES:
                 valid = valid & (v != tl.load(consts_ptr + TIE_OFFSET + k))
-        # One count per state, packed 8 bits apart: a single add per element for any number of states.
+        # One count per state, packed 7 bits apart: a single add per element for any number of states.
         acc += tl.where(valid, one << (state.to(ACC) * FIELD_BITS), 0)
         if ACT != 0:
             if ACT == 1:
