@@ -1,8 +1,10 @@
 """The Triton kernels compile for real GPUs (sm_90 and sm_80) down to PTX and cubin, without a GPU.
 
-Each variant is specialised the way Triton's JIT specialises a launch (strides equal to 1 become constants,
-16-divisible pointers and integers are marked so), from the arguments the backend really passes for a CPU
-tensor of that layout. The contiguous NCHW and channels_last kernels must read x with vector loads.
+Each variant is specialised by Triton's own launch-time binder (strides equal to 1 become constants, 16-divisible
+pointers and integers are marked so) from the arguments the backend really passes for a CPU tensor of that
+layout, then compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90 or 80, 32))``. The
+contiguous NCHW and channels_last kernels (and the 14x14 / 24-channel ones, through the ALIGN hints) must read x
+with vector loads.
 
 Compilation runs in a child process with the interpreter off: Triton fixes at import whether its library
 functions are compiled or interpreted, and this test session may have imported it with ``TRITON_INTERPRET=1``.
@@ -72,6 +74,8 @@ def _compile_variant(name: str) -> dict[str, object]:
     """Compile one variant in this (child) process; what the test checks about it."""
     import triton
     from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
 
     from nepenthe.kernels.jobs import CountJob, FusedJob
     from nepenthe.kernels.layout import readable_view
@@ -92,25 +96,16 @@ def _compile_variant(name: str) -> dict[str, object]:
         launch = kernel_launch(job, act, _PARAMS.get(kind, (0.0, 0.0)))
 
     fn = compiled_kernel()
-    names = fn.arg_names
-    signature, constexprs, attrs = {}, dict(launch.constexprs), {}
-    for pos, (arg_name, value) in enumerate(zip(names[: len(launch.args)], launch.args, strict=True)):
-        # What the JIT does at launch: ints equal to 1 become constants, 16-divisible values are marked so.
-        if isinstance(value, torch.Tensor):
-            signature[arg_name] = "*" + {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-                                         torch.float64: "fp64", torch.int64: "i64"}[value.dtype]  # fmt: skip
-            divisible = value.data_ptr() % 16 == 0
-        elif value == 1:
-            constexprs[arg_name] = 1
-            continue
-        else:
-            signature[arg_name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            divisible = value % 16 == 0
-        if divisible:
-            attrs[(pos,)] = [["tt.divisibility", 16]]
-    signature.update({k: "constexpr" for k in constexprs})
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    # Triton's own launch-time specialisation (ints equal to 1 become constants, 16-divisible pointers and
+    # ints are marked), applied to the arguments the backend really passes: what a GPU launch would compile.
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = dict(launch.constexprs, num_warps=launch.num_warps)
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     src = triton.compiler.ASTSource(fn, signature, constexprs, attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch.num_warps})
+    kernel = triton.compile(src, target=target, options=options.__dict__)
     ptx = kernel.asm["ptx"]
     return {
         "cubin_bytes": len(kernel.asm["cubin"]),
