@@ -73,9 +73,7 @@ def neuron_irrelevance(neuron_entropy: torch.Tensor, weight: torch.Tensor, reduc
         raise ValueError(f"reduction must be one of {LAYER_REDUCTIONS}, got {reduction!r}")
     h = neuron_entropy.detach().to(torch.float64).reshape(-1)
     if h.numel() != weight.shape[0]:
-        raise ValueError(
-            f"neuron_entropy has {h.numel()} neurons but the weight has {weight.shape[0]} output channels"
-        )
+        raise ValueError(f"neuron_entropy has {h.numel()} neurons but the weight has {weight.shape[0]} output channels")
     per_neuron = h * neuron_magnitudes(weight)
     if reduction == "sum":
         return float(per_neuron.sum())
@@ -124,8 +122,7 @@ def allocate_budget(irrelevance: dict[str, float], alive: dict[str, int], zeta: 
     total_irrelevance = sum(irrelevance[n] for n in pool)
     relevance = {n: total_irrelevance / irrelevance[n] for n in pool}
     result = {
-        n: LayerBudget(n, irrelevance[n], relevance.get(n, 0.0), 0.0, int(alive[n]), 0, False)
-        for n in irrelevance
+        n: LayerBudget(n, irrelevance[n], relevance.get(n, 0.0), 0.0, int(alive[n]), 0, False) for n in irrelevance
     }
     budget = zeta * sum(alive[n] for n in pool)
     remaining = list(pool)

@@ -15,6 +15,7 @@ the dense architecture before loading the weights.
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,13 +27,23 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..profiler.callsites import call_site_names
+from .artifacts import SHRUNK_NAME, save_kept
+from .checkpoint import (
+    CheckpointError,
+    atomic_save,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import NepentheConfig
 from .data import subset
 from .distributed import DistContext, barrier, init_distributed
 from .latency import measure_latency
 from .masks import PruningMasks
-from .prunable import feeding_calls
+from .prunable import feeding_calls, feeding_calls_in_order
 from .pruner import apply_pruning, plan_pruning
 from .report import write_report
 from .training import batches, evaluate, phase_seed, train
@@ -122,6 +133,24 @@ class _Run:
         self.stopped: str | None = None
         self.optimizer_state: dict[str, Any] | None = None
         self.profile_state: dict[str, Any] | None = None
+        dense_feeders = feeding_calls(copy.deepcopy(self.template).eval(), self.example_input)
+        self.prunable = {layer for layer in dense_feeders.values() if layer is not None}
+        names = call_site_names(dense_feeders)
+        fed: dict[str, list[str]] = {}
+        for key, layer in dense_feeders.items():
+            if layer is not None:
+                fed.setdefault(layer, []).append(names[key])
+        # A layer feeding exactly one call site names that site for good, whatever surgery renames it to later.
+        self.canonical_by_layer = {layer: sites[0] for layer, sites in fed.items() if len(sites) == 1}
+        self.total_layers = len(names)
+
+    def canonical(self, prof: Any, feeders: dict[tuple[str, int], str | None]) -> dict[str, str]:
+        """Profiled layer name -> its name in the dense model (stable across iterations, for reports)."""
+        out = {}
+        for name, info in prof.layers.items():
+            layer = feeders.get((info.module_name, info.call_index))
+            out[name] = self.canonical_by_layer.get(layer, name) if layer is not None else name
+        return out
 
     # -- state ---------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -193,7 +222,7 @@ class _Run:
         return True
 
     def log(self, message: str) -> None:
-        if self.cfg.progress and self.ctx.is_main:
+        if self.ctx.is_main:
             print(f"[nepenthe] {message}", flush=True)
 
     # -- phases --------------------------------------------------------------------------------------------
@@ -222,9 +251,10 @@ class _Run:
         k = self.iteration + 1
         start = time.perf_counter()
         _seed_everything(phase_seed(cfg.seed, k))
-        feeders = feeding_calls(self.model, self.example_input.to(ctx.device))
+        feeders = feeding_calls_in_order(self.model, self.example_input.to(ctx.device), self.prunable)
         prof = _profile(self.model, self.profile_set, cfg, ctx, f"profile {k}")
-        entropy = prof.layer_entropy(cfg.layer_reduction)
+        canonical = self.canonical(prof, feeders)
+        entropy = {canonical[n]: h for n, h in prof.layer_entropy(cfg.layer_reduction).items()}
         zero = prof.linearizable()
         budgets = plan_pruning(self.model, prof, feeders, self.masks, cfg, skip=set(zero))
         to_prune = sum(b.prune for b in budgets.values())
@@ -233,7 +263,9 @@ class _Run:
         if zero:
             counts = _cpu_counts(prof, zero)
             _linearize(self.model, zero, counts)
-            self.linearized.append({"iteration": k, "layers": list(zero), "counts": counts})
+            self.linearized.append(
+                {"iteration": k, "layers": list(zero), "names": [canonical[n] for n in zero], "counts": counts}
+            )
         pruned = apply_pruning(self.model, self.masks, budgets)
         optimizer, loss = train(
             self.model, self.train_set, cfg, ctx, epochs=cfg.finetune_epochs, lr=cfg.lr, phase=k,
@@ -250,7 +282,7 @@ class _Run:
             "sparsity": self.masks.sparsity(self.model),
             "train_loss": loss,
             "seconds": time.perf_counter() - start,
-            "linearized": list(zero),
+            "linearized": [canonical[n] for n in zero],
             "removed_total": removed_total,
             "zero_entropy_layers": len(zero),
             "layer_entropy": entropy,
@@ -281,14 +313,6 @@ class _Run:
         if path is None:
             raise CheckpointError(f"the checkpoint of iteration {keep} (the last within delta) is missing")
         return self.rebuild(load_checkpoint(path), path), keep
-
-    @property
-    def total_layers(self) -> int:
-        if not hasattr(self, "_total_layers"):
-            from ..profiler import trace_call_sites
-
-            self._total_layers = len(trace_call_sites(copy.deepcopy(self.template), self.example_input))
-        return self._total_layers
 
 
 def run_nepenthe(
@@ -348,20 +372,25 @@ def _finish(run: _Run, stop: str) -> RunResult:
     cfg, ctx = run.cfg, run.ctx
     model, kept_iteration = run.kept()
     accuracy = next(r["accuracy"] for r in run.history if r["iteration"] == kept_iteration)
-    removed = [n for s in run.linearized if s["iteration"] <= kept_iteration for n in s["layers"]]
+    removed = [n for s in run.linearized if s["iteration"] <= kept_iteration for n in s["names"]]
     final_step: dict[str, Any] = {"linearized": [], "accepted": False}
+    final_counts: dict[str, torch.Tensor] = {}
     if cfg.finalize_linearize and kept_iteration > 0:
         _seed_everything(phase_seed(cfg.seed, kept_iteration + 1))
+        feeders = feeding_calls_in_order(model, run.example_input.to(ctx.device), run.prunable)
         prof = _profile(model, run.profile_set, cfg, ctx, "profile final")
+        canonical = run.canonical(prof, feeders)
         zero = prof.linearizable()
         if zero:
             trial = copy.deepcopy(model)
-            _linearize(trial, zero, _cpu_counts(prof, zero))
+            counts = _cpu_counts(prof, zero)
+            _linearize(trial, zero, counts)
             trial_accuracy = evaluate(trial, run.test_set, cfg, ctx, "eval final")
             accepted = run.dense_accuracy - trial_accuracy <= cfg.delta
-            final_step = {"linearized": list(zero), "accuracy": trial_accuracy, "accepted": accepted}
+            names = [canonical[n] for n in zero]
+            final_step = {"linearized": names, "layers": list(zero), "accuracy": trial_accuracy, "accepted": accepted}
             if accepted:
-                model, accuracy, removed = trial, trial_accuracy, removed + list(zero)
+                model, accuracy, removed, final_counts = trial, trial_accuracy, removed + names, counts
             run.log(
                 f"final linearization of {len(zero)} more layer(s): acc {trial_accuracy:.2f}% "
                 f"({'kept' if accepted else 'rejected'})"
@@ -382,7 +411,9 @@ def _finish(run: _Run, stop: str) -> RunResult:
             "shrunk_ms": measure_latency(shrunk, example),
             "shrunk_accuracy": shrunk_accuracy,
         }
-        _save_models(run, model, shrunk, shrink_report)
+        _save_models(
+            run, model, shrunk, shrink_report, final_step.get("layers", []) if final_counts else [], final_counts
+        )
     result = RunResult(
         model=model,
         shrunk=shrunk,
@@ -421,19 +452,30 @@ def _dense_model(run: _Run) -> nn.Module:
     return run.rebuild(load_checkpoint(path), path).eval()
 
 
-def _save_models(run: _Run, kept: nn.Module, shrunk: nn.Module, shrink_report: Any) -> None:
-    """The kept model's state dict (load it after replaying ``linearized``) and the whole shrunk module."""
-    from .checkpoint import atomic_save
-
-    atomic_save({k: v.cpu() for k, v in kept.state_dict().items()}, run.out / "kept_model_state.pt")
+def _save_models(
+    run: _Run,
+    kept: nn.Module,
+    shrunk: nn.Module,
+    shrink_report: Any,
+    final_layers: list[str],
+    final_counts: dict[str, torch.Tensor],
+) -> None:
+    """The kept model (replayable: see :mod:`.artifacts`), the whole shrunk module, and the shrink plan."""
+    steps = [s for s in run.linearized if s["iteration"] <= _kept_iteration(run)]
+    if final_layers:
+        steps = [*steps, {"iteration": "final", "layers": final_layers, "counts": final_counts}]
+    save_kept(run.out, steps, kept, run.extra)
     try:
-        atomic_save(copy.deepcopy(shrunk).cpu(), run.out / "shrunk_model.pt")
+        atomic_save(copy.deepcopy(shrunk).cpu(), run.out / SHRUNK_NAME)
     except Exception as err:  # noqa: BLE001 - a model class that cannot be pickled is reported, not fatal
-        run.log(f"the shrunk model could not be pickled ({type(err).__name__}: {err}); state dict saved instead")
-        atomic_save({k: v.cpu() for k, v in shrunk.state_dict().items()}, run.out / "shrunk_model_state.pt")
+        run.log(
+            f"the shrunk model could not be pickled ({type(err).__name__}: {err}); rebuild it with `nepenthe shrink`"
+        )
     plan = getattr(shrink_report, "plan", None)
     if plan is not None:
-        import json
-
         text = plan.to_json() if hasattr(plan, "to_json") else json.dumps(plan, indent=2, default=str)
         (run.out / "shrink_plan.json").write_text(text)
+
+
+def _kept_iteration(run: _Run) -> int:
+    return max(r["iteration"] for r in run.history if r["accepted"])

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _layer_order(iterations: list[dict[str, Any]]) -> list[str]:
@@ -32,7 +33,7 @@ def entropy_heatmap(report: dict[str, Any], path: Path) -> Path:
             value = record["layer_entropy"].get(name)
             if value is not None:
                 grid[i, j] = value
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * grid.shape[1], 1.5 + 0.28 * grid.shape[0]))
+    fig, ax = plt.subplots(figsize=(max(5.5, 3.0 + 0.5 * grid.shape[1]), 1.8 + 0.28 * grid.shape[0]))
     cmap = matplotlib.colormaps["viridis"].copy()
     cmap.set_bad("lightgrey")
     image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0)
@@ -60,6 +61,7 @@ def accuracy_plot(report: dict[str, Any], path: Path) -> Path:
     ax.axhline(dense, color="tab:blue", ls="--", lw=1, label="dense")
     ax.axhspan(dense - delta, dense, color="tab:blue", alpha=0.1, label=f"within delta={delta}")
     ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     twin = ax.twinx()
     twin.step(x, removed, where="mid", color="tab:red", label="layers removed")

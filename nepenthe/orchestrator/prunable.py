@@ -8,12 +8,16 @@ block for an identity skip), which METHOD.md says is not pruned. The walk stops 
 call site has no prunable layer of its own.
 
 Models that ``torch.fx`` cannot trace fall back to execution order: the last conv/linear that ran before the
-activation, skipping modules whose name marks them as a shortcut (``downsample``, ``shortcut``).
+activation, skipping modules whose name marks them as a shortcut (``downsample``, ``shortcut``). Between
+iterations the loop uses execution order restricted to the layers found on the dense model
+(:func:`feeding_calls_in_order`): linearized call sites (a dispatch module with control flow) defeat symbolic
+tracing, and the restriction keeps shortcut convs out exactly as the graph walk did.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import fx, nn
@@ -60,7 +64,20 @@ def feeding_calls(model: nn.Module, example_input: torch.Tensor | None = None) -
             f"torch.fx cannot trace {type(model).__name__}; prunable layers are taken from execution order",
             stacklevel=2,
         )
-        return _by_execution(model, example_input)
+        return _by_execution(model, example_input, lambda name: not any(w in name for w in _SHORTCUT_WORDS))
+
+
+def feeding_calls_in_order(
+    model: nn.Module, example_input: torch.Tensor, allowed: set[str]
+) -> dict[tuple[str, int], str | None]:
+    """For each activation call, the last module of ``allowed`` (conv/linear names) that ran before it.
+
+    Example::
+
+        >>> dense = feeding_calls(model)
+        >>> feeding_calls_in_order(model, x, {v for v in dense.values() if v})
+    """
+    return _by_execution(model, example_input, lambda name: name in allowed)
 
 
 def _by_graph(model: nn.Module) -> dict[tuple[str, int], str | None]:
@@ -105,13 +122,15 @@ def _by_graph(model: nn.Module) -> dict[tuple[str, int], str | None]:
     return calls
 
 
-def _by_execution(model: nn.Module, example_input: torch.Tensor) -> dict[tuple[str, int], str | None]:
+def _by_execution(
+    model: nn.Module, example_input: torch.Tensor, eligible: Callable[[str], bool]
+) -> dict[tuple[str, int], str | None]:
     last: list[str | None] = [None]
     calls: dict[tuple[str, int], str | None] = {}
     seen: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
-        if is_weighted(module) and not any(word in name for word in _SHORTCUT_WORDS):
+        if is_weighted(module) and eligible(name):
 
             def after(mod: nn.Module, args: tuple, out: object, name: str = name) -> None:
                 last[0] = name
