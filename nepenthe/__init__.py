@@ -12,6 +12,7 @@ from .activations import ActivationSpec, Piece, activation_spec, register_activa
 from .entropy import dominant_state, is_linearizable, layer_entropy, neuron_entropy
 from .kernels import available_backends, backend_status, count_states, fused_activation
 from .profiler import LayerInfo, Profile, prepare, profile
+from .surgery import LinearizeReport, ShrinkReport, apply_plan, linearize, load_plan, save_plan, shrink
 from .orchestrator import NepentheConfig, RunResult, run_nepenthe
 
 __version__ = "0.1.0"
@@ -19,11 +20,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationSpec",
     "LayerInfo",
+    "LinearizeReport",
     "NepentheConfig",
     "Piece",
     "Profile",
     "RunResult",
+    "ShrinkReport",
     "activation_spec",
+    "apply_plan",
     "available_backends",
     "backend_status",
     "count_states",
@@ -31,9 +35,13 @@ __all__ = [
     "fused_activation",
     "is_linearizable",
     "layer_entropy",
+    "linearize",
+    "load_plan",
     "neuron_entropy",
     "prepare",
     "profile",
     "register_activation",
     "run_nepenthe",
+    "save_plan",
+    "shrink",
 ]

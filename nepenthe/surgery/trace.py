@@ -1,0 +1,51 @@
+"""torch.fx tracing that understands nepenthe's modules (one graph node per activation call site)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from .affine import CallSiteDispatch, ChannelAffine
+from .algebra import BorderBiasConv2d
+
+
+class SurgeryTracer(fx.Tracer):
+    """An fx tracer whose leaves include :class:`ChannelAffine` and :class:`BorderBiasConv2d`.
+
+    A :class:`CallSiteDispatch` is not kept as a node: call ``k`` is traced as a call of the module for call site
+    ``k`` (``relu.sites.1`` or ``relu.original``), so every call site is its own node and can be folded alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dispatch_calls: dict[int, int] = {}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (ChannelAffine, BorderBiasConv2d)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        if isinstance(m, CallSiteDispatch):
+            index = self._dispatch_calls.get(id(m), 0)
+            self._dispatch_calls[id(m)] = index + 1
+            if m.calls:
+                index %= m.calls
+            site = m.site_module(index)
+            return self.call_module(site, site.forward, args, kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule with :class:`SurgeryTracer` (raises with advice when fx cannot)."""
+    tracer = SurgeryTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:  # fx raises many types (TraceError, TypeError on data-dependent control flow)
+        raise RuntimeError(
+            f"shrink needs a torch.fx trace of {type(model).__name__}, which failed: {err}. Wrap data-dependent "
+            "code in torch.fx.wrap'ed functions (as torchvision's swin does) or shrink a traceable submodule"
+        ) from err
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
