@@ -65,7 +65,7 @@ class LinearizeReport:
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
         notes = [f"  {s.name}: {s.note}" for s in self.sites if s.note]
         return "\n".join([f"linearized {len(self.sites)} call site(s)", *lines, *(["notes:"] + notes if notes else [])])
 
@@ -271,7 +271,7 @@ def linearize(
                 scale, shift, exact = affine_from_states(act, states)
             except ValueError as err:
                 raise ValueError(f"layers: {name!r}: {err}") from None
-            hist = {int(k): int(v) for k, v in zip(*torch.unique(states, return_counts=True))}
+            hist = {int(k): int(v) for k, v in zip(*torch.unique(states, return_counts=True), strict=True)}
             note = "" if exact else "the activation is not affine on the state seen: sign-constant approximation"
             if not ok:
                 exact = False

@@ -264,7 +264,6 @@ class Surgeon:
 
     # ---- passes
     def drop_pass(self) -> bool:
-        changed = False
         for n in list(self.gm.graph.nodes):
             m = self.module(n)
             what = None
@@ -374,17 +373,19 @@ class Surgeon:
                 key = (flops, layers) if self.skip_slower else (layers, flops)
                 if best[j] is None or key < best[j][0]:
                     best[j] = (key, best[i][1] + [(i, j - 1)])
-        segs = best[n][1]
-        return segs if self.skip_slower else segs
+        return best[n][1]
 
     def _merge_conv_chain(self, chain: list[fx.Node]) -> bool:
         ops = [self.op(n) for n in chain]
-        if any(isinstance(o, Refusal) for o in ops):
-            for a, b, o in zip(chain, chain[1:], ops):
-                if isinstance(o, Refusal):
-                    self._pair_reasons[(a.name, b.name)] = o.reason
+        bad = {k: o.reason for k, o in enumerate(ops) if isinstance(o, Refusal)}
+        if bad:
+            for k in range(len(chain) - 1):
+                reason = bad.get(k) or bad.get(k + 1)
+                if reason:
+                    self._note_once(f"merge {chain[k].target} + {chain[k + 1].target}", reason)
+                    self._pair_reasons[(chain[k].name, chain[k + 1].name)] = reason
             return False
-        flops = [conv_flops(conv_shape(o), self._in_hw(n)) for o, n in zip(ops, chain)]
+        flops = [conv_flops(conv_shape(o), self._in_hw(n)) for o, n in zip(ops, chain, strict=True)]
         shapes: dict[tuple[int, int], dict | Refusal] = {}
         for i in range(len(chain)):
             shape, has_bias = conv_shape(ops[i]), bool((ops[i].bias != 0).any())
