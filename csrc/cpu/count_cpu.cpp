@@ -24,7 +24,8 @@ namespace {
 constexpr int64_t kChunk = 2048;           // gather/activation buffer length: 8 KiB of float32, stays in L1
 constexpr int64_t kItemTarget = 1 << 15;   // elements per work item (row path)
 constexpr int64_t kMinRun = 1024;          // row path: elements of one channel per item, to amortize a flush
-constexpr int64_t kChanTarget = 1 << 16;   // elements per work item (channel path): 256 KiB of float32, in L2
+constexpr int64_t kChanTarget = 1 << 17;   // elements per work item (channel path)
+constexpr int64_t kL1Bytes = 16 << 10;     // channel path: bytes of input re-read from L1 by successive tiles
 constexpr int64_t kMaxItemChans = 2048;    // channels per item (channel path)
 constexpr int64_t kParallelMin = 1 << 16;  // below this many elements, threads cost more than they save
 
@@ -147,8 +148,7 @@ inline typename Simd<T>::V load_vec(const S* p) {
   } else if constexpr (std::is_same_v<S, BF16>) {
     U16x16 h;
     std::memcpy(&h, p, sizeof h);
-    const U32x16 w = __builtin_convertvector(h, U32x16) << 16;
-    std::memcpy(&v, &w, sizeof v);
+    v = (V)(__builtin_convertvector(h, U32x16) << 16);
   } else {
 #if defined(__AVX512F__)
     const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -238,15 +238,6 @@ struct Counter {
     int64_t sums[kAcc];
     for (int j = 0; j < kAcc; ++j) sums[j] = lane_sum(acc[j]);
     add_states(counts, sums, ignore_ties);
-    clear();
-  }
-  // Lane l counts channel l: adds the per-state counts of lanes [lo, hi) to counts + l * (K + 1).
-  void flush_lanes(int64_t* counts, int lo, int hi, bool ignore_ties) {
-    for (int l = lo; l < hi; ++l) {
-      int64_t sums[kAcc];
-      for (int j = 0; j < kAcc; ++j) sums[j] = acc[j][l];
-      add_states(counts + static_cast<int64_t>(l) * (K + 1), sums, ignore_ties);
-    }
     clear();
   }
   static void add_states(int64_t* counts, const int64_t* sums, bool ignore_ties) {
@@ -348,22 +339,55 @@ void run_rows(const Job<S>& job) {
   }
 }
 
-// Channel path: channel stride 1 (channels_last, (N, L, C)). Each lane of a vector counter is one channel; a
-// tile of R vectors of channels keeps its counters in registers while it sweeps the item's positions.
+// Adds R vectors of channels over positions [q0, q1) into the lane counters slots[vi..vi+R) (see run_channels).
+template <int R, class S, class Ctr>
+inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int64_t q1, typename Ctr::I* slots,
+                       int64_t nslots, int64_t vi) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const S* row = first + q * stride;
+    for (int r = 0; r < R; ++r) ctr[r].add(load_vec<S>(row + r * Ctr::W));
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < Ctr::kAcc; ++j) slots[j * nslots + vi + r] += ctr[r].acc[j];
+    ctr[r].clear();
+  }
+}
+
+// sweep_tile with m < R vectors (m known only at run time).
+template <int M, class S, class Ctr>
+inline void sweep_narrow(int m, Ctr* ctr, const S* first, int64_t stride, int64_t q0, int64_t q1,
+                         typename Ctr::I* slots, int64_t nslots, int64_t vi) {
+  if constexpr (M >= 1) {
+    if (m == M) {
+      sweep_tile<M>(ctr, first, stride, q0, q1, slots, nslots, vi);
+    } else {
+      sweep_narrow<M - 1>(m, ctr, first, stride, q0, q1, slots, nslots, vi);
+    }
+  }
+}
+
+// Channel path: channel stride 1 (channels_last, (N, L, C)). Each lane of a vector counter is one channel. An
+// item (a block of positions x up to kMaxItemChans channels) is read in L1-sized blocks of positions; within a
+// block, tiles of R vectors of channels keep their counters in registers while they sweep its positions, then
+// add them to per-item int32 lane counters, which become per-state counts once per item.
 template <class S, int K, bool kTies>
 void run_channels(const Job<S>& job) {
   using T = typename Traits<S>::T;
   using Ctr = Counter<T, K, kTies>;
   using I = typename Ctr::I;
+  using Lane = decltype(I{}[0] + 0);
   constexpr int W = Ctr::W;
   constexpr int R = std::max(1, 16 / Ctr::kAcc);
   const View& v = job.v;
   const ChannelPlan p = plan_channels(v, kChanTarget, kMaxItemChans);
+  const int64_t block = clamp64(kL1Bytes / (p.chans * static_cast<int64_t>(sizeof(S))), 8, p.positions);
+  const int64_t nslots = ceil_div(p.chans, W);
   const int64_t items = p.items(v.outer);
   const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
 #pragma omp parallel num_threads(job.threads) if (parallel)
   {
     std::vector<T> buf(kChunk);
+    std::vector<I> slots(static_cast<size_t>(Ctr::kAcc * nslots));
     Ctr ctr[R];
     for (int r = 0; r < R; ++r) ctr[r] = Ctr(job.th);
 #pragma omp for schedule(static)
@@ -371,35 +395,44 @@ void run_channels(const Job<S>& job) {
       const int64_t cb = item % p.chan_blocks;
       const int64_t pb = (item / p.chan_blocks) % p.pos_blocks;
       const int64_t o = item / (p.chan_blocks * p.pos_blocks);
-      const int64_t c0 = cb * p.chans, c1 = std::min(v.channels, c0 + p.chans);
+      const int64_t c0 = cb * p.chans, n = std::min(v.channels, c0 + p.chans) - c0;
       const int64_t q0 = pb * p.positions, q1 = std::min(v.inner, q0 + p.positions);
-      const S* base = job.x + o * v.s_outer;
-      int64_t c = c0;
-      for (; c + R * W <= c1; c += R * W) {  // full tiles
-        for (int64_t q = q0; q < q1; ++q) {
-          const S* row = base + q * v.s_inner + c;
-          for (int r = 0; r < R; ++r) ctr[r].add(load_vec<S>(row + r * W));
+      const int64_t full = n / W, tail = n - full * W;
+      const S* base = job.x + o * v.s_outer + c0;
+      std::fill(slots.begin(), slots.end(), I{});
+      for (int64_t qb = q0; qb < q1; qb += block) {
+        const int64_t qe = std::min(q1, qb + block);
+        int64_t vi = 0;
+        for (; vi + R <= full; vi += R) sweep_tile<R>(ctr, base + vi * W, v.s_inner, qb, qe, slots.data(), nslots, vi);
+        if (vi < full) {
+          sweep_narrow<R - 1>(static_cast<int>(full - vi), ctr, base + vi * W, v.s_inner, qb, qe, slots.data(),
+                              nslots, vi);
         }
-        for (int r = 0; r < R; ++r) ctr[r].flush_lanes(job.counts + (c + r * W) * (K + 1), 0, W, job.th.ignore_ties);
+        if (tail != 0) {  // the last channels: an overlapping masked vector, or NaN-padded when n < W
+          if (n >= W) {
+            const I keep = lane_index<I>() >= static_cast<Lane>(W - tail);
+            for (int64_t q = qb; q < qe; ++q) ctr[0].add(load_vec<S>(base + q * v.s_inner + n - W), keep);
+          } else {
+            for (int64_t q = qb; q < qe; ++q) ctr[0].add(load_partial<S>(base + q * v.s_inner, tail));
+          }
+          for (int j = 0; j < Ctr::kAcc; ++j) slots[j * nslots + full] += ctr[0].acc[j];
+          ctr[0].clear();
+        }
       }
-      for (; c + W <= c1; c += W) {  // single vectors
-        for (int64_t q = q0; q < q1; ++q) ctr[0].add(load_vec<S>(base + q * v.s_inner + c));
-        ctr[0].flush_lanes(job.counts + c * (K + 1), 0, W, job.th.ignore_ties);
-      }
-      if (c < c1) {  // the last channels: an overlapping masked vector, or NaN-padded if the block is narrow
-        const int64_t m = c1 - c;
-        if (c1 - c0 >= W) {
-          const int64_t start = c1 - W;
-          const I keep = lane_index<I>() >= static_cast<decltype(I{}[0] + 0)>(W - m);
-          for (int64_t q = q0; q < q1; ++q) ctr[0].add(load_vec<S>(base + q * v.s_inner + start), keep);
-          ctr[0].flush_lanes(job.counts + start * (K + 1), static_cast<int>(W - m), W, job.th.ignore_ties);
-        } else {
-          for (int64_t q = q0; q < q1; ++q) ctr[0].add(load_partial<S>(base + q * v.s_inner + c, m));
-          ctr[0].flush_lanes(job.counts + c * (K + 1), 0, static_cast<int>(m), job.th.ignore_ties);
+      for (int64_t vi = 0; vi < nslots; ++vi) {
+        // slot vi holds channels c0 + first + l for lanes l in [lo, W)
+        const bool last_masked = vi == full && n >= W;
+        const int64_t first = last_masked ? n - W : vi * W;
+        const int lo = last_masked ? static_cast<int>(W - tail) : 0;
+        const int hi = vi == full ? (last_masked ? W : static_cast<int>(tail)) : W;
+        for (int l = lo; l < hi; ++l) {
+          int64_t sums[Ctr::kAcc];
+          for (int j = 0; j < Ctr::kAcc; ++j) sums[j] = slots[j * nslots + vi][l];
+          Ctr::add_states(job.counts + (c0 + first + l) * (K + 1), sums, job.th.ignore_ties);
         }
       }
       if (job.y != nullptr) {
-        for (int64_t q = q0; q < q1; ++q) write_activation(job, o, c0, q, c1 - c0, true, buf.data());
+        for (int64_t q = q0; q < q1; ++q) write_activation(job, o, c0, q, n, true, buf.data());
       }
     }
   }
