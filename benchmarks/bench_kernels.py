@@ -1,0 +1,234 @@
+"""Time the counting kernels on real activation shapes against the naive count and a plain read of the tensor.
+
+For each backend available on the device, and activation shapes of ResNet-18, MobileNet-V2 and Swin-T at batch
+32, in float32/float16/bfloat16, NCHW and channels_last, it times ``count_states`` against
+
+- naive: ``(x > 0).sum(dim=...)``, the per-channel count one would write in PyTorch;
+- sum: ``x.sum()``, one read of the same bytes: the practical bandwidth ceiling;
+
+then the fused activation kernels against torch's activation alone and against activation + separate count.
+Prints markdown tables (time, GB/s, speed-up over naive, ratio to sum).
+
+Usage::
+
+    python benchmarks/bench_kernels.py --device cpu --quick
+    python benchmarks/bench_kernels.py --device cuda --out results/gpu/kernels.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+import nepenthe
+from nepenthe import count_states, fused_activation
+
+
+@dataclass(frozen=True)
+class Case:
+    """One activation tensor as a model produces it."""
+
+    model: str
+    what: str
+    shape: tuple[int, ...]  # logical shape at batch 32
+    channel_dim: int
+    kind: str  # the activation that follows (fused benchmark)
+    params: dict[str, object]
+    thresholds: tuple[float, ...]
+    layouts: tuple[str, ...]  # "nchw", "channels_last" or "natural" (token tensors)
+
+
+CASES = [
+    Case("ResNet-18", "layer1 ReLU", (32, 64, 56, 56), 1, "relu", {}, (0.0,), ("nchw", "channels_last")),
+    Case("ResNet-18", "layer4 ReLU", (32, 512, 7, 7), 1, "relu", {}, (0.0,), ("nchw", "channels_last")),
+    Case(
+        "MobileNet-V2",
+        "block1 ReLU6",
+        (32, 96, 112, 112),
+        1,
+        "hardtanh",
+        {"min_val": 0.0, "max_val": 6.0},
+        (0.0, 6.0),
+        ("nchw", "channels_last"),
+    ),
+    Case(
+        "MobileNet-V2",
+        "last ReLU6",
+        (32, 1280, 7, 7),
+        1,
+        "hardtanh",
+        {"min_val": 0.0, "max_val": 6.0},
+        (0.0, 6.0),
+        ("nchw", "channels_last"),
+    ),
+    Case("Swin-T", "stage1 MLP GELU", (32, 56, 56, 384), -1, "gelu", {"approximate": "none"}, (0.0,), ("natural",)),
+]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_input(case: Case, layout: str, dtype: torch.dtype, device: str, batch: int) -> torch.Tensor:
+    shape = (batch, *case.shape[1:])
+    x = torch.randn(shape, device=device, dtype=torch.float32).mul_(2).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def timer(device: str, reps: int) -> Callable[[Callable[[], object]], float]:
+    """A function that returns the median seconds of one call (after a warm-up), timed as the device needs."""
+
+    def cpu_time(fn: Callable[[], object]) -> float:
+        fn()
+        samples = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    def cuda_time(fn: Callable[[], object]) -> float:
+        fn()
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(reps):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(begin.elapsed_time(end) / 1e3)
+        return statistics.median(samples)
+
+    return cuda_time if device.startswith("cuda") else cpu_time
+
+
+def machine(device: str) -> str:
+    """The hardware the numbers came from."""
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def count_table(device: str, dtypes: list[str], batch: int, reps: int) -> list[str]:
+    time_it = timer(device, reps)
+    backends = [b for b in nepenthe.available_backends(device) if b != "torch"]
+    rows = [
+        "| model | tensor | shape | layout | dtype | backend | time (ms) | GB/s | naive (ms) | x naive | sum (ms) "
+        "| / sum |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in CASES:
+        for layout in case.layouts:
+            for name in dtypes:
+                x = make_input(case, layout, DTYPES[name], device, batch)
+                cd = case.channel_dim % x.dim()
+                dims = tuple(d for d in range(x.dim()) if d != cd)
+                gigabytes = x.numel() * x.element_size() / 1e9
+                naive = time_it(lambda x=x, dims=dims: (x > 0).sum(dim=dims))
+                read = time_it(lambda x=x: x.sum())
+                for backend in backends:
+                    t = time_it(
+                        partial(count_states, x, case.thresholds, channel_dim=case.channel_dim, backend=backend)
+                    )
+                    rows.append(
+                        f"| {case.model} | {case.what} | {tuple(x.shape)} | {layout} | {name} | {backend} "
+                        f"| {t * 1e3:.3f} | {gigabytes / t:.1f} | {naive * 1e3:.2f} | {naive / t:.1f} "
+                        f"| {read * 1e3:.3f} | {t / read:.2f} |"
+                    )
+                del x
+    return rows
+
+
+def _activation(x: torch.Tensor, case: Case) -> torch.Tensor:
+    if case.kind == "relu":
+        return F.relu(x)
+    if case.kind == "hardtanh":
+        return F.hardtanh(x, case.params["min_val"], case.params["max_val"])
+    return F.gelu(x, approximate=case.params["approximate"])
+
+
+def fused_table(device: str, dtypes: list[str], batch: int, reps: int) -> list[str]:
+    time_it = timer(device, reps)
+    backends = [b for b in nepenthe.available_backends(device) if b != "torch"]
+    rows = [
+        "| model | activation | shape | layout | dtype | backend | fused (ms) | torch act (ms) | act + count (ms) "
+        "| fused / act |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for case in CASES:
+        layout = case.layouts[0]
+        for name in dtypes:
+            x = make_input(case, layout, DTYPES[name], device, batch)
+            channels = x.shape[case.channel_dim]
+            counts = torch.zeros(channels, len(case.thresholds) + 1, dtype=torch.int64, device=device)
+            act = time_it(lambda x=x, c=case: _activation(x, c))
+            for backend in backends:
+                fused = time_it(
+                    partial(
+                        fused_activation,
+                        x,
+                        case.kind,
+                        counts,
+                        channel_dim=case.channel_dim,
+                        backend=backend,
+                        **case.params,
+                    )
+                )
+                count = partial(
+                    count_states, x, case.thresholds, channel_dim=case.channel_dim, counts=counts, backend=backend
+                )
+                both = time_it(lambda x=x, c=case, count=count: (_activation(x, c), count()))
+                rows.append(
+                    f"| {case.model} | {case.kind} | {tuple(x.shape)} | {layout} | {name} | {backend} "
+                    f"| {fused * 1e3:.3f} | {act * 1e3:.3f} | {both * 1e3:.3f} | {fused / act:.2f} |"
+                )
+            del x
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="batch 8 and fewer repetitions")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 32, 8 with --quick)")
+    parser.add_argument("--dtypes", default="fp32,fp16,bf16")
+    parser.add_argument("--no-fused", action="store_true", help="skip the fused-activation table")
+    parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    batch = args.batch or (8 if args.quick else 32)
+    reps = 5 if args.quick else 20
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    lines = [
+        f"Machine: {machine(args.device)}; batch {batch}; median of {reps} runs.",
+        "",
+        "x naive = naive time / backend time (higher is better); / sum = backend time / x.sum() time (1.0 = as fast "
+        "as one read of the tensor).",
+        "",
+        *count_table(args.device, dtypes, batch, reps),
+    ]
+    if not args.no_fused:
+        lines += ["", "Fused activation + count against torch's activation alone:", ""]
+        lines += fused_table(args.device, dtypes, batch, reps)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
