@@ -157,13 +157,13 @@ def conv_module_from_shape(shape: dict, bias: bool = True) -> nn.Conv2d:
 
 def conv_module_from_op(op: ConvOp, dtype: torch.dtype, device: torch.device) -> nn.Conv2d:
     """A Conv2d (or :class:`BorderBiasConv2d`) computing ``op``."""
-    m = conv_module_from_shape(conv_shape(op))
+    m = conv_module_from_shape(conv_shape(op)).to(device=device, dtype=dtype)
     with torch.no_grad():
         m.weight.copy_(op.weight)
         m.bias.copy_(op.bias)
         if op.border is not None:
             m.border_weight.copy_(op.border)
-    return m.to(device=device, dtype=dtype)
+    return m
 
 
 def _regroup(weight: torch.Tensor, candidates: list[int]) -> tuple[torch.Tensor, int]:
@@ -416,11 +416,11 @@ class LinearOp:
         return LinearOp(w, b)
 
     def to_module(self, dtype: torch.dtype, device: torch.device) -> nn.Linear:
-        m = nn.Linear(self.weight.shape[1], self.weight.shape[0])
+        m = nn.Linear(self.weight.shape[1], self.weight.shape[0]).to(device=device, dtype=dtype)
         with torch.no_grad():
             m.weight.copy_(self.weight)
             m.bias.copy_(self.bias)
-        return m.to(device=device, dtype=dtype)
+        return m
 
     def compose(self, then: LinearOp) -> LinearOp:
         """``then(self(x))`` as one Linear: ``W2 W1``, ``W2 b1 + b2``."""
