@@ -306,3 +306,31 @@ def test_hook_mode_under_torch_compile_inductor():
     with nepenthe.profile(model) as prof, torch.no_grad():
         torch.compile(model)(x)
     assert all(torch.equal(prof.counts()[k], v) for k, v in eager.counts().items())
+
+
+def test_a_module_shared_under_two_names_is_one_module_named_by_its_first_name():
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(3, 3), relu, nn.Linear(3, 3), relu)
+    x = torch.randn(4, 3)
+    with nepenthe.profile(model) as prof:
+        model(x)
+    assert list(prof.layers) == ["1@0", "1@1"]
+    assert [s.name for s in nepenthe.profiler.trace_call_sites(model, x)] == ["1@0", "1@1"]
+
+
+def test_names_that_change_after_the_first_pass_are_warned_about():
+    class Sometimes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu = nn.ReLU()
+
+        def forward(self, x, twice=False):
+            return self.relu(self.relu(x) - 1) if twice else self.relu(x)
+
+    model = Sometimes()
+    with nepenthe.profile(model) as prof:
+        model(torch.randn(2, 3))
+        assert list(prof.layers) == ["relu"]
+        with pytest.warns(UserWarning, match="now named 'relu@0'"):
+            model(torch.randn(2, 3), twice=True)
+    assert list(prof.layers) == ["relu@0", "relu@1"]

@@ -59,7 +59,11 @@ def trace_call_sites(model: nn.Module, *inputs: object, **kwargs: object) -> lis
     order: list[tuple[str, int, nn.Module]] = []
     seen: dict[str, int] = {}
     handles = []
+    hooked: set[int] = set()
     for name, module in modules.items():
+        if id(module) in hooked:  # a module shared under several names is one module: named by its first name
+            continue
+        hooked.add(id(module))
 
         def pre_hook(mod: nn.Module, args: tuple, name: str = name) -> None:
             index = seen.get(name, 0)

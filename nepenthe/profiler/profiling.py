@@ -185,6 +185,13 @@ class Profile:
         index = self._calls.get(module_name, 0)
         self._calls[module_name] = index + 1
         if index >= self._max_calls.get(module_name, 0):
+            if index == 1 and self._forwards > 0:
+                warnings.warn(
+                    f"nepenthe.profile: {module_name} ran twice in one forward pass after a pass where it ran once; "
+                    f"its layer {module_name!r} is now named {module_name + '@0'!r}. Layers are named by calls "
+                    "per forward pass of the profiled model: call that model itself, not its submodules.",
+                    stacklevel=2,
+                )
             self._max_calls[module_name] = index + 1
         site = self._sites.get((module_name, index))
         if site is None:
