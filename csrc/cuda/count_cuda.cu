@@ -23,7 +23,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kAcc = 1 + 2 * kMaxThresholds;  // [valid, gt_0..gt_6, tie_0..tie_6] at fixed positions
 constexpr int kTie0 = 1 + kMaxThresholds;
-constexpr int64_t kItemTarget = 1 << 16;
+constexpr int64_t kMinItem = 1 << 13;   // elements per work item: enough to amortize its block reduction,
+constexpr int64_t kMaxItem = 1 << 16;   // and small enough that mid-sized tensors still fill every SM
+constexpr int64_t kWantItems = 2048;
 constexpr int64_t kMaxBlocks = 4096;
 
 template <class S>
@@ -269,17 +271,20 @@ void run(const CountRequest& r) {
   if (v.inner == 1) v.s_inner = v.s_channel == 1 ? 0 : 1;  // a size-1 dimension's stride means nothing
   if (yv.inner == 1) yv.s_inner = 0;
   const auto stream = reinterpret_cast<cudaStream_t>(r.stream);
+  const int64_t target = clamp64(ceil_div(v.outer * v.channels * v.inner, kWantItems), kMinItem, kMaxItem);
   auto* counts = reinterpret_cast<unsigned long long*>(r.counts);
   if (v.s_inner != 1 && v.s_channel == 1) {
+    // More than kThreads channels: blocks of 128 (or kThreads when that divides C) keep every thread busy.
+    const int64_t max_chans = v.channels <= kThreads || v.channels % kThreads == 0 ? kThreads : kThreads / 2;
     ChannelArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, yv,
-                     plan_channels(v, kItemTarget, kThreads), counts};
+                     plan_channels(v, target, max_chans), counts};
     const int64_t blocks = std::min(a.plan.items(v.outer), kMaxBlocks);
     channels_kernel<S><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, p);
     check_launch("nepenthe channels_kernel launch");
   } else {
     RowArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, yv, 1, 1, 1, 1, counts};
-    a.inner = clamp64(v.inner, 1, kItemTarget);
-    a.rows = a.inner == v.inner ? clamp64(kItemTarget / a.inner, 1, v.outer) : 1;
+    a.inner = clamp64(v.inner, 1, target);
+    a.rows = a.inner == v.inner ? clamp64(target / a.inner, 1, v.outer) : 1;
     a.row_blocks = ceil_div(v.outer, a.rows);
     a.inner_blocks = ceil_div(v.inner, a.inner);
     const int64_t blocks = std::min(v.channels * a.row_blocks * a.inner_blocks, kMaxBlocks);
