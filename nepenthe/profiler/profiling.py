@@ -9,10 +9,14 @@ each layer's neuron dimension (:mod:`.channels`) and a ``TorchFunctionMode`` loo
 the hooks cannot see (:mod:`.functional`); both are removed after that pass.
 
 Supported: eager mode on CPU and CUDA, ``torch.no_grad``/``torch.inference_mode``, training with backward,
-autocast (the hook sees the real, autocast input dtype), channels_last, ``DistributedDataParallel`` and
-``DataParallel`` wrappers (profile the inner model or the wrapper), and ``torch.compile`` in hook mode when the
-profile is created *before* compiling: the counting hook is excluded from compilation, so each activation is a
-graph break. Fused mode is for eager execution only.
+autocast (the hook sees the real, autocast input dtype), channels_last, ``DistributedDataParallel`` (profile
+the inner model or the wrapper; sum ranks with :meth:`Profile.all_reduce`), and ``torch.compile`` in hook mode
+when the profile is created *before* compiling: the counting hook is excluded from compilation, so each
+activation is a graph break (the compiled model stays correct, with smaller graphs). Not supported: fused mode
+under ``torch.compile`` (fused mode is for eager execution), ``nn.DataParallel`` (its replicas run hooks in
+parallel threads: use DDP), and calling submodules of the profiled model directly (call-site names are counted
+per forward pass of the profiled model; a warning says when they change). Functional activations (``F.relu``)
+are not counted: the first forward pass warns about them and :func:`nepenthe.prepare` turns them into modules.
 """
 
 from __future__ import annotations
@@ -85,9 +89,14 @@ class _Site:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / DataParallel / torch.compile wrappers (their hooks fire on the inner model)."""
+    """The model inside DDP / torch.compile wrappers (their hooks fire on the inner model)."""
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        if isinstance(model, nn.DataParallel):
+            raise TypeError(
+                "model: nn.DataParallel runs its replicas' hooks in parallel threads, which the per-forward call "
+                "counters cannot follow; use DistributedDataParallel, or profile model.module on one device"
+            )
+        if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         elif type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
             model = model._orig_mod
@@ -153,7 +162,9 @@ class Profile:
         replacements: dict[int, nn.Module] = {}
         for name, module in self._modules.items():
             spec = activation_spec(module)
-            if self.fused and spec.fused_kind is not None and module is not self.model:
+            # only torch's own classes: a user subclass of nn.ReLU may compute something else in its forward
+            builtin = type(module).__module__.startswith("torch.nn.modules.")
+            if self.fused and spec.fused_kind is not None and builtin and module is not self.model:
                 replacements[id(module)] = FusedCountingActivation(module, spec, self._fused_site(name, module))
             else:
                 self._handles.append(module.register_forward_pre_hook(self._count_hook(name)))
