@@ -185,7 +185,7 @@ class _Run:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint {path}: its weights do not fit the model: {err}") from err
-        return model.to(self.ctx.device)
+        return model.to(self.ctx.device).eval()
 
     def check(self, state: dict[str, Any], path: Path) -> None:
         if state["architecture"] != self.architecture:
@@ -403,10 +403,13 @@ def _finish(run: _Run, stop: str) -> RunResult:
         shrink_dict = shrink_report.to_dict()
         shrunk_accuracy = evaluate(shrunk, run.test_set, cfg, local, "eval shrunk")
         dense = _dense_model(run)
+        # The same BatchNorm folding applied to the dense model: the baseline that isolates depth reduction.
+        dense_folded, _ = nepenthe.shrink(dense, example, latency=False)
         latency = {
             "batch": 1,
             "device": str(ctx.device),
             "dense_ms": measure_latency(dense, example),
+            "dense_folded_ms": measure_latency(dense_folded, example),
             "kept_ms": measure_latency(model, example),
             "shrunk_ms": measure_latency(shrunk, example),
             "shrunk_accuracy": shrunk_accuracy,
@@ -472,9 +475,8 @@ def _save_models(
             f"the shrunk model could not be pickled ({type(err).__name__}: {err}); rebuild it with `nepenthe shrink`"
         )
     plan = getattr(shrink_report, "plan", None)
-    if plan is not None:
-        text = plan.to_json() if hasattr(plan, "to_json") else json.dumps(plan, indent=2, default=str)
-        (run.out / "shrink_plan.json").write_text(text)
+    if plan:
+        (run.out / "shrink_plan.json").write_text(json.dumps(plan, indent=2, default=str))
 
 
 def _kept_iteration(run: _Run) -> int:

@@ -34,8 +34,7 @@ def entropy_heatmap(report: dict[str, Any], path: Path) -> Path:
             if value is not None:
                 grid[i, j] = value
     fig, ax = plt.subplots(figsize=(max(5.5, 3.0 + 0.5 * grid.shape[1]), 1.8 + 0.28 * grid.shape[0]))
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xticks(range(len(iterations)), [str(r["iteration"]) for r in iterations])
@@ -80,12 +79,14 @@ def accuracy_plot(report: dict[str, Any], path: Path) -> Path:
 def latency_plot(report: dict[str, Any], path: Path) -> Path | None:
     """Measured latency of the dense, kept (linearized) and shrunk models; None when not measured."""
     latency = report.get("latency") or {}
-    keys = [("dense_ms", "dense"), ("kept_ms", "kept (linearized)"), ("shrunk_ms", "shrunk")]
+    keys = [("dense_ms", "dense"), ("dense_folded_ms", "dense, BN folded"), ("kept_ms", "kept (linearized)"),
+            ("shrunk_ms", "shrunk")]  # fmt: skip
     values = [(label, latency[k]) for k, label in keys if latency.get(k) is not None]
     if not values:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar([v[0] for v in values], [v[1] for v in values], color=["tab:grey", "tab:orange", "tab:green"][: len(values)])
+    colors = ["tab:grey", "tab:blue", "tab:orange", "tab:green"][: len(values)]
+    ax.bar([v[0] for v in values], [v[1] for v in values], color=colors)
     ax.set_ylabel("ms per forward pass")
     ax.set_title(f"latency, batch {latency.get('batch', 1)} on {latency.get('device', '?')}")
     fig.tight_layout()

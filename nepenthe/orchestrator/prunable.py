@@ -145,10 +145,13 @@ def _by_execution(
                 last[0] = None
 
             handles.append(module.register_forward_pre_hook(before))
+    was_training = model.training
+    model.eval()  # a train-mode pass would move BatchNorm running statistics
     try:
         with torch.no_grad():
             model(example_input)
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     return calls

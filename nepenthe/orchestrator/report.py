@@ -77,15 +77,14 @@ def summary_table(report: dict[str, Any]) -> str:
         ("accuracy drop", f"{report['dense_accuracy'] - report['final_accuracy']:+.2f} points"),
         ("activation layers removed", f"{len(report['removed'])} of {report['total_layers']}"),
     ]
-    merged = shrink.get("merges_done", shrink.get("merged"))
-    if merged is not None:
-        rows.append(("layers merged", str(_count(merged))))
-    layer_counts = (shrink.get("layers_before"), shrink.get("layers_after"))
-    if None not in layer_counts:
-        rows.append(("conv/linear layers", f"{layer_counts[0]} -> {layer_counts[1]}"))
-    params = (shrink.get("params_before"), shrink.get("params_after"))
-    if None not in params:
-        rows.append(("parameters", f"{params[0]:,} -> {params[1]:,}"))
+    merges = [m for m in shrink.get("merges") or [] if str(m.get("what", "")).startswith("merge")]
+    if shrink:
+        rows.append(("layers merged", str(len(merges))))
+    before, after = shrink.get("before") or {}, shrink.get("after") or {}
+    for key, label in (("conv_linear", "conv/linear layers"), ("depth", "depth (longest conv/linear path)"),
+                       ("params", "parameters"), ("flops", "FLOPs per sample")):  # fmt: skip
+        if key in before and key in after:
+            rows.append((label, f"{before[key]:,} -> {after[key]:,}"))
     last = report["iterations"][-1] if report["iterations"] else {}
     kept = next((r for r in report["iterations"] if r["iteration"] == report.get("kept_iteration")), last)
     if kept:
@@ -99,6 +98,8 @@ def summary_table(report: dict[str, Any]) -> str:
             )
         )
         rows.append(("latency, kept model before merging", f"{latency['kept_ms']:.2f} ms"))
+        if latency.get("dense_folded_ms") is not None:
+            rows.append(("latency, dense with BatchNorm folded", f"{latency['dense_folded_ms']:.2f} ms"))
         if latency.get("shrunk_accuracy") is not None:
             rows.append(("shrunk model accuracy", f"{latency['shrunk_accuracy']:.2f}%"))
     rows.append(("stopped because", str(report.get("stop_reason"))))
