@@ -94,6 +94,8 @@ def test_counts_equal_reference(device_backend, layout, dtype):
         ((401, 17), 1, False),  # channels: one vector plus a masked tail
         ((129, 5), 1, False),  # channels: fewer than one vector
         ((5, 33, 3), 0, False),  # channel_dim=0, rows of 99
+        ((300, 1100), 1, False),  # channel stride 1, several work items in parallel
+        ((4, 3, 40001), -2, False),  # read through a stride-2 view below (strided gather), in parallel
     ],
     ids=str,
 )
@@ -104,6 +106,8 @@ def test_counts_large_and_odd_sizes(device_backend, shape, channel_dim, channels
     x = random_values(shape, dtype, _seed(shape, dtype), device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if channel_dim == -2:
+        x = x[..., ::2]
     for thresholds in [(0.0,), (-3.0, 3.0), THRESHOLD_SETS[-1]]:
         _check(x, thresholds, channel_dim, ignore_ties=thresholds == (-3.0, 3.0), backend=backend)
 
