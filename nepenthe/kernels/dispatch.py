@@ -53,10 +53,18 @@ def _load(name: str) -> ModuleType | BackendStatus:
 
 def backend_status() -> list[BackendStatus]:
     """Every backend with whether it loaded here and, if not, why (what ``nepenthe doctor`` prints)."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     out = []
     for name in BACKENDS:
         got = _load(name)
-        out.append(got if isinstance(got, BackendStatus) else BackendStatus(name, True, "loaded"))
+        if isinstance(got, BackendStatus):
+            out.append(got)
+            continue
+        problems = {d.type: got.device_problem(d) for d in devices}
+        usable = [d for d, p in problems.items() if p is None]
+        notes = [f"runs on {', '.join(usable)}"] if usable else []
+        notes += [f"not on {d}: {p}" for d, p in problems.items() if p is not None]
+        out.append(BackendStatus(name, True, "; ".join(notes)))
     return out
 
 
