@@ -203,7 +203,9 @@ def linearize(
     if len(set(names)) != len(names):
         raise ValueError(f"layers: duplicate names in {names}")
     counts, infos = _profile_parts(profile)
-    modules = activation_modules(model, lambda m: activation_spec(m) is not None or isinstance(m, CallSiteDispatch))
+    modules = activation_modules(
+        model, lambda m: activation_spec(m) is not None or isinstance(m, (CallSiteDispatch, ChannelAffine))
+    )
     calls_per_module: dict[str, int] = {}
     for info in infos.values():
         calls_per_module[info.module_name] = max(calls_per_module.get(info.module_name, 0), info.call_index + 1)
