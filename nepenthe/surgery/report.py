@@ -40,19 +40,25 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
 
 def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> float:
     """Median wall time of ``model(x)`` in milliseconds (no grad; CUDA synchronised when on GPU)."""
+    return compare_latency({"model": model}, x, warmup, repeats)["model"]
+
+
+def compare_latency(models: dict[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> dict:
+    """Median milliseconds of each model on ``x``, timed round-robin so that load changes hit all of them alike."""
     cuda = x.is_cuda
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            t0 = time.perf_counter()
-            model(x)
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+            for name, model in models.items():
+                if cuda:
+                    torch.cuda.synchronize(x.device)
+                t0 = time.perf_counter()
+                model(x)
+                if cuda:
+                    torch.cuda.synchronize(x.device)
+                if i >= warmup:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @dataclass

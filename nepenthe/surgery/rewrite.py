@@ -303,17 +303,24 @@ class Surgeon:
                         self._replace(f"fold {label} into {src.target}", src, new, n, [n])
                         self._note_fold(n, src.name, other)
                         return True
-            if len(n.users) == 1:
-                (dst,) = n.users
-                if (self.is_conv(dst) or self.is_linear(dst)) and dst.args[0] is n:
-                    conv = self.is_conv(dst)
-                    if self._channel_dim_matches(dim, scale, n, conv):
-                        op = self.op(dst)
-                        if not isinstance(op, Refusal):
-                            new = scale_conv_input(op, scale, shift) if conv else op.scale_input(scale, shift)
-                            self._replace(f"fold {label} into {dst.target} (input side)", dst, new, dst, [n], src)
-                            self._note_fold(n, dst.name, src.name if isinstance(src, fx.Node) else None)
-                            return True
+            users = list(n.users)
+            # fold into every consumer when all of them are convs/linears reading it (e.g. a block's conv1 and
+            # its downsample conv): each gets its own copy of the map
+            kinds = [self.is_conv(u) or self.is_linear(u) for u in users]
+            if users and all(kinds) and all(u.args[0] is n for u in users):
+                convs = [self.is_conv(u) for u in users]
+                ops = [self.op(u) for u in users]
+                if all(self._channel_dim_matches(dim, scale, n, c) for c in convs) and not any(
+                    isinstance(o, Refusal) for o in ops
+                ):
+                    for k, (dst, op, conv) in enumerate(zip(users, ops, convs, strict=True)):
+                        new = scale_conv_input(op, scale, shift) if conv else op.scale_input(scale, shift)
+                        last = k == len(users) - 1
+                        self._replace(
+                            f"fold {label} into {dst.target} (input side)", dst, new, dst, [n] if last else [], src
+                        )
+                    self._note_fold(n, users[0].name, src.name if isinstance(src, fx.Node) else None)
+                    return True
         return False
 
     def _note_fold(self, n: fx.Node, into: str, other: str | None) -> None:

@@ -11,7 +11,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .affine import CallSiteDispatch, ChannelAffine
 from .plan import make_plan
-from .report import ShrinkReport, count_flops, graph_layer_counts, measure_latency
+from .report import ShrinkReport, compare_latency, count_flops, graph_layer_counts
 from .rewrite import Surgeon
 from .trace import trace
 
@@ -146,8 +146,8 @@ def shrink(
             ident = identity_only(model)
             for batch in sorted({1, latency_batch}):
                 x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
-                for name, m in (("before", model), ("identity_only", ident), ("shrunk", gm)):
-                    t = measure_latency(m, x, latency_warmup, latency_repeats)
+                variants = {"before": model, "identity_only": ident, "shrunk": gm}
+                for name, t in compare_latency(variants, x, latency_warmup, latency_repeats).items():
                     report.latency_ms.setdefault(name, {})[batch] = t
     finally:
         model.train(was_training)
