@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_profiler.py                      # CPU: batch 32, 224x224, fp32
     python benchmarks/bench_profiler.py --device cuda        # GPU: batch 128, 224x224, autocast bf16
+    python benchmarks/bench_profiler.py --threads 1 --clock cpu   # on a shared, loaded machine (see below)
     python benchmarks/bench_profiler.py --models resnet18 --batch 8 --repeats 3 --cycles 2   # quick look
 
 Each mode is set up, warmed up with one forward pass (hook mode's first pass also runs the one-time
@@ -12,6 +13,10 @@ functional-activation check), then timed ``--repeats`` times and torn down; the 
 forward pass and the overhead over the plain model's median, and the overhead of the minimum times (less
 sensitive to other processes' load on a shared machine). The naive hook is what a user would write without nepenthe:
 a forward hook per activation adding ``(out > 0).sum(dim=non-channel dims)`` into a tensor.
+
+``--clock cpu`` times the process's CPU time (``time.process_time``) instead of wall time. With ``--threads 1``
+it measures the work a forward pass does and is far less sensitive than wall time to other processes sharing
+the cores (memory-bandwidth contention still shows). CUDA always uses wall time with synchronisation.
 """
 
 from __future__ import annotations
@@ -65,7 +70,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_mode(model: nn.Module, x: torch.Tensor, mode: str, repeats: int, autocast: bool, token_dim: int) -> list:
+def time_mode(
+    model: nn.Module, x: torch.Tensor, mode: str, repeats: int, autocast: bool, token_dim: int, clock: Callable
+) -> list[float]:
     if mode == "hooks":
         tool = nepenthe.profile(model)
     elif mode == "fused":
@@ -79,11 +86,11 @@ def time_mode(model: nn.Module, x: torch.Tensor, mode: str, repeats: int, autoca
         with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             for i in range(repeats + 1):
                 _sync(x.device)
-                start = time.perf_counter()
+                start = clock()
                 model(x)
                 _sync(x.device)
                 if i:  # the first pass is warm-up
-                    times.append(time.perf_counter() - start)
+                    times.append(clock() - start)
     finally:
         if tool is not None:
             tool.remove()
@@ -99,10 +106,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 32)
+    clock = time.process_time if args.clock == "cpu" and not cuda else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     backend = select_backend(device, None).NAME
@@ -110,7 +119,8 @@ def main() -> None:
         f"device {device} ({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}), "
         f"batch {batch}, {args.size}x{args.size}, {'autocast bf16' if cuda else 'fp32'}, inference_mode; "
         f"counting backend: {backend} (loaded for {device.type}: {nepenthe.available_backends(device)}); "
-        f"torch {torch.__version__}; median of {args.repeats} x {args.cycles} forward passes"
+        f"torch {torch.__version__}; {'CPU' if clock is time.process_time else 'wall'} time, "
+        f"median of {args.repeats} x {args.cycles} forward passes"
     )
     rows = []
     for name in args.models:
@@ -121,7 +131,7 @@ def main() -> None:
         times: dict[str, list[float]] = {m: [] for m in MODES}
         for _ in range(args.cycles):
             for mode in MODES:
-                times[mode] += time_mode(model, x, mode, args.repeats, cuda, token_dim)
+                times[mode] += time_mode(model, x, mode, args.repeats, cuda, token_dim, clock)
         med = {m: statistics.median(t) for m, t in times.items()}
         rows.append((name, med, {m: min(t) for m, t in times.items()}))
         print(f"  {name}: " + ", ".join(f"{m} {1e3 * med[m]:.1f} ms" for m in MODES), flush=True)
