@@ -27,6 +27,25 @@ def make_data() -> list[torch.Tensor]:
     return [torch.randn(3, 3, 5, 5, generator=generator) * 3 for _ in range(6)]
 
 
+class Branchy(nn.Module):
+    """Runs its ``extra`` activation only on batches of 3: seen on one rank only below."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+        self.extra = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.fc(x))
+        return self.extra(y - 0.3) if x.shape[0] == 3 else y
+
+
+def branchy_data() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    return [torch.randn(3 if i % 2 == 0 else 2, 4, generator=generator) for i in range(4)]
+
+
 def worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
@@ -40,7 +59,15 @@ def worker(rank: int, port: int, out: str) -> None:
         if rank == 1:
             model(data[0])  # outside the profile: must not count
         prof.all_reduce()
-        torch.save({"counts": prof.counts(), "layers": list(prof.layers)}, f"{out}/rank{rank}.pt")
+        torch.manual_seed(0)
+        branchy = Branchy()
+        with nepenthe.profile(branchy) as partial:
+            for x in branchy_data()[rank::WORLD]:
+                branchy(x)
+        partial.all_reduce()
+        torch.save(
+            {"counts": prof.counts(), "layers": list(prof.layers), "partial": partial.counts()}, f"{out}/rank{rank}.pt"
+        )
     finally:
         dist.destroy_process_group()
 
@@ -58,8 +85,17 @@ def test_all_reduce_over_two_gloo_processes_equals_one_process_on_all_data(tmp_p
         for x in make_data():
             model(x)
     expected = single.counts()
+    torch.manual_seed(0)
+    branchy = Branchy()
+    with nepenthe.profile(branchy) as whole:
+        for x in branchy_data():
+            branchy(x)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["layers"] == list(expected) == ["2", "4", "7"]
         for layer, counts in expected.items():
             assert torch.equal(got["counts"][layer], counts), (rank, layer)
+        # "extra" ran on rank 0 only: rank 1 gets the layer from the all_reduce
+        assert sorted(got["partial"]) == sorted(whole.counts()) == ["act", "extra"]
+        for layer, counts in whole.counts().items():
+            assert torch.equal(got["partial"][layer], counts), (rank, layer)
