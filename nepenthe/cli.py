@@ -44,14 +44,15 @@ _CONFIG_FLAGS = {
     "layer_reduction": str,
     "magnitude": str,
     "num_workers": int,
+    "latency_repeats": int,
 }
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .orchestrator.data import DATASETS
-    from .orchestrator.models import MODELS
 
-    p.add_argument("--model", default="resnet18", choices=MODELS, help="architecture (default resnet18)")
+    # Model names are checked by build_model: importing them here would import torchvision for every command.
+    p.add_argument("--model", default="resnet18", help="resnet18, mobilenet_v2, vgg16_bn, swin_t or small_cnn")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (resnet18, mobilenet_v2, small_cnn)")
     p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS, help="dataset (default fashion_mnist)")
     p.add_argument("--data-root", default=None, help="folder of the dataset (cifar10, imagefolder; fashion_mnist)")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shrink", help="shrink the kept model of a finished run again and print the report")
     p.add_argument("run_dir")
+    p.add_argument("--latency-repeats", type=int, default=10, help="timed passes per latency (0: no latency)")
 
     p = sub.add_parser("bench", help="measure latency of the dense, kept and shrunk models of a finished run")
     p.add_argument("run_dir")
@@ -228,7 +230,8 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
 
     template, example, _ = _template_of(args.run_dir)
     kept = load_kept(args.run_dir, template)
-    _, report = nepenthe.shrink(kept, example)
+    repeats = args.latency_repeats
+    _, report = nepenthe.shrink(kept, example, latency=repeats > 0, latency_repeats=max(1, repeats))
     print(report)
     return 0
 
@@ -246,7 +249,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     kept = load_kept(args.run_dir, template)
     dense = template
     dense.load_state_dict(load_checkpoint(checkpoint_path(Path(args.run_dir) / "checkpoints", 0))["model"])
-    shrunk, _ = nepenthe.shrink(kept, example)
+    shrunk, _ = nepenthe.shrink(kept, example, latency=False)
     sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     print(f"latency (ms, median of {args.repeats}), CPU threads {torch.get_num_threads()}")
     print(f"{'batch':>6} {'dense':>9} {'kept':>9} {'shrunk':>9} {'speed-up':>9}")

@@ -43,7 +43,7 @@ SEED = 1
 def _config(out: Path, **overrides: object) -> NepentheConfig:
     values = dict(
         zeta=0.5, delta=10.0, max_iterations=2, finetune_epochs=3, dense_epochs=10, lr=0.05, batch_size=64,
-        seed=SEED, out_dir=str(out), progress=False, finalize_linearize=False,
+        seed=SEED, out_dir=str(out), progress=False, finalize_linearize=False, latency_repeats=3,
     )  # fmt: skip
     values.update(overrides)
     return NepentheConfig(**values)
@@ -54,6 +54,15 @@ def _model() -> nn.Module:
     return TinyResNet()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: extra threads only add synchronisation cost (and the runs compared must use the same count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -61,7 +70,6 @@ def digits():
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, digits):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("full")
     result = run_nepenthe(_model(), digits.train, digits.test, _config(out))
     return out, result

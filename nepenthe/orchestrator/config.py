@@ -14,7 +14,7 @@ SCHEDULES = ("constant", "cosine", "step")
 MAGNITUDES = ("layer", "neuron")
 
 # Fields that do not change what a run computes: a resumed run may change them freely.
-_RUNTIME_FIELDS = frozenset({"device", "out_dir", "progress", "max_iterations", "num_workers"})
+_RUNTIME_FIELDS = frozenset({"device", "out_dir", "progress", "max_iterations", "num_workers", "latency_repeats"})
 
 
 @dataclass
@@ -65,6 +65,8 @@ class NepentheConfig:
     finalize_linearize: bool = True
     """After the loop, linearize the zero-entropy layers of the kept model if that keeps it within delta."""
     num_workers: int = 0
+    latency_repeats: int = 50
+    """Timed forward passes per latency measurement of the final models (median reported)."""
     progress: bool = True
     preset: str = "default"
 
@@ -72,7 +74,7 @@ class NepentheConfig:
         self.milestones = tuple(float(m) for m in self.milestones)
         _check_range("zeta", self.zeta, 0.0, 1.0, low_open=True)
         _check_range("delta", self.delta, 0.0, 100.0)
-        for name in ("max_iterations", "batch_size", "eval_batch_size"):
+        for name in ("max_iterations", "batch_size", "eval_batch_size", "latency_repeats"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("finetune_epochs", "dense_epochs", "num_workers"):

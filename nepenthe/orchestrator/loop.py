@@ -399,7 +399,8 @@ def _finish(run: _Run, stop: str) -> RunResult:
     if ctx.is_main:
         local = DistContext(0, 1, ctx.device)
         example = run.example_input.to(ctx.device)
-        shrunk, shrink_report = nepenthe.shrink(copy.deepcopy(model).eval(), example)
+        repeats = cfg.latency_repeats
+        shrunk, shrink_report = nepenthe.shrink(copy.deepcopy(model).eval(), example, latency_repeats=repeats)
         shrink_dict = shrink_report.to_dict()
         shrunk_accuracy = evaluate(shrunk, run.test_set, cfg, local, "eval shrunk")
         dense = _dense_model(run)
@@ -408,10 +409,10 @@ def _finish(run: _Run, stop: str) -> RunResult:
         latency = {
             "batch": 1,
             "device": str(ctx.device),
-            "dense_ms": measure_latency(dense, example),
-            "dense_folded_ms": measure_latency(dense_folded, example),
-            "kept_ms": measure_latency(model, example),
-            "shrunk_ms": measure_latency(shrunk, example),
+            "dense_ms": measure_latency(dense, example, repeats=repeats),
+            "dense_folded_ms": measure_latency(dense_folded, example, repeats=repeats),
+            "kept_ms": measure_latency(model, example, repeats=repeats),
+            "shrunk_ms": measure_latency(shrunk, example, repeats=repeats),
             "shrunk_accuracy": shrunk_accuracy,
         }
         _save_models(
