@@ -144,12 +144,14 @@ def test_summary_lists_every_layer(profiled):
     assert f"{len(expected)} layers" in text
 
 
-def small_cnn() -> nn.Module:
+def small_cnn(smooth: bool = True) -> nn.Module:
+    """ReLU (in place), LeakyReLU, Hardtanh, GELU (tanh) or ReLU, and SiLU (no fused kernel: hooks)."""
     torch.manual_seed(1)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
         nn.Conv2d(8, 8, 3, padding=1), nn.LeakyReLU(0.1), nn.Conv2d(8, 8, 1), nn.Hardtanh(-0.5, 0.5),
-        nn.Flatten(), nn.Linear(8 * 8 * 8, 16), nn.GELU(approximate="tanh"), nn.Linear(16, 4), nn.SiLU(),
+        nn.Flatten(), nn.Linear(8 * 8 * 8, 16), nn.GELU(approximate="tanh") if smooth else nn.ReLU(),
+        nn.Linear(16, 4), nn.SiLU(),
     )  # fmt: skip
 
 
@@ -159,8 +161,9 @@ def hook_counts(model: nn.Module, x: torch.Tensor, **kw) -> dict[str, torch.Tens
     return prof.counts()
 
 
-def test_fused_training_outputs_gradients_and_counts_equal_hook_mode():
-    model = small_cnn().train()
+@pytest.mark.parametrize("smooth", [False, True])
+def test_fused_training_outputs_gradients_and_counts_equal_hook_mode(smooth):
+    model = small_cnn(smooth).train()
     twin = copy.deepcopy(model)
     x = torch.randn(4, 3, 8, 8)
     with nepenthe.profile(twin) as hook_prof:
@@ -170,9 +173,11 @@ def test_fused_training_outputs_gradients_and_counts_equal_hook_mode():
         assert type(model[2]).__name__ == "FusedCountingActivation"
         y = model(x)
         y.square().sum().backward()
-    assert torch.equal(y, y_ref)
+    # relu/hardtanh/leaky_relu kernels are bit-exact; GELU is computed in float32 close to torch's (kernel contract)
+    same = torch.equal if not smooth else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert same(y, y_ref)
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
-        assert torch.equal(p.grad, q.grad)
+        assert same(p.grad, q.grad)
     for layer, c in hook_prof.counts().items():
         assert torch.equal(fused_prof.counts()[layer], c)
     assert isinstance(model[2], nn.ReLU) and model[2].inplace
