@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..activations import ActivationSpec
-from ..kernels import fused_activation
+from ..kernels import count_states, fused_activation
 
 
 class FusedCountingActivation(nn.Module):
@@ -19,8 +19,11 @@ class FusedCountingActivation(nn.Module):
 
     ``site(x)`` (given by the profile) returns ``(counts, thresholds, channel_dim, ignore_ties)`` for this call,
     or None to run the original module unchanged. The original module is kept as a plain attribute, not a
-    submodule, so the model's ``state_dict`` keys do not change during profiling. The output is a new tensor
-    even for ``inplace=True`` activations (values and gradients are the same as the original's).
+    submodule, so the model's ``state_dict`` keys do not change during profiling.
+
+    ``inplace=True`` activations on CPU count their input and then run in place as before: a fused kernel would
+    write a freshly allocated output, and on CPU the page faults of that allocation cost more than the one
+    extra read of counting (on CUDA the caching allocator makes the new output free, so the fused kernel runs).
     """
 
     def __init__(self, original: nn.Module, spec: ActivationSpec, site: Callable[[torch.Tensor], tuple | None]):
@@ -28,6 +31,7 @@ class FusedCountingActivation(nn.Module):
         object.__setattr__(self, "original", original)
         self.kind = spec.fused_kind
         self.params = spec.fused_params(original)
+        self.inplace = bool(getattr(original, "inplace", False))
         self._site = site
         self.train(original.training)
 
@@ -36,6 +40,9 @@ class FusedCountingActivation(nn.Module):
         if found is None:
             return self.original(x)
         counts, thresholds, channel_dim, ignore_ties = found
+        if self.inplace and x.device.type == "cpu":
+            count_states(x, thresholds, channel_dim=channel_dim, counts=counts, ignore_ties=ignore_ties)
+            return self.original(x)
         return fused_activation(
             x,
             self.kind,
