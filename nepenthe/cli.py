@@ -68,6 +68,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-final-linearize", dest="finalize_linearize", action="store_false", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--out", dest="out_dir", default=None, help="run directory (default runs/nepenthe)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 on a busy machine)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +155,8 @@ def _run_prune(args: argparse.Namespace, model_args: dict[str, object], base: di
     from .orchestrator.report import summary_table
 
     cfg = _config_from_args(args, base)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(cfg.seed)
     data, model = _load_data_and_model(
         model_args["model"], model_args["width"], model_args["dataset"], model_args.get("data_root"),
