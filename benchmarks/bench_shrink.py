@@ -17,8 +17,10 @@ Latency is the median of ``--repeats`` timed runs after warm-up, in the same pro
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
+import statistics
 
 import torch
 import torchvision
@@ -26,13 +28,13 @@ from torch import nn
 
 import nepenthe
 from nepenthe.profiler.callsites import trace_call_sites
-from nepenthe.surgery.report import compare_latency
+from nepenthe.surgery.report import latency_samples
 from nepenthe.surgery.shrink import identity_only
 
 MODELS = ("resnet18", "mobilenet_v2", "vgg16_bn", "swin_t")
 
 
-def prepare(name: str, size: int, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
+def prepare(name: str, size: int, fraction: str, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
     g = torch.Generator().manual_seed(seed)
     model = getattr(torchvision.models, name)().eval()
     for m in model.modules():
@@ -48,13 +50,13 @@ def prepare(name: str, size: int, seed: int = 0) -> tuple[nn.Module, dict[str, t
         counts[site] = torch.zeros_like(c)
         counts[site][torch.arange(c.shape[0]), pick] = 1
     names = [s.name for s in trace_call_sites(model, x)]
-    return model, counts, names[::2]
+    return model, counts, names[::2] if fraction == "every-other" else names
 
 
-def bench(name: str, size: int, batches: list[int], device: torch.device, repeats: int, warmup: int) -> dict:
-    model, counts, chosen = prepare(name, size)
-    import copy
-
+def bench(
+    name: str, size: int, batches: list[int], device: torch.device, repeats: int, warmup: int, fraction: str
+) -> dict:
+    model, counts, chosen = prepare(name, size, fraction)
     dense = copy.deepcopy(model)
     lin, _ = nepenthe.linearize(model, chosen, profile=counts)
     x = torch.randn(1, 3, size, size)
@@ -64,27 +66,34 @@ def bench(name: str, size: int, batches: list[int], device: torch.device, repeat
     variants = {"dense": dense, "identity-only": ident, "identity+BN-fold": ident_bn, "shrunk": small}
     row = {
         "model": name,
-        "linearized": f"{len(chosen)}/{len(chosen) * 2 - (len(counts) % 2)}",
+        "linearized": f"{len(chosen)}/{len(counts)}",
         "conv_linear": (report.before["conv_linear"], report.after["conv_linear"]),
         "depth": (report.before["depth"], report.after["depth"]),
         "gflops": (report.before["flops"] / 1e9, report.after["flops"] / 1e9),
         "max_rel_diff_float32": report.max_rel_diff.get("float32"),
         "merges": len([d for d in report.merges if d.what.startswith("merge")]),
         "latency_ms": {},
+        "min_ms": {},
     }
-    row["linearized"] = f"{len(chosen)}/{len(counts)}"
     for batch in batches:
         xb = torch.randn(batch, 3, size, size).to(device)
         reps = repeats if batch == 1 else max(3, repeats // 4)
+        warm = warmup if batch == 1 else 1
         variants = {label: m.to(device) for label, m in variants.items()}
-        for label, t in compare_latency(variants, xb, warmup, reps).items():
-            row["latency_ms"].setdefault(label, {})[batch] = t
+        for label, t in latency_samples(variants, xb, warm, reps).items():
+            row["latency_ms"].setdefault(label, {})[batch] = statistics.median(t)
+            row["min_ms"].setdefault(label, {})[batch] = min(t)
     return row
+
+
+def min_ratio(row: dict, batch: int) -> str:
+    best = row["min_ms"]
+    return f"{best['identity-only'][batch] / best['shrunk'][batch]:.2f}x"
 
 
 def table(rows: list[dict], batches: list[int]) -> str:
     head = "| model | linearized | conv/linear | depth | GFLOPs | batch | dense | identity-only | identity+BN-fold "
-    head += "| shrunk | identity-only / shrunk |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    head += "| shrunk | identity-only / shrunk | same, best run |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     lines = [head]
     for r in rows:
         for b in batches:
@@ -93,7 +102,7 @@ def table(rows: list[dict], batches: list[int]) -> str:
                 f"| {r['model']} | {r['linearized']} | {r['conv_linear'][0]} -> {r['conv_linear'][1]} "
                 f"| {r['depth'][0]} -> {r['depth'][1]} | {r['gflops'][0]:.2f} -> {r['gflops'][1]:.2f} | {b} "
                 f"| {t['dense']:.1f} | {t['identity-only']:.1f} | {t['identity+BN-fold']:.1f} | {t['shrunk']:.1f} "
-                f"| **{t['identity-only'] / t['shrunk']:.2f}x** |"
+                f"| **{t['identity-only'] / t['shrunk']:.2f}x** | {min_ratio(r, b)} |"
             )
     return "\n".join(lines)
 
@@ -107,15 +116,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--fraction",
+        default="every-other",
+        choices=["every-other", "all"],
+        help="which activation call sites to linearize",
+    )
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     desc = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
-    print(f"device: {desc}, threads: {args.threads}, torch {torch.__version__}, input {args.size}x{args.size}")
+    print(
+        f"device: {desc}, threads: {args.threads}, torch {torch.__version__}, input {args.size}x{args.size}, "
+        f"linearized: {args.fraction}"
+    )
     rows = []
     for name in args.models:
-        rows.append(bench(name, args.size, args.batches, device, args.repeats, args.warmup))
+        rows.append(bench(name, args.size, args.batches, device, args.repeats, args.warmup, args.fraction))
         print(table(rows[-1:], args.batches).splitlines()[-len(args.batches) :], flush=True)
     print(table(rows, args.batches))
     if args.json:

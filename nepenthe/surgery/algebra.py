@@ -138,9 +138,9 @@ def conv_op_from_module(m: nn.Module) -> ConvOp | Refusal:
         padding: Pair = (0, 0)
     else:
         padding = tuple(m.padding)
-    w = m.weight.detach().to(torch.float64)
-    b = m.bias.detach().to(torch.float64) if m.bias is not None else w.new_zeros(w.shape[0])
-    border = m.border_weight.detach().to(torch.float64) if isinstance(m, BorderBiasConv2d) else None
+    w = m.weight.detach().to("cpu", torch.float64)
+    b = m.bias.detach().to("cpu", torch.float64) if m.bias is not None else w.new_zeros(w.shape[0])
+    border = m.border_weight.detach().to("cpu", torch.float64) if isinstance(m, BorderBiasConv2d) else None
     return ConvOp(w, b, tuple(m.stride), padding, tuple(m.dilation), m.groups, border)
 
 
@@ -409,8 +409,8 @@ class LinearOp:
 
     @staticmethod
     def from_module(m: nn.Linear) -> LinearOp:
-        w = m.weight.detach().to(torch.float64)
-        b = m.bias.detach().to(torch.float64) if m.bias is not None else w.new_zeros(w.shape[0])
+        w = m.weight.detach().to("cpu", torch.float64)
+        b = m.bias.detach().to("cpu", torch.float64) if m.bias is not None else w.new_zeros(w.shape[0])
         return LinearOp(w, b)
 
     def to_module(self, dtype: torch.dtype, device: torch.device) -> nn.Linear:

@@ -241,14 +241,14 @@ class Surgeon:
             return None
         m = self.module(n)
         if isinstance(m, ChannelAffine):
-            return m.scale.detach().double(), m.shift.detach().double(), m.channel_dim
+            return m.scale.detach().cpu().double(), m.shift.detach().cpu().double(), m.channel_dim
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training and m.running_mean is not None:
-            scale = torch.rsqrt(m.running_var.double() + m.eps)
-            shift = -m.running_mean.double() * scale
+            scale = torch.rsqrt(m.running_var.cpu().double() + m.eps)
+            shift = -m.running_mean.cpu().double() * scale
             if m.affine:
                 scale, shift = (
-                    scale * m.weight.detach().double(),
-                    shift * m.weight.detach().double() + m.bias.detach().double(),
+                    scale * m.weight.detach().cpu().double(),
+                    shift * m.weight.detach().cpu().double() + m.bias.detach().cpu().double(),
                 )
             return scale, shift, 1
         return None
