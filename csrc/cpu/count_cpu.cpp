@@ -1,15 +1,17 @@
 // C++/OpenMP counting and fused-activation kernels for CPU tensors (no libtorch: raw pointers and strides).
 //
-// Two fast layouts: rows with inner stride 1 (contiguous NCHW) are counted along the row, and channels with
-// stride 1 (channels_last, token tensors) are counted across the channel vector of each position; any other
-// strides take the row path with a gather. Values are converted to the compute type (float32, or float64 for
-// float64 input) a chunk at a time in an L1-sized buffer, then each comparison count is one vectorizable
-// pass over it. Counters are int32 per chunk, int64 per item; each item adds its exact per-state counts into
-// the result once, so threads never contend in the hot loop.
+// Two fast layouts. Rows with inner stride 1 (contiguous NCHW) are counted along the row; channels with stride
+// 1 (channels_last, token tensors) are counted across each position's channel vector, one channel per SIMD
+// lane. Any other strides take the row path through a gather. Each loaded vector (float16/bfloat16 widened to
+// float32) is compared with every threshold while it sits in a register, and the comparison masks are summed
+// into int32 lane counters (count_args.h explains why K + 1 comparison counts give the state counts). Counters
+// are flushed into int64 once per work item: each item adds its exact per-state counts into the result with
+// one relaxed atomic add per (channel, state), so threads never contend in the hot loop.
 #include "count_cpu.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
-#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -85,6 +87,9 @@ struct Act {
       : kind(a.kind), lo(static_cast<T>(a.p0)), hi(static_cast<T>(a.p1)), slope(static_cast<T>(a.p0)) {}
 };
 
+// The activation loops are vectorized on request: GCC's cost model declines some of them (the GELU ones).
+#define NEP_SIMD _Pragma("omp simd")
+
 // GELU gates g(x) with gelu(x) = x * g(x). libm's erff/tanhf do not vectorize, so float32 uses its own
 // branch-free exp (two-part ln 2 reduction, degree-7 Taylor polynomial, exponent by bit shift; relative error a
 // few ulp) and Abramowitz & Stegun 7.1.26 for erfc (absolute error below 1.5e-7), taken on |x| so that the
@@ -131,25 +136,58 @@ inline double gelu_tanh_gate(double x) {
   return 0.5 * (1.0 + std::tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
 }
 
+// float32 -> float16 (round to nearest even) for n values: F16C/AVX-512 where the target has them, since GCC
+// finds no vector type for _Float16 stores without AVX512-FP16.
+inline void store_half(const float* v, int64_t n, _Float16* y, int64_t ys) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  if (ys == 1) {
+    for (; i + 16 <= n; i += 16) {
+      const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(v + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), h);
+    }
+  }
+#elif defined(__F16C__)
+  if (ys == 1) {
+    for (; i + 8 <= n; i += 8) {
+      const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(v + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), h);
+    }
+  }
+#endif
+  for (; i < n; ++i) y[i * ys] = static_cast<_Float16>(v[i]);
+}
+
 template <bool kUnit, class S, class T>
 void apply_activation_strided(const Act<T>& act, const T* __restrict v, int64_t n, S* __restrict y, int64_t ys) {
+  if constexpr (std::is_same_v<S, _Float16>) {  // n <= kChunk: compute in float32, then convert in bulk
+    T out[kChunk];
+    apply_activation_strided<true>(act, v, n, out, int64_t{1});
+    store_half(out, n, y, ys);
+    return;
+  }
   using Tr = Traits<S>;
   const T lo = act.lo, hi = act.hi, slope = act.slope;
   const int64_t step = kUnit ? 1 : ys;  // a compile-time 1 lets the contiguous loops vectorize
   switch (act.kind) {
     case kRelu:
+      NEP_SIMD
       for (int64_t i = 0; i < n; ++i) y[i * step] = Tr::store(v[i] < T(0) ? T(0) : v[i]);
       break;
     case kHardtanh:
+      NEP_SIMD
       for (int64_t i = 0; i < n; ++i) y[i * step] = Tr::store(v[i] < lo ? lo : (v[i] > hi ? hi : v[i]));
       break;
     case kLeakyRelu:
+      NEP_SIMD
       for (int64_t i = 0; i < n; ++i) y[i * step] = Tr::store(v[i] > T(0) ? v[i] : v[i] * slope);
       break;
     case kGeluErf:
+      NEP_SIMD
       for (int64_t i = 0; i < n; ++i) y[i * step] = Tr::store(v[i] * gelu_erf_gate(v[i]));
       break;
     case kGeluTanh:
+      NEP_SIMD
       for (int64_t i = 0; i < n; ++i) y[i * step] = Tr::store(v[i] * gelu_tanh_gate(v[i]));
       break;
     default:
