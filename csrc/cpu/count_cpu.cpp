@@ -341,7 +341,12 @@ struct Counter {
 template <class S, class T = typename Traits<S>::T>
 inline void load_values(const S* x, int64_t s, int64_t n, T* buf) {
   if (s == 1) {
-    for (int64_t i = 0; i < n; ++i) buf[i] = Traits<S>::load(x[i]);
+    int64_t i = 0;
+    for (; i + Simd<T>::kWidth <= n; i += Simd<T>::kWidth) {  // load_vec: float16 widens without scalar code
+      const typename Simd<T>::V v = load_vec<S>(x + i);
+      std::memcpy(buf + i, &v, sizeof v);
+    }
+    for (; i < n; ++i) buf[i] = Traits<S>::load(x[i]);
   } else {
     for (int64_t i = 0; i < n; ++i) buf[i] = Traits<S>::load(x[i * s]);
   }
@@ -396,6 +401,10 @@ void run_rows(const Job<S>& job) {
   p.inner_blocks = ceil_div(v.inner, p.inner);
   const int64_t items = p.items();
   const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  // Whole rows of consecutive channels that lie back to back in x and in y (contiguous NCHW): the fused output
+  // of an item's rows is then written as one run per outer index instead of one short run per row.
+  const bool slabs = job.y != nullptr && p.inner == v.inner && v.s_inner == 1 && v.s_channel == v.inner &&
+                     job.yv.s_inner == 1 && job.yv.s_channel == v.inner;
 #pragma omp parallel num_threads(job.threads) if (parallel)
   {
     std::vector<T> buf(kChunk);
@@ -420,9 +429,12 @@ void run_rows(const Job<S>& job) {
               counter.add_row(buf.data(), n);
             }
           }
-          if (job.y != nullptr) write_activation(job, o, c, i0, i1 - i0, false, buf.data());
+          if (job.y != nullptr && !slabs) write_activation(job, o, c, i0, i1 - i0, false, buf.data());
         }
         counter.flush_total(job.counts + c * (K + 1), job.th.ignore_ties);
+      }
+      if (job.y != nullptr && slabs) {
+        for (int64_t o = o0; o < o1; ++o) write_activation(job, o, c0, 0, (c1 - c0) * v.inner, false, buf.data());
       }
     }
   }
