@@ -29,8 +29,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=10, in_channels=1, width=0.125)
     config = nepenthe.NepentheConfig(
-        zeta=0.3, delta=1.0, max_iterations=10, dense_epochs=6, finetune_epochs=3, lr=0.05, train_subset=6000,
-        out_dir=args.out,
+        zeta=0.5, delta=1.0, max_iterations=8, dense_epochs=6, finetune_epochs=4, lr=0.05, train_subset=6000,
+        magnitude="neuron", out_dir=args.out,
     )  # fmt: skip
     result = nepenthe.run_nepenthe(model, data.train, data.test, config)
     print(summary_table(result.report))
