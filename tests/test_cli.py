@@ -79,3 +79,10 @@ def test_paper_preset_from_the_command_line() -> None:
     args = build_parser().parse_args(["prune", "--preset", "paper", "--zeta", "0.25"])
     cfg = _config_from_args(args)
     assert (cfg.preset, cfg.zeta, cfg.finetune_epochs, cfg.lr) == ("paper", 0.25, 160, 0.1)
+
+
+def test_profile_prints_the_entropy_table(capsys) -> None:
+    argv = ["profile", "--model", "small_cnn", "--dataset", "digits", "--subset", "64", "--batch-size", "32"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "features.2" in text and "features.8" in text  # the three ReLU layers of the small CNN
