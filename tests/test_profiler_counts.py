@@ -23,7 +23,7 @@ MODELS = {
     "resnet18": (torchvision.models.resnet18, 32, nn.ReLU, 17, 1),
     "mobilenet_v2": (torchvision.models.mobilenet_v2, 32, nn.ReLU6, 35, 1),
     "vgg16_bn": (torchvision.models.vgg16_bn, 32, nn.ReLU, 15, 1),
-    "swin_t": (torchvision.models.swin_t, 64, nn.GELU, 12, -1),
+    "swin_t": (torchvision.models.swin_t, 32, nn.GELU, 12, -1),
 }
 
 
