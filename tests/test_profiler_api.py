@@ -204,6 +204,11 @@ def test_channel_dims_override_by_layer_and_by_module():
     assert prof.counts()["relu@1"].shape == (6, 2) and prof.counts()["gelu"].shape == (2, 2)
     with pytest.raises(ValueError, match="channel_dims"), nepenthe.profile(model, channel_dims={"relu": 7}):
         model(x)
+    with (
+        pytest.warns(UserWarning, match=r"\['rleu'\] match no activation"),
+        nepenthe.profile(model, channel_dims={"rleu": 1}),
+    ):
+        model(x)
 
 
 def test_batch_mean_averages_per_forward_entropies():

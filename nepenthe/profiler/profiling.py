@@ -21,6 +21,7 @@ are not counted: the first forward pass warns about them and :func:`nepenthe.pre
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -181,13 +182,26 @@ class Profile:
             self._detector.__enter__()
 
     def _forward_end(self, module: nn.Module, args: tuple, output: object) -> None:
+        failed = sys.exc_info()[0] is not None  # torch runs always_call hooks inside its except block
         if self._detector is not None:
             self._detector.__exit__(None, None, None)
             self._stack.remove()
             calls, self._detector, self._stack = self._detector.calls, None, None
-            if calls:
+            if calls and not failed:
                 warnings.warn(describe_unseen(calls), stacklevel=2)
+        if failed:
+            return
         self._forwards += 1
+        if self._forwards == 1 and self._channel_dims:
+            known = {s.module_name for s in self._sites.values()}
+            known |= {f"{s.module_name}@{s.call_index}" for s in self._sites.values()}
+            unknown = sorted(set(self._channel_dims) - known)
+            if unknown:
+                warnings.warn(
+                    f"nepenthe.profile: channel_dims names {unknown} match no activation call site of the first "
+                    "forward pass; use layer names (NAME or NAME@k) or module names",
+                    stacklevel=2,
+                )
         if self._producers is not None and self._sites:
             self._producers.remove()
             self._producers = None
