@@ -395,7 +395,7 @@ def _finish(run: _Run, stop: str) -> RunResult:
                 f"final linearization of {len(zero)} more layer(s): acc {trial_accuracy:.2f}% "
                 f"({'kept' if accepted else 'rejected'})"
             )
-    shrunk, shrink_dict, latency = None, None, {}
+    shrunk, shrink_dict, latency, nonzero = None, None, {}, {}
     if ctx.is_main:
         local = DistContext(0, 1, ctx.device)
         example = run.example_input.to(ctx.device)
@@ -415,6 +415,7 @@ def _finish(run: _Run, stop: str) -> RunResult:
             "shrunk_ms": measure_latency(shrunk, example, repeats=repeats),
             "shrunk_accuracy": shrunk_accuracy,
         }
+        nonzero = {"dense": _nonzero(dense), "kept": _nonzero(model), "shrunk": _nonzero(shrunk)}
         _save_models(
             run, model, shrunk, shrink_report, final_step.get("layers", []) if final_counts else [], final_counts
         )
@@ -442,11 +443,16 @@ def _finish(run: _Run, stop: str) -> RunResult:
         "iterations": run.history,
         "shrink": shrink_dict,
         "latency": latency,
+        "nonzero_parameters": nonzero,
     }
     if ctx.is_main:
         write_report(result.report, run.out)
     barrier(ctx)
     return result
+
+
+def _nonzero(model: nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in model.parameters())
 
 
 def _dense_model(run: _Run) -> nn.Module:

@@ -85,6 +85,9 @@ def summary_table(report: dict[str, Any]) -> str:
                        ("params", "parameters"), ("flops", "FLOPs per sample")):  # fmt: skip
         if key in before and key in after:
             rows.append((label, f"{before[key]:,} -> {after[key]:,}"))
+    nonzero = report.get("nonzero_parameters") or {}
+    if nonzero:
+        rows.append(("nonzero parameters", f"{nonzero['dense']:,} -> {nonzero['shrunk']:,}"))
     last = report["iterations"][-1] if report["iterations"] else {}
     kept = next((r for r in report["iterations"] if r["iteration"] == report.get("kept_iteration")), last)
     if kept:
