@@ -53,7 +53,7 @@ def test_shrink_and_bench_from_a_run_dir(cli_run, capsys) -> None:
     assert main(["shrink", str(cli_run), "--latency-repeats", "1"]) == 0
     assert "conv/linear layers" in capsys.readouterr().out
     assert main(["bench", str(cli_run), "--batch-sizes", "1", "--repeats", "3"]) == 0
-    assert "speed-up" in capsys.readouterr().out
+    assert "vs dense" in capsys.readouterr().out
 
 
 def test_prune_refuses_an_existing_run_without_resume(cli_run, capsys) -> None:
