@@ -58,6 +58,8 @@ LAYOUTS: dict[str, tuple[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]
     "c1_last": ((4, 9, 1), lambda t: t, -1),
     "vector": ((23,), lambda t: t, 0),
     "channel_first_of_3d": ((17, 4, 5), lambda t: t, 0),
+    "expanded_channels": ((4, 1, 6), lambda t: t.expand(4, 5, 6), 1),  # stride 0: every channel reads one row
+    "expanded_batch": ((1, 7, 9), lambda t: t.expand(3, 7, 9), -1),
 }
 
 

@@ -13,6 +13,7 @@ from .layout import ChannelView
 NAME = "cpu"
 EXTENSION = "nepenthe._cpu"
 
+# Must match the DType and Activation enums of csrc/common/count_args.h.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 ACTIVATION_CODES = {"relu": 0, "hardtanh": 1, "leaky_relu": 2, ("gelu", "none"): 3, ("gelu", "tanh"): 4}
 
