@@ -108,11 +108,16 @@ def test_counts_equal_reference_exactly(profiled):
 
 
 def test_fused_mode_counts_equal_hook_mode(profiled):
-    _, _, _, _, results = profiled
+    name, _, _, _, results = profiled
     hooks, fused = results[False].counts(), results[True].counts()
     assert list(hooks) == list(fused)
-    for layer in hooks:
-        assert torch.equal(hooks[layer], fused[layer]), layer
+    for i, layer in enumerate(hooks):
+        if MODELS[name][2] is nn.GELU and i > 0:
+            # the fused GELU's float32 output may differ from torch's in the last bit, so the inputs of later
+            # layers may too: a value within an ulp of 0 may then change state
+            assert int((hooks[layer] - fused[layer]).abs().sum()) <= 1e-4 * int(hooks[layer].sum()), layer
+        else:
+            assert torch.equal(hooks[layer], fused[layer]), layer
 
 
 def test_entropy_matches_float64_hand_computation(profiled):
