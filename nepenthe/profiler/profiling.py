@@ -37,10 +37,10 @@ from .channels import ProducerTracker, choose_channel_dim
 from .functional import FunctionalCallDetector, ModuleStack, describe_unseen
 from .fused import FusedCountingActivation, restore, swap_in
 from .selection import ActivationSelection
+from .state import STATE_FORMAT, check_state
 from .table import Row, format_table
 
 AGGREGATES = ("sum", "batch_mean")
-STATE_FORMAT = "nepenthe.profile/1"
 
 
 @dataclass(frozen=True)
@@ -439,7 +439,7 @@ class Profile:
 
     def _absorb(self, state: Mapping, add: bool) -> None:
         self._flush()
-        _check_state(state, self)
+        check_state(state, self)
         layers = state["layers"]
         for entry in layers.values():
             key = (entry["module_name"], entry["call_index"])
@@ -514,51 +514,6 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
-
-
-def _check_state(state: Mapping, prof: Profile) -> None:
-    """Refuse a state dict that does not come from a profile of the same model with the same settings."""
-    if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"not a nepenthe profile state dict (expected format {STATE_FORMAT!r})")
-    theirs, ours = [tuple(x) for x in state["model"]], prof._fingerprint()
-    if theirs != ours:
-        diff = next(((a, b) for a, b in zip(theirs, ours, strict=False) if a != b), None)
-        raise ValueError(
-            "state dict comes from a different model: it has "
-            f"{len(theirs)} tracked activation modules, this model {len(ours)}"
-            + (f"; first difference: {diff[0]} vs {diff[1]}" if diff else "")
-        )
-    for key in ("ignore_ties", "aggregate"):
-        if state[key] != getattr(prof, key):
-            raise ValueError(f"state dict was made with {key}={state[key]!r}, this profile has {getattr(prof, key)!r}")
-    calls: dict[str, int] = {}
-    for name, entry in state["layers"].items():
-        module_name, index = entry["module_name"], int(entry["call_index"])
-        calls[module_name] = max(calls.get(module_name, 0), index + 1)
-        if name != module_name and name != f"{module_name}@{index}":
-            raise ValueError(f"state dict layer {name!r} does not match its module {module_name!r}")
-    for name, entry in state["layers"].items():
-        module_name, index = entry["module_name"], int(entry["call_index"])
-        module = prof._modules[module_name]
-        expected = prof._selection.thresholds(module)
-        if tuple(entry["thresholds"]) != expected:
-            raise ValueError(
-                f"state dict layer {name!r} has thresholds {tuple(entry['thresholds'])}, this model {expected}"
-            )
-        ours_calls = prof._max_calls.get(module_name)
-        if ours_calls is not None and max(ours_calls, calls[module_name]) > 1 and ours_calls != calls[module_name]:
-            raise ValueError(
-                f"state dict calls {module_name!r} {calls[module_name]} time(s) per forward, this model {ours_calls}"
-            )
-        site = prof._sites.get((module_name, index))
-        if site is not None:
-            if tuple(entry["counts"].shape) != tuple(site.counts.shape) or entry["channel_dim"] != site.channel_dim:
-                raise ValueError(
-                    f"state dict layer {name!r} has counts {tuple(entry['counts'].shape)} on dim "
-                    f"{entry['channel_dim']}, this profile {tuple(site.counts.shape)} on dim {site.channel_dim}"
-                )
-    for module_name, n in calls.items():
-        prof._max_calls[module_name] = max(prof._max_calls.get(module_name, 0), n)
 
 
 def profile(
