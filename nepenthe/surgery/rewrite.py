@@ -33,6 +33,7 @@ from .algebra import (
     sum_conv_shapes,
     sum_convs,
 )
+from .constants import CONSTANT_EDITS, CONSTANT_MODULES, apply_constant_edit, constant_module_from_spec, constant_pass
 
 _ADDS = (operator.add, operator.iadd, torch.add)
 _DROPOUTS = (nn.modules.dropout._DropoutNd, nn.Identity)
@@ -41,6 +42,8 @@ _DROPOUTS = (nn.modules.dropout._DropoutNd, nn.Identity)
 def module_from_spec(spec: dict) -> nn.Module:
     """An (uninitialised) module of the shape an edit recorded."""
     kind = spec["type"]
+    if kind in CONSTANT_MODULES:
+        return constant_module_from_spec(spec)
     if kind == "conv2d":
         return conv_module_from_shape(spec)
     if kind == "linear":
@@ -50,6 +53,8 @@ def module_from_spec(spec: dict) -> nn.Module:
 
 def apply_edit(gm: fx.GraphModule, edit: dict, module: nn.Module | None) -> None:
     """Rewire ``gm`` as ``edit`` says, installing ``module`` at ``edit['target']`` when given."""
+    if edit["kind"] in CONSTANT_EDITS:
+        return apply_constant_edit(gm, edit, module)
     nodes = {n.name: n for n in gm.graph.nodes}
     missing = [
         n
@@ -145,6 +150,7 @@ class Surgeon:
             out[site] = (
                 f"folded into {live[self.root(into)].target if self.root(into) in live else into}; not merged: {reason}"
             )
+        out.update(getattr(self, "constant_sites", {}))  # set by constant_pass
         return out
 
     # ---- helpers
@@ -565,7 +571,13 @@ class Surgeon:
 
     def run(self) -> None:
         """Apply all passes until none changes the graph."""
-        while self.drop_pass() or self.fold_affine_pass() or self.chain_pass() or self.residual_pass():
+        while (
+            self.drop_pass()
+            or self.fold_affine_pass()
+            or constant_pass(self)
+            or self.chain_pass()
+            or self.residual_pass()
+        ):
             pass
         self.gm.graph.eliminate_dead_code()
         self.gm.delete_all_unused_submodules()
