@@ -8,6 +8,7 @@ never tie with a value, so its tie value is NaN (which equals nothing).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ class KernelThresholds:
         return len(self.greater) + 1
 
 
+@functools.lru_cache(maxsize=256)  # the same few threshold sets come back on every hooked call
 def kernel_thresholds(thresholds: tuple[float, ...], dtype: torch.dtype) -> KernelThresholds:
     """Thresholds rounded for a kernel that reads ``dtype`` (float64 stays float64, the rest read float32)."""
     if dtype == torch.float64:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -29,6 +30,20 @@ def check_input(x: object, channel_dim: int) -> int:
 
 def check_thresholds(thresholds: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
     """Check ``thresholds`` (finite, strictly increasing, 1 to MAX_THRESHOLDS) and return them as floats."""
+    if type(thresholds) is tuple:
+        try:
+            return _checked_tuple(thresholds)
+        except TypeError:  # unhashable items: check them the long way below, which names the problem
+            pass
+    return _checked(thresholds)
+
+
+@functools.lru_cache(maxsize=256)  # profilers pass the same tuple on every call
+def _checked_tuple(thresholds: tuple) -> tuple[float, ...]:
+    return _checked(thresholds)
+
+
+def _checked(thresholds: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
     if isinstance(thresholds, torch.Tensor):
         thresholds = thresholds.tolist()
     try:
