@@ -99,7 +99,13 @@ class MapAdd(nn.Module):
 
 
 def constant_module_from_spec(spec: dict) -> nn.Module:
-    """An (uninitialised) module of a constant edit's recorded shape (plans load the values from a state_dict)."""
+    """An (uninitialised) module of a constant edit's recorded shape (plans load the values from a state_dict).
+
+    Example::
+
+        >>> constant_module_from_spec({"type": "bias_add", "channels": 8, "channel_dim": 1})
+        BiasAdd(channels=8, channel_dim=1, site='', exact=True)
+    """
     kind = spec["type"]
     if kind == "constant_map":
         return ConstantMap(torch.zeros(spec["shape"]))
@@ -111,7 +117,16 @@ def constant_module_from_spec(spec: dict) -> nn.Module:
 
 
 def apply_constant_edit(gm: fx.GraphModule, edit: dict, module: nn.Module) -> None:
-    """Apply a recorded ``constant`` or ``bias_add`` edit: a new node calling ``module`` takes over a subgraph."""
+    """Apply a recorded ``constant`` or ``bias_add`` edit: a new node calling ``module`` takes over a subgraph.
+
+    The node reads ``edit['input']``, stands just before ``edit['output_of']`` and takes over its users; the
+    ``edit['removed']`` nodes are erased.
+
+    Example::
+
+        >>> for edit in plan["edits"]:  # what plan replay does (through rewrite.apply_edit)
+        ...     apply_constant_edit(gm, edit, constant_module_from_spec(edit["spec"]))
+    """
     nodes = {n.name: n for n in gm.graph.nodes}
     missing = [n for n in [edit["input"], edit["output_of"], *edit["removed"]] if n not in nodes]
     if missing:
@@ -161,6 +176,8 @@ _PER_SAMPLE_MODULES = (
     nn.modules.conv._ConvNd,
     nn.Linear,
     nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
     ChannelAffine,
     ConstantMap,
     MapAdd,
@@ -198,7 +215,9 @@ def _per_sample(s: Any, n: fx.Node) -> bool:
     """True when ``n`` computes each sample from that sample alone (so a constant input gives a constant)."""
     if n.op == "call_module":
         m = s.module(n)
-        if getattr(m, "training", False) and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+        if getattr(m, "training", False) and isinstance(
+            m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+        ):
             return False
         if isinstance(m, nn.Flatten):
             return m.start_dim >= 1
@@ -215,7 +234,13 @@ def _per_sample(s: Any, n: fx.Node) -> bool:
 
 
 def constant_nodes(s: Any) -> set[fx.Node]:
-    """The nodes of ``s.gm`` whose value does not depend on the model input (``s``: a :class:`Surgeon`)."""
+    """The nodes of ``s.gm`` whose value does not depend on the model input (``s``: a :class:`Surgeon`).
+
+    Example::
+
+        >>> [n.name for n in constant_nodes(Surgeon(gm))]
+        ['layer3_0_conv1', 'layer3_0_bn1', 'layer3_0_relu', 'layer3_0_conv2', 'layer3_0_bn2']
+    """
     const: set[fx.Node] = set()
     for n in s.gm.graph.nodes:
         inputs = n.all_input_nodes
@@ -406,6 +431,12 @@ def constant_pass(s: Any) -> bool:
     Replaces the first maximal constant subgraph (one that holds more than an earlier :class:`ConstantMap`) by
     its value and, where the value is added to a tensor, by a bias add on that tensor; or folds an earlier
     :class:`ConstantMap` that could not be folded then. Each replaced subgraph is reported as a merge.
+
+    Example::
+
+        >>> surgeon = Surgeon(gm)
+        >>> while constant_pass(surgeon):
+        ...     pass
     """
     from .rewrite import Decision
 
