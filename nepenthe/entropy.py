@@ -41,9 +41,13 @@ def layer_entropy(counts: torch.Tensor, reduction: str = "mean") -> float:
     ``reduction``: ``"mean"`` over neurons (default), ``"sum"``, or ``"nonconstant_mean"`` (mean over neurons
     with nonzero entropy, 0 when there are none: EGP's and NEPENTHE's neuron selection).
     """
+    return reduce_entropy(neuron_entropy(counts), reduction)
+
+
+def reduce_entropy(h: torch.Tensor, reduction: str = "mean") -> float:
+    """Reduce neuron entropies ``h`` (C,) to one layer value, as :func:`layer_entropy` does with counts."""
     if reduction not in LAYER_REDUCTIONS:
         raise ValueError(f"reduction must be one of {LAYER_REDUCTIONS}, got {reduction!r}")
-    h = neuron_entropy(counts)
     if h.numel() == 0:
         return 0.0
     if reduction == "sum":

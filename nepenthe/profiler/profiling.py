@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..activations import ActivationSpec, activation_spec
-from ..entropy import LAYER_REDUCTIONS, is_linearizable, neuron_entropy
+from ..entropy import LAYER_REDUCTIONS, is_linearizable, neuron_entropy, reduce_entropy
 from ..kernels import count_states
 from .callsites import site_name
 from .channels import ProducerTracker, choose_channel_dim
@@ -362,7 +362,7 @@ class Profile:
         """Layer name -> layer entropy: ``"mean"`` over neurons, ``"sum"``, or ``"nonconstant_mean"``."""
         if reduction not in LAYER_REDUCTIONS:
             raise ValueError(f"reduction must be one of {LAYER_REDUCTIONS}, got {reduction!r}")
-        return {name: _reduce(h, reduction) for name, h in self.entropy().items()}
+        return {name: reduce_entropy(h, reduction) for name, h in self.entropy().items()}
 
     def linearizable(self) -> list[str]:
         """Names (call order) of the layers where every neuron was seen in exactly one state."""
@@ -493,17 +493,6 @@ class Profile:
 
         self._flush()
         all_reduce_profile(self, group)
-
-
-def _reduce(h: torch.Tensor, reduction: str) -> float:
-    if h.numel() == 0:
-        return 0.0
-    if reduction == "sum":
-        return float(h.sum())
-    if reduction == "nonconstant_mean":
-        nonzero = h[h > 0]
-        return float(nonzero.mean()) if nonzero.numel() else 0.0
-    return float(h.mean())
 
 
 def _model_device(model: nn.Module) -> torch.device:
