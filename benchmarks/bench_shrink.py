@@ -27,8 +27,8 @@ import torchvision
 from torch import nn
 
 import nepenthe
+from nepenthe.latency import latency_samples
 from nepenthe.profiler.callsites import trace_call_sites
-from nepenthe.surgery.report import latency_samples
 from nepenthe.surgery.shrink import identity_only
 
 MODELS = ("resnet18", "mobilenet_v2", "vgg16_bn", "swin_t")

@@ -11,9 +11,9 @@ Four parts, each behind small public functions:
 from .activations import ActivationSpec, Piece, activation_spec, register_activation
 from .entropy import dominant_state, is_linearizable, layer_entropy, neuron_entropy
 from .kernels import available_backends, backend_status, count_states, fused_activation
+from .orchestrator import NepentheConfig, RunResult, run_nepenthe
 from .profiler import LayerInfo, Profile, prepare, profile
 from .surgery import LinearizeReport, ShrinkReport, apply_plan, linearize, load_plan, save_plan, shrink
-from .orchestrator import NepentheConfig, RunResult, run_nepenthe
 
 __version__ = "0.1.0"
 

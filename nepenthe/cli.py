@@ -245,9 +245,9 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import nepenthe
 
+    from .latency import compare_latency
     from .orchestrator.artifacts import load_kept
     from .orchestrator.checkpoint import checkpoint_path, load_checkpoint
-    from .orchestrator.latency import measure_latency
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -263,7 +263,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"{'batch':>6} {'dense':>9} {'dense+BN':>9} {'kept':>9} {'shrunk':>9} {'vs dense':>9} {'vs BN':>7}")
     for b in sizes:
         x = example.expand(b, *example.shape[1:]).contiguous()
-        t = [measure_latency(m, x, repeats=args.repeats) for m in (dense, folded, kept, shrunk)]
+        models = {"dense": dense.eval(), "folded": folded.eval(), "kept": kept.eval(), "shrunk": shrunk.eval()}
+        t = list(compare_latency(models, x, warmup=10, repeats=args.repeats).values())
         print(f"{b:>6} {t[0]:>9.3f} {t[1]:>9.3f} {t[2]:>9.3f} {t[3]:>9.3f} {t[0] / t[3]:>8.2f}x {t[1] / t[3]:>6.2f}x")
     return 0
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..latency import compare_latency
 from ..profiler.callsites import call_site_names
 from .artifacts import SHRUNK_NAME, save_kept
 from .checkpoint import (
@@ -41,7 +42,6 @@ from .checkpoint import (
 from .config import NepentheConfig
 from .data import subset
 from .distributed import DistContext, barrier, init_distributed
-from .latency import measure_latency
 from .masks import PruningMasks
 from .prunable import feeding_calls, feeding_calls_in_order
 from .pruner import apply_pruning, plan_pruning
@@ -406,13 +406,12 @@ def _finish(run: _Run, stop: str) -> RunResult:
         dense = _dense_model(run)
         # The same BatchNorm folding applied to the dense model: the baseline that isolates depth reduction.
         dense_folded, _ = nepenthe.shrink(dense, example, latency=False)
+        models = {"dense": dense, "dense_folded": dense_folded, "kept": model, "shrunk": shrunk}
+        timed = compare_latency({k: m.eval() for k, m in models.items()}, example, warmup=10, repeats=repeats)
         latency = {
             "batch": 1,
             "device": str(ctx.device),
-            "dense_ms": measure_latency(dense, example, repeats=repeats),
-            "dense_folded_ms": measure_latency(dense_folded, example, repeats=repeats),
-            "kept_ms": measure_latency(model, example, repeats=repeats),
-            "shrunk_ms": measure_latency(shrunk, example, repeats=repeats),
+            **{f"{k}_ms": t for k, t in timed.items()},
             "shrunk_accuracy": shrunk_accuracy,
         }
         nonzero = {"dense": _nonzero(dense), "kept": _nonzero(model), "shrunk": _nonzero(shrunk)}

@@ -9,9 +9,10 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..latency import compare_latency
 from .affine import CallSiteDispatch, ChannelAffine
 from .plan import make_plan
-from .report import ShrinkReport, compare_latency, count_flops, graph_layer_counts
+from .report import ShrinkReport, count_flops, graph_layer_counts
 from .rewrite import Surgeon
 from .trace import trace
 
