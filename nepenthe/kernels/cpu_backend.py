@@ -53,7 +53,8 @@ def activation_args(kind: str, params: dict[str, object]) -> tuple[int, float, f
     return ACTIVATION_CODES[kind], 0.0, 0.0
 
 
-def _common(job: CountJob) -> list[object]:
+def job_args(job: CountJob) -> list[object]:
+    """The arguments both extensions take first: input, dtype, view, thresholds, ties flag, counts."""
     kt = job.kernel_thresholds
     return [
         job.x.data_ptr(),
@@ -63,8 +64,11 @@ def _common(job: CountJob) -> list[object]:
         list(kt.tie),
         job.ignore_ties,
         job.counts.data_ptr(),
-        torch.get_num_threads(),
     ]
+
+
+def _common(job: CountJob) -> list[object]:
+    return [*job_args(job), torch.get_num_threads()]
 
 
 def count(job: CountJob) -> None:

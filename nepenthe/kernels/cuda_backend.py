@@ -10,7 +10,7 @@ from types import ModuleType
 
 import torch
 
-from .cpu_backend import DTYPE_CODES, activation_args, view_args
+from .cpu_backend import activation_args, job_args, view_args
 from .jobs import CountJob, FusedJob
 
 NAME = "cuda"
@@ -45,17 +45,7 @@ def device_problem(device: torch.device) -> str | None:
 
 
 def _common(job: CountJob) -> list[object]:
-    kt = job.kernel_thresholds
-    return [
-        job.x.data_ptr(),
-        DTYPE_CODES[job.x.dtype],
-        view_args(job.view),
-        list(kt.greater),
-        list(kt.tie),
-        job.ignore_ties,
-        job.counts.data_ptr(),
-        torch.cuda.current_stream(job.x.device).cuda_stream,
-    ]
+    return [*job_args(job), torch.cuda.current_stream(job.x.device).cuda_stream]
 
 
 def count(job: CountJob) -> None:
