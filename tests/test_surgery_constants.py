@@ -3,6 +3,7 @@
 import copy
 import json
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -89,6 +90,10 @@ def test_resnet18_plan_round_trip():
     assert count(rebuilt, nn.Conv2d) == count(small, nn.Conv2d) == 12
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(X32), small(X32), rtol=0, atol=0)
+    # the folded constants hold for 32x32 inputs only: another size is refused, by both models, never computed
+    for model in (small, rebuilt):
+        with pytest.raises(ValueError, match=r"inputs of shape \(N, \*\(3, 32, 32\)\)"):
+            model(torch.randn(1, 3, 48, 48))
 
 
 class ConstantBranch(nn.Module):

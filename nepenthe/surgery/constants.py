@@ -458,3 +458,41 @@ def constant_pass(s: Any) -> bool:
         s.decisions.append(Decision(what, True, flops_before=macs, flops_after=0))
         return True
     return False
+
+
+class InputShapeGuard(nn.Module):
+    """Refuses inputs of another shape than the one a model's folded constants were computed for.
+
+    Constants are computed for the traced input size (a padded conv makes them depend on it), so a shrunk model
+    that holds one is exact only at that size: this guard makes any other size a clear error, never a wrong output.
+
+    Example::
+
+        >>> InputShapeGuard((3, 32, 32))(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(
+                f"this shrunk model folded constants computed for inputs of shape (N, *{self.shape}), got "
+                f"{tuple(x.shape)}; shrink the model again with an example input of the new shape"
+            )
+        return x
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+def guard_input_shape(gm: fx.GraphModule, shape: tuple[int, ...]) -> None:
+    """Put an :class:`InputShapeGuard` for ``shape`` (non-batch dims) on ``gm``'s first input."""
+    x = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    gm.add_submodule("input_shape_guard", InputShapeGuard(shape))
+    with gm.graph.inserting_after(x):
+        guard = gm.graph.call_module("input_shape_guard", (x,))
+    x.replace_all_uses_with(guard, delete_user_cb=lambda user: user is not guard)
+    gm.recompile()

@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from .affine import CallSiteDispatch, ChannelAffine, install_dispatch_reset
+from .constants import guard_input_shape
 from .rewrite import replay
 from .trace import trace
 
@@ -120,4 +121,7 @@ def apply_plan(model: nn.Module, plan: dict) -> fx.GraphModule:
             setattr(parent, attr, current)
         current.sites[str(entry["call_index"])] = affine
         install_dispatch_reset(model)
-    return replay(trace(model), plan["edits"])
+    gm = replay(trace(model), plan["edits"])
+    if plan.get("input_shape"):
+        guard_input_shape(gm, tuple(plan["input_shape"]))
+    return gm

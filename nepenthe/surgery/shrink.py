@@ -11,6 +11,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..latency import compare_latency
 from .affine import CallSiteDispatch, ChannelAffine
+from .constants import CONSTANT_EDITS, guard_input_shape
 from .plan import make_plan
 from .report import ShrinkReport, count_flops, graph_layer_counts
 from .rewrite import Surgeon
@@ -119,6 +120,9 @@ def shrink(
         surgeon = Surgeon(gm, skip_slower=skip_slower)
         surgeon.run()
         plan["edits"] = surgeon.edits
+        if any(edit["kind"] in CONSTANT_EDITS for edit in surgeon.edits):
+            plan["input_shape"] = list(example_input.shape[1:])
+            guard_input_shape(gm, tuple(plan["input_shape"]))
         after = _stats(gm, gm, x1)
         report = ShrinkReport(
             linearized_sites=linearized,
