@@ -39,3 +39,12 @@ def _device_backends() -> list[object]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "device_backend" in metafunc.fixturenames:
         metafunc.parametrize("device_backend", _device_backends())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module with one torch thread, restoring the count after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,6 +18,9 @@ from nepenthe.orchestrator import loop as loop_module
 from nepenthe.orchestrator.checkpoint import list_checkpoints, load_checkpoint
 from nepenthe.orchestrator.report import read_report, rebuild_plots, summary_table
 
+# Tiny models: extra threads only add synchronisation cost (and the runs compared must use the same count).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class TinyResNet(nn.Module):
     """Stem conv-BN-ReLU, two torchvision BasicBlocks, pool, linear: 5 activation call sites."""
@@ -52,15 +55,6 @@ def _config(out: Path, **overrides: object) -> NepentheConfig:
 def _model() -> nn.Module:
     torch.manual_seed(SEED)
     return TinyResNet()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only add synchronisation cost (and the runs compared must use the same count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torchvision
+from model_helpers import random_bn
 from torch import nn
 
 import nepenthe
@@ -16,18 +17,6 @@ torch.set_num_threads(2)
 X32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 BRANCH_CONVS = [f"layer{i}.{j}.conv{k}" for i in (3, 4) for j in (0, 1) for k in (1, 2)]
 INNER_RELUS = [f"layer{i}.{j}.relu@0" for i in (3, 4) for j in (0, 1)]
-
-
-def random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics (some shifts negative, so a ReLU after a constant clamps some channels)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.normal_(0, 0.5, generator=g)
-            m.running_var.uniform_(0.5, 2.0, generator=g)
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.normal_(0, 0.5, generator=g)
-    return model.eval()
 
 
 def zero_weights(model: nn.Module, names: list[str]) -> nn.Module:

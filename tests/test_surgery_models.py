@@ -6,24 +6,13 @@ import io
 import pytest
 import torch
 import torchvision
+from model_helpers import random_bn
 from torch import nn
 
 import nepenthe
 from nepenthe.profiler.callsites import trace_call_sites
 
 torch.set_num_threads(2)
-
-
-def random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, so that folding them is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.normal_(0, 0.5, generator=g)
-            m.running_var.uniform_(0.5, 2.0, generator=g)
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.normal_(0, 0.5, generator=g)
-    return model.eval()
 
 
 def synthetic_counts(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
