@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # On a GPU machine (no network needed): build nepenthe with its CUDA extension, run the gpu-marked tests and
-# the kernel benchmarks, and write everything under results/gpu-<UTC date-time>/ (printed at the start and end).
+# the kernel, profiler and depth-reduction benchmarks, and write everything under results/gpu-<UTC date-time>/ (printed at the start and end).
 #
 #   bash benchmarks/gpu_check.sh            # full benchmark (batch 32)
 #   QUICK=1 bash benchmarks/gpu_check.sh    # batch 8, fewer repetitions
+#   KERNELS_ONLY=1 bash benchmarks/gpu_check.sh   # skip the profiler and depth-reduction model benchmarks
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="results/gpu-$(date -u +%Y%m%d-%H%M%S)"
@@ -42,6 +43,16 @@ BENCH_ARGS=(--device cuda --out "$OUT/bench_kernels.md")
 [ -n "${QUICK:-}" ] && BENCH_ARGS+=(--quick)
 python benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench_kernels.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+if [ -z "${KERNELS_ONLY:-}" ]; then
+  echo "== profiler overhead (batch 128, autocast bf16)"
+  python benchmarks/bench_profiler.py --device cuda 2>&1 | tee "$OUT/bench_profiler.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+  echo "== depth reduction latency"
+  python benchmarks/bench_shrink.py --device cuda --json "$OUT/bench_shrink.json" 2>&1 | tee "$OUT/bench_shrink.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 
 echo "gpu_check: results in $OUT (exit status $status)"
 exit "$status"
