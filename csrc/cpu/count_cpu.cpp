@@ -2,7 +2,8 @@
 //
 // Two fast layouts. Rows with inner stride 1 (contiguous NCHW) are counted along the row; channels with stride
 // 1 (channels_last, token tensors) are counted across each position's channel vector, one channel per SIMD
-// lane. Any other strides take the row path through a gather. Each loaded vector (float16/bfloat16 widened to
+// lane. Short contiguous rows (7x7 maps, count only) take a short-row path that walks them in memory order.
+// Any other strides take the row path through a gather. Each loaded vector (float16/bfloat16 widened to
 // float32) is compared with every threshold while it sits in a register, and the comparison masks are summed
 // into int32 lane counters (count_args.h explains why K + 1 comparison counts give the state counts). Counters
 // are flushed into int64 once per work item: each item adds its exact per-state counts into the result with
@@ -30,6 +31,10 @@ constexpr int64_t kChanTarget = 1 << 17;   // elements per work item (channel pa
 constexpr int64_t kL1Bytes = 16 << 10;     // channel path: bytes of input re-read from L1 by successive tiles
 constexpr int64_t kMaxItemChans = 2048;    // channels per item (channel path)
 constexpr int64_t kParallelMin = 1 << 16;  // below this many elements, threads cost more than they save
+constexpr int64_t kSmallInner = 256;       // short-row path: rows (H*W) up to this length
+constexpr int64_t kTableBytes = 16 << 10;  // short-row path: per-channel lane-counter table, stays in L1
+constexpr int64_t kSmallItem = 1 << 17;    // short-row path: elements per work item
+constexpr int64_t kMinPositions = 1024;    // channel path: positions per item, to amortize the per-channel flush
 
 struct BF16 {
   uint16_t bits;
@@ -447,6 +452,106 @@ void run_rows(const Job<S>& job) {
   }
 }
 
+// Counts n back-to-back rows of `inner` >= W values each (the channels of one outer index in contiguous NCHW)
+// as one run of full vectors: a vector inside a row adds to the register counters; one that straddles two rows
+// is added twice, masked to each side, and the finished row's counters are added to its channel's table entry.
+// Only the end of the run takes an overlapping masked vector, instead of every row.
+template <class S, class Ctr>
+inline void stream_slab(Ctr& counter, const S* base, int64_t n, int64_t inner, typename Ctr::I* table) {
+  using I = typename Ctr::I;
+  using Lane = decltype(I{}[0] + 0);
+  constexpr int W = Ctr::W;
+  constexpr int A = Ctr::kAcc;
+  const int64_t len = n * inner;
+  const I lane = lane_index<I>();
+  auto flush = [&](int64_t c) {
+    I* t = table + c * A;
+    for (int j = 0; j < A; ++j) t[j] += counter.acc[j];
+    counter.clear();
+  };
+  int64_t i = 0, e = inner, c = 0;  // next value, end of row c; invariant i <= e since inner >= W
+  for (;;) {
+    for (; i + W <= e; i += W) counter.add(load_vec<S>(base + i));
+    if (i + W > len) break;
+    const typename Ctr::V x = load_vec<S>(base + i);
+    const I lo = lane < static_cast<Lane>(e - i);
+    counter.add(x, lo);
+    flush(c);
+    ++c;
+    e += inner;
+    counter.add(x, ~lo);
+    i += W;
+  }
+  if (i < len) {  // fewer than W values left, in row c and perhaps row c + 1: an overlapping vector, masked
+    const int64_t p = len - W;
+    const typename Ctr::V x = load_vec<S>(base + p);
+    const I keep = lane >= static_cast<Lane>(i - p);
+    const I lo = lane < static_cast<Lane>(e - p);
+    counter.add(x, keep & lo);
+    if (e < len) {
+      flush(c);
+      ++c;
+      counter.add(x, keep & ~lo);
+    }
+  }
+  flush(c);
+}
+
+// Short-row path: inner stride 1 with short rows (7x7 maps), count only. Per-row setup and per-channel flushes
+// dominate such rows when an item walks channel by channel, and jumping between outer indices defeats the
+// prefetcher. Here an item walks its rows in memory order (outer index, then channel: for contiguous NCHW one
+// sequential run per outer index) and keeps each channel's vector lane counters in a table in L1, loaded and
+// stored around the row; the table becomes per-state counts once per item.
+template <class S, int K, bool kTies>
+void run_short_rows(const Job<S>& job) {
+  using T = typename Traits<S>::T;
+  using Ctr = Counter<T, K, kTies>;
+  using I = typename Ctr::I;
+  constexpr int A = Ctr::kAcc;
+  const View& v = job.v;
+  int64_t chans = clamp64(kTableBytes / (A * static_cast<int64_t>(sizeof(I))), 1, v.channels);
+  const int64_t chan_blocks = ceil_div(v.channels, chans);
+  chans = ceil_div(v.channels, chan_blocks);
+  int64_t rows = clamp64(kSmallItem / (chans * v.inner), 1, v.outer);
+  if (job.threads > 1 && chan_blocks < job.threads) {  // enough items to keep every thread busy
+    rows = std::min(rows, std::max<int64_t>(1, ceil_div(v.outer, ceil_div(job.threads, chan_blocks))));
+  }
+  const int64_t row_blocks = ceil_div(v.outer, rows);
+  const int64_t items = row_blocks * chan_blocks;
+  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const bool stream = v.s_channel == v.inner && v.inner >= Ctr::W;
+#pragma omp parallel num_threads(job.threads) if (parallel)
+  {
+    std::vector<I> table(static_cast<size_t>(A * chans));
+    Ctr counter(job.th);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t cb = item % chan_blocks, rb = item / chan_blocks;
+      const int64_t c0 = cb * chans, n = std::min(v.channels, c0 + chans) - c0;
+      const int64_t o0 = rb * rows, o1 = std::min(v.outer, o0 + rows);
+      std::fill(table.begin(), table.begin() + A * n, I{});
+      for (int64_t o = o0; o < o1; ++o) {
+        const S* base = job.x + o * v.s_outer + c0 * v.s_channel;
+        if (stream) {
+          stream_slab(counter, base, n, v.inner, table.data());
+          continue;
+        }
+        for (int64_t c = 0; c < n; ++c) {
+          I* t = table.data() + c * A;
+          for (int j = 0; j < A; ++j) counter.acc[j] = t[j];
+          counter.add_row(base + c * v.s_channel, v.inner);
+          for (int j = 0; j < A; ++j) t[j] = counter.acc[j];
+        }
+      }
+      for (int64_t c = 0; c < n; ++c) {
+        int64_t sums[A];
+        for (int j = 0; j < A; ++j) sums[j] = lane_sum(table[c * A + j]);
+        Ctr::add_states(job.counts + (c0 + c) * (K + 1), sums, job.th.ignore_ties);
+      }
+    }
+  }
+}
+
 // Adds R vectors of channels over positions [q0, q1) into the lane counters slots[vi..vi+R) (see run_channels).
 template <int R, class S, class Ctr>
 inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int64_t q1, typename Ctr::I* slots,
@@ -487,7 +592,14 @@ void run_channels(const Job<S>& job) {
   constexpr int W = Ctr::W;
   constexpr int R = std::max(1, 16 / Ctr::kAcc);
   const View& v = job.v;
-  const ChannelPlan p = plan_channels(v, kChanTarget, kMaxItemChans);
+  ChannelPlan p = plan_channels(v, kChanTarget, kMaxItemChans);
+  // Few positions per item make the per-channel flush (a few hundred ns per 16 channels) rival the counting
+  // when there are many channels: keep items long, yet split the positions evenly among the threads.
+  const int64_t min_pos = std::min(kMinPositions, ceil_div(v.inner, std::max(1, job.threads)));
+  if (p.positions < min_pos) {
+    p.pos_blocks = ceil_div(v.inner, min_pos);
+    p.positions = ceil_div(v.inner, p.pos_blocks);
+  }
   const int64_t block = clamp64(kL1Bytes / (p.chans * static_cast<int64_t>(sizeof(S))), 8, p.positions);
   const int64_t nslots = ceil_div(p.chans, W);
   // Many tiles per position (measured: 3 or more) re-read each block too often; counting each vector into the
@@ -571,6 +683,8 @@ void run_k(const Job<S>& job) {
       run_k<S, K + 1>(job);
     } else if (job.by_channel) {
       job.th.ignore_ties ? run_channels<S, K, true>(job) : run_channels<S, K, false>(job);
+    } else if (job.y == nullptr && job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
+      job.th.ignore_ties ? run_short_rows<S, K, true>(job) : run_short_rows<S, K, false>(job);
     } else {
       job.th.ignore_ties ? run_rows<S, K, true>(job) : run_rows<S, K, false>(job);
     }
