@@ -114,6 +114,33 @@ def test_counts_large_and_odd_sizes(device_backend, shape, channel_dim, channels
         _check(x, thresholds, channel_dim, ignore_ties=thresholds == (-3.0, 3.0), backend=backend)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (3, 700, 7, 7),  # 7x7 maps: rows of 49 straddle vectors, blocks of whole rows split each slab
+        (1, 2000, 7, 7),  # one outer index, in parallel: the channels are split between threads
+        (2, 1500, 3, 3),  # rows of 9, several per vector
+        (2, 900, 4, 4),  # rows of exactly one vector
+        (2, 300, 1, 57),  # the longest row one 64-bit read of a bitmap holds
+        (2, 300, 1, 58),  # one bit more: two reads per row
+        (5, 130, 16, 16),  # rows of 256, the longest short row
+        (7, 3, 1, 1),  # rows of one value
+    ],
+    ids=str,
+)
+def test_counts_short_rows(device_backend, shape, dtype):
+    """Contiguous NCHW with short rows, the shapes of late CNN stages, counted across row and block boundaries."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; tests/test_kernels_triton.py covers it with small tiles")
+    x = random_values(shape, dtype, _seed("short", shape, dtype), device)
+    for thresholds in [(0.0,), (-3.0, 3.0), THRESHOLD_SETS[-1]]:
+        for ignore_ties in (False, True):
+            _check(x, thresholds, 1, ignore_ties, backend)
+    _check(x[:, :, :, 1:], (0.0,), 1, False, backend)  # rows that are not back to back
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_threshold_between_representable_values(device_backend, dtype):
     """0.1 is not a float32: values on either side of it, and float32(0.1) itself, land in the right state."""

@@ -13,6 +13,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -552,6 +553,131 @@ void run_short_rows(const Job<S>& job) {
   }
 }
 
+#if defined(__AVX512F__)
+// Bitmap short-row path (float compute, AVX-512): each vector's comparisons become 16-bit masks stored side by
+// side, one bitmap per comparison, for a block of whole rows; then each row's count is a popcount over its bit
+// range. A row costs a few scalar instructions per comparison instead of a masked split, a table flush and a
+// reload of vector counters, and the vector loop is a plain stream over memory. Used for contiguous NCHW rows up
+// to kSmallInner values (7x7 maps and the like).
+constexpr int64_t kBitBlock = 4096;  // values per bitmap block: 512 bytes per comparison
+
+// Bits [lo, lo + len) of a bitmap (padded by 8 bytes) set to one; kOneRead: len <= 57, so one 64-bit read from
+// lo's byte holds them all.
+template <bool kOneRead>
+inline int64_t count_bits(const uint8_t* bits, int64_t lo, int64_t len) {
+  int64_t total = 0;
+  for (;;) {
+    const int64_t take = kOneRead ? len : std::min<int64_t>(len, 56);
+    uint64_t word;
+    std::memcpy(&word, bits + (lo >> 3), sizeof word);
+    total += __builtin_popcountll(_bzhi_u64(word >> (lo & 7), static_cast<unsigned>(take)));
+    if (kOneRead || (len -= take) == 0) return total;
+    lo += take;
+  }
+}
+
+template <int K, bool kTies>
+struct MaskSet {
+  static constexpr int kAcc = 1 + K * (kTies ? 2 : 1);
+  __m512 g[K], t[K];
+  explicit MaskSet(const Thresholds<float>& th) {
+    for (int k = 0; k < K; ++k) {
+      g[k] = _mm512_set1_ps(th.greater[k]);
+      t[k] = _mm512_set1_ps(th.tie[k]);
+    }
+  }
+  // Comparison masks of one vector into word w of each bitmap: [valid, gt_0.., tie_0..].
+  inline void store(__m512 x, uint16_t* maps, int64_t stride, int64_t w) const {
+    maps[w] = _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q);
+    for (int k = 0; k < K; ++k) maps[(1 + k) * stride + w] = _mm512_cmp_ps_mask(x, g[k], _CMP_GT_OQ);
+    if constexpr (kTies) {
+      for (int k = 0; k < K; ++k) maps[(1 + K + k) * stride + w] = _mm512_cmp_ps_mask(x, t[k], _CMP_EQ_OQ);
+    }
+  }
+};
+
+constexpr int64_t kMapWords = kBitBlock / 16 + 8;  // one bitmap: a block's masks, a vector of slack, padding
+
+// Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
+// per-channel comparison counts table[c * kAcc + j], through bitmaps in `maps` (kAcc x kMapWords words). Rows
+// go in blocks of whole rows; the block's last vector may read into the next row (its bits are never counted),
+// except at the end of the run, which is read partially.
+template <class S, int K, bool kTies, bool kOneRead>
+void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
+                 uint16_t* maps) {
+  constexpr int A = MaskSet<K, kTies>::kAcc;
+  const int64_t len = n * inner;
+  const int64_t block_rows = std::max<int64_t>(1, kBitBlock / inner);
+  for (int64_t r0 = 0; r0 < n; r0 += block_rows) {
+    const int64_t r1 = std::min(n, r0 + block_rows);
+    const S* p = base + r0 * inner;
+    const int64_t span = (r1 - r0) * inner, avail = len - r0 * inner;
+    const int64_t full = std::min(span + 15, avail) / 16;  // vectors that lie inside the run
+    for (int64_t w = 0; w < full; ++w) {
+      const auto v = load_vec<S>(p + 16 * w);
+      ms.store(reinterpret_cast<const __m512&>(v), maps, kMapWords, w);
+    }
+    if (16 * full < span) {
+      const auto v = load_partial<S>(p + 16 * full, avail - 16 * full);
+      ms.store(reinterpret_cast<const __m512&>(v), maps, kMapWords, full);
+    }
+    const uint8_t* bits = reinterpret_cast<const uint8_t*>(maps);
+    int64_t* t = table + r0 * A;
+    for (int64_t lo = 0; lo < span; lo += inner, t += A) {
+      for (int j = 0; j < A; ++j) t[j] += count_bits<kOneRead>(bits + j * 2 * kMapWords, lo, inner);
+    }
+  }
+}
+
+// Bitmap short-row path over a whole job. Each thread counts whole slabs (one outer index, a block of channels)
+// into its own int64 table of every channel; the tables are then summed channel by channel, each channel by one
+// thread, and added to the counts without atomics.
+template <class S, int K, bool kTies>
+void run_short_rows_bitmap(const Job<S>& job) {
+  constexpr int A = MaskSet<K, kTies>::kAcc;
+  const View& v = job.v;
+  const bool parallel = job.threads > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const int threads = parallel ? job.threads : 1;
+  // One block of outer indices per thread; with fewer outer indices than threads, split the channels too.
+  const int64_t chan_blocks = std::min<int64_t>(v.channels, ceil_div(threads, v.outer));
+  const int64_t chans = ceil_div(v.channels, chan_blocks);
+  const int64_t row_blocks = std::min<int64_t>(v.outer, ceil_div(threads, chan_blocks) * 4);
+  const int64_t rows = ceil_div(v.outer, row_blocks);
+  const int64_t items = ceil_div(v.outer, rows) * chan_blocks;
+  const int64_t table_len = v.channels * A;
+  std::vector<int64_t> tables(static_cast<size_t>(threads * table_len));
+  const MaskSet<K, kTies> ms(job.th);
+  const bool one_read = v.inner <= 57;
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    int64_t* table = tables.data() + omp_get_thread_num() * table_len;
+    std::vector<uint16_t> maps(static_cast<size_t>(A * kMapWords));
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t cb = item % chan_blocks, rb = item / chan_blocks;
+      const int64_t c0 = cb * chans, n = std::min(v.channels, c0 + chans) - c0;
+      const int64_t o0 = rb * rows, o1 = std::min(v.outer, o0 + rows);
+      for (int64_t o = o0; o < o1; ++o) {
+        const S* base = job.x + o * v.s_outer + c0 * v.s_channel;
+        if (one_read) {
+          bitmap_slab<S, K, kTies, true>(ms, base, n, v.inner, table + c0 * A, maps.data());
+        } else {
+          bitmap_slab<S, K, kTies, false>(ms, base, n, v.inner, table + c0 * A, maps.data());
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < v.channels; ++c) {
+      int64_t sums[A] = {};
+      for (int th = 0; th < threads; ++th) {
+        for (int j = 0; j < A; ++j) sums[j] += tables[th * table_len + c * A + j];
+      }
+      for (int s = 0; s <= K; ++s) job.counts[c * (K + 1) + s] += state_count(sums, K, job.th.ignore_ties, s);
+    }
+  }
+}
+#endif
+
 // Adds R vectors of channels over positions [q0, q1) into the lane counters slots[vi..vi+R) (see run_channels).
 template <int R, class S, class Ctr>
 inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int64_t q1, typename Ctr::I* slots,
@@ -684,6 +810,14 @@ void run_k(const Job<S>& job) {
     } else if (job.by_channel) {
       job.th.ignore_ties ? run_channels<S, K, true>(job) : run_channels<S, K, false>(job);
     } else if (job.y == nullptr && job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
+        if (job.v.s_channel == job.v.inner) {
+          job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
+          return;
+        }
+      }
+#endif
       job.th.ignore_ties ? run_short_rows<S, K, true>(job) : run_short_rows<S, K, false>(job);
     } else {
       job.th.ignore_ties ? run_rows<S, K, true>(job) : run_rows<S, K, false>(job);
