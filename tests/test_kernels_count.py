@@ -97,6 +97,8 @@ def test_counts_equal_reference(device_backend, layout, dtype):
         ((129, 5), 1, False),  # channels: fewer than one vector
         ((5, 33, 3), 0, False),  # channel_dim=0, rows of 99
         ((300, 1100), 1, False),  # channel stride 1, several work items in parallel
+        ((1000, 300), 1, False),  # channels in groups of 64 over more than 255 positions (byte-lane counters)
+        ((3, 320, 11, 11), 1, True),  # channels_last with 5 groups of 64 channels, 363 positions
         ((4, 3, 40001), -2, False),  # read through a stride-2 view below (strided gather), in parallel
     ],
     ids=str,
