@@ -37,9 +37,9 @@ def device_problem(device: torch.device) -> str | None:
     return None
 
 
-def view_args(view: ChannelView) -> list[int]:
+def view_args(view: ChannelView) -> tuple[int, ...]:
     """A channel view as the six integers the extensions take."""
-    return [view.outer, view.channels, view.inner, view.stride_outer, view.stride_channel, view.stride_inner]
+    return view.args
 
 
 def activation_args(kind: str, params: dict[str, object]) -> tuple[int, float, float]:
@@ -59,9 +59,9 @@ def job_args(job: CountJob) -> list[object]:
     return [
         job.x.data_ptr(),
         DTYPE_CODES[job.x.dtype],
-        view_args(job.view),
-        list(kt.greater),
-        list(kt.tie),
+        job.view.args,
+        kt.greater,
+        kt.tie,
         job.ignore_ties,
         job.counts.data_ptr(),
     ]

@@ -80,9 +80,26 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return names
 
 
+_chosen: dict[tuple[torch.device, str | None], tuple[str, ModuleType]] = {}
+
+
 def select_backend(device: torch.device, backend: str | None) -> ModuleType:
-    """The backend module to run on ``device``: the one asked for (or forced by env), else the best loaded."""
+    """The backend module to run on ``device``: the one asked for (or forced by env), else the best loaded.
+
+    Called on every count, so successful choices are remembered per (device, request) while the module they
+    name is still the one loaded (a test that resets ``_loaded`` starts afresh).
+    """
     requested = backend if backend is not None else os.environ.get("NEPENTHE_BACKEND") or None
+    key = (device, requested)
+    hit = _chosen.get(key)
+    if hit is not None and _loaded.get(hit[0]) is hit[1]:
+        return hit[1]
+    chosen = _select(device, requested)
+    _chosen[key] = (chosen.NAME, chosen)
+    return chosen
+
+
+def _select(device: torch.device, requested: str | None) -> ModuleType:
     if requested is not None:
         if requested not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got {requested!r}")

@@ -8,6 +8,7 @@ cannot be described by two non-channel strides (rare views) need a copy.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -28,11 +29,20 @@ class ChannelView:
     def numel(self) -> int:
         return self.outer * self.channels * self.inner
 
+    @functools.cached_property
+    def args(self) -> tuple[int, int, int, int, int, int]:
+        """The six integers the extensions take: (outer, C, inner, s_outer, s_channel, s_inner)."""
+        return (self.outer, self.channels, self.inner, self.stride_outer, self.stride_channel, self.stride_inner)
+
 
 def channel_view(x: torch.Tensor, channel_dim: int) -> ChannelView | None:
     """The ``(outer, C, inner)`` view of ``x`` around ``channel_dim``, or None if its layout needs a copy."""
-    cd = channel_dim % x.dim()
-    dims = [(x.shape[d], x.stride(d)) for d in range(x.dim()) if d != cd and x.shape[d] != 1]
+    return _view_of(tuple(x.shape), x.stride(), channel_dim % x.dim())
+
+
+@functools.lru_cache(maxsize=4096)  # a hooked model counts the same few shapes on every batch
+def _view_of(shape: tuple[int, ...], strides: tuple[int, ...], cd: int) -> ChannelView | None:
+    dims = [(shape[d], strides[d]) for d in range(len(shape)) if d != cd and shape[d] != 1]
     dims.sort(key=lambda sd: sd[1], reverse=True)
     merged: list[tuple[int, int]] = []
     for size, stride in dims:
@@ -45,7 +55,7 @@ def channel_view(x: torch.Tensor, channel_dim: int) -> ChannelView | None:
     while len(merged) < 2:
         merged.insert(0, (1, 0))
     (outer, s_outer), (inner, s_inner) = merged
-    return ChannelView(outer, x.shape[cd], inner, s_outer, x.stride(cd), s_inner)
+    return ChannelView(outer, shape[cd], inner, s_outer, strides[cd], s_inner)
 
 
 def readable_view(x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, ChannelView]:
