@@ -686,14 +686,13 @@ struct MaskSet {
       t[k] = _mm512_set1_ps(static_cast<float>(th.tie[k]));
     }
   }
-  // Comparison masks of one vector into word w of bitmaps 1.. (gt_0.., tie_0..); returns its NaN lanes. Bitmap 0
-  // holds NaN lanes, filled (nan_store) only for blocks that have any: valid counts come from sizes.
-  inline __mmask16 store(__m512 x, uint16_t* maps, int64_t stride, int64_t w) const {
+  // Comparison masks of one vector into word w of bitmaps 1.. (gt_0.., tie_0..). Bitmap 0 holds NaN lanes,
+  // filled only for blocks that may hold NaN: valid counts come from sizes.
+  inline void store(__m512 x, uint16_t* maps, int64_t stride, int64_t w) const {
     for (int k = 0; k < K; ++k) maps[(1 + k) * stride + w] = _mm512_cmp_ps_mask(x, g[k], _CMP_GT_OQ);
     if constexpr (kTies) {
       for (int k = 0; k < K; ++k) maps[(1 + K + k) * stride + w] = _mm512_cmp_ps_mask(x, t[k], _CMP_EQ_OQ);
     }
-    return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
   }
 };
 
@@ -714,17 +713,33 @@ void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t 
     const S* p = base + r0 * inner;
     const int64_t span = (r1 - r0) * inner, avail = len - r0 * inner;
     const int64_t full = std::min(span + 15, avail) / 16;  // vectors that lie inside the run
-    __mmask16 nan = 0;
-    for (int64_t w = 0; w < full; ++w) {
+    // NaN guard: a float sum of the block's values per lane (two chains) is NaN or infinite if any value is NaN
+    // (or infinite, or the sum overflows: then the exact NaN count below finds none). An add costs less than a
+    // comparison and a mask move per vector.
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    int64_t w = 0;
+    for (; w + 2 <= full; w += 2) {
+      const auto v0 = load_vec<S>(p + 16 * w), v1 = load_vec<S>(p + 16 * w + 16);
+      const __m512 x0 = reinterpret_cast<const __m512&>(v0), x1 = reinterpret_cast<const __m512&>(v1);
+      ms.store(x0, maps, kMapWords, w);
+      ms.store(x1, maps, kMapWords, w + 1);
+      sum0 = _mm512_add_ps(sum0, x0);
+      sum1 = _mm512_add_ps(sum1, x1);
+    }
+    if (w < full) {
       const auto v = load_vec<S>(p + 16 * w);
-      nan |= ms.store(reinterpret_cast<const __m512&>(v), maps, kMapWords, w);
+      ms.store(reinterpret_cast<const __m512&>(v), maps, kMapWords, w);
+      sum0 = _mm512_add_ps(sum0, reinterpret_cast<const __m512&>(v));
     }
     const int64_t part = avail - 16 * full;  // values of a last, partial vector (its padding is NaN)
     const __mmask16 real = static_cast<__mmask16>((1u << std::min<int64_t>(part, 16)) - 1);
     if (16 * full < span) {
       const auto v = load_partial<S>(p + 16 * full, part);
-      nan |= ms.store(reinterpret_cast<const __m512&>(v), maps, kMapWords, full) & real;
+      ms.store(reinterpret_cast<const __m512&>(v), maps, kMapWords, full);
+      sum1 = _mm512_add_ps(sum1, _mm512_maskz_mov_ps(real, reinterpret_cast<const __m512&>(v)));
     }
+    const __m512 sum = _mm512_add_ps(sum0, sum1);
+    const __mmask16 nan = _mm512_cmp_ps_mask(_mm512_sub_ps(sum, sum), _mm512_setzero_ps(), _CMP_NEQ_UQ);
     const uint8_t* bits = reinterpret_cast<const uint8_t*>(maps);
     int64_t* t = table + r0 * A;
     for (int64_t lo = 0; lo < span; lo += inner, t += A) {
@@ -787,94 +802,60 @@ void run_short_rows_bitmap(const Job<S>& job) {
 #endif
 
 #if defined(__AVX512F__)
-// Byte-lane channel counters (channel path, float compute, AVX-512): 64 channels (four vectors) share one
-// register of 64 uint8 counters per comparison; the four vectors' comparison masks are joined into one 64-bit
-// mask that adds 1 to the lanes where it is set. A tile of up to G groups of 64 channels keeps all its counters in
-// registers while it sweeps at most 255 positions (a uint8 counter never wraps), then widens them into the
-// item's int32 lane counters: many channels per position no longer spill counters to memory.
-constexpr int64_t kByteBlockBytes = 256 << 10;  // positions per block when tiles re-read it: about L2 / 4
-
-template <int G, class S, int K, bool kTies, class I>
-inline void byte_tile(const MaskSet<K, kTies>& ms, const S* first, int64_t stride, int64_t q0, int64_t q1, I* slots,
-                      int64_t nslots) {
+// Byte-lane channel counters (channel path, float compute, AVX-512): 64 channels (four vectors) share one 64-byte
+// row of uint8 counters per comparison; the four vectors' comparison masks are joined into one 64-bit mask that
+// adds 1 to the lanes where it is set. The counters (kAcc x groups x 64 bytes) stay in L1 while a block of at
+// most 255 positions (a uint8 counter never wraps) is swept position by position, each position's channels in
+// memory order, then widen into the item's int32 lane counters. Per 64 channels and comparison: one counter
+// load and store, instead of four of each for int32 lanes, and no re-reading of the positions.
+template <class S, int K, bool kTies, class I>
+void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
+                I* slots, int64_t nslots, uint8_t* counters) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
-  __m512i acc[A][G];
-  for (int j = 0; j < A; ++j) {
-    for (int g = 0; g < G; ++g) acc[j][g] = _mm512_setzero_si512();
-  }
   const __m512i minus_one = _mm512_set1_epi8(-1);
-  auto bump = [&](__m512i& a, __mmask16 m0, __mmask16 m1, __mmask16 m2, __mmask16 m3) {
+  auto bump = [&](int64_t row, __mmask16 m0, __mmask16 m1, __mmask16 m2, __mmask16 m3) {
     const __mmask64 m = _mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0));
-    a = _mm512_mask_sub_epi8(a, m, a, minus_one);
+    uint8_t* at = counters + 64 * row;
+    const __m512i c = _mm512_loadu_si512(at);
+    _mm512_storeu_si512(at, _mm512_mask_sub_epi8(c, m, c, minus_one));
   };
-  for (int64_t q = q0; q < q1; ++q) {
-    const S* row = first + q * stride;
-    for (int g = 0; g < G; ++g) {
-      const auto v0 = load_vec<S>(row + 64 * g), v1 = load_vec<S>(row + 64 * g + 16);
-      const auto v2 = load_vec<S>(row + 64 * g + 32), v3 = load_vec<S>(row + 64 * g + 48);
-      const __m512 x0 = reinterpret_cast<const __m512&>(v0), x1 = reinterpret_cast<const __m512&>(v1);
-      const __m512 x2 = reinterpret_cast<const __m512&>(v2), x3 = reinterpret_cast<const __m512&>(v3);
-      bump(acc[0][g], _mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), _mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q),
-           _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
-      for (int k = 0; k < K; ++k) {
-        const __m512 t = ms.g[k];
-        bump(acc[1 + k][g], _mm512_cmp_ps_mask(x0, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x1, t, _CMP_GT_OQ),
-             _mm512_cmp_ps_mask(x2, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x3, t, _CMP_GT_OQ));
-      }
-      if constexpr (kTies) {
+  for (int64_t qb = q0; qb < q1; qb += 255) {
+    const int64_t qe = std::min(q1, qb + 255);
+    std::memset(counters, 0, static_cast<size_t>(64 * A * groups));
+    for (int64_t q = qb; q < qe; ++q) {
+      const S* row = base + q * stride;
+      for (int64_t g = 0; g < groups; ++g) {
+        const auto v0 = load_vec<S>(row + 64 * g), v1 = load_vec<S>(row + 64 * g + 16);
+        const auto v2 = load_vec<S>(row + 64 * g + 32), v3 = load_vec<S>(row + 64 * g + 48);
+        const __m512 x0 = reinterpret_cast<const __m512&>(v0), x1 = reinterpret_cast<const __m512&>(v1);
+        const __m512 x2 = reinterpret_cast<const __m512&>(v2), x3 = reinterpret_cast<const __m512&>(v3);
+        bump(g, _mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), _mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q),
+             _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
         for (int k = 0; k < K; ++k) {
-          const __m512 t = ms.t[k];
-          bump(acc[1 + K + k][g], _mm512_cmp_ps_mask(x0, t, _CMP_EQ_OQ), _mm512_cmp_ps_mask(x1, t, _CMP_EQ_OQ),
-               _mm512_cmp_ps_mask(x2, t, _CMP_EQ_OQ), _mm512_cmp_ps_mask(x3, t, _CMP_EQ_OQ));
+          const __m512 t = ms.g[k];
+          bump((1 + k) * groups + g, _mm512_cmp_ps_mask(x0, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x1, t, _CMP_GT_OQ),
+               _mm512_cmp_ps_mask(x2, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x3, t, _CMP_GT_OQ));
+        }
+        if constexpr (kTies) {
+          for (int k = 0; k < K; ++k) {
+            const __m512 t = ms.t[k];
+            bump((1 + K + k) * groups + g, _mm512_cmp_ps_mask(x0, t, _CMP_EQ_OQ),
+                 _mm512_cmp_ps_mask(x1, t, _CMP_EQ_OQ), _mm512_cmp_ps_mask(x2, t, _CMP_EQ_OQ),
+                 _mm512_cmp_ps_mask(x3, t, _CMP_EQ_OQ));
+          }
         }
       }
     }
-  }
-  for (int j = 0; j < A; ++j) {
-    for (int g = 0; g < G; ++g) {
-      const __m512i bytes = acc[j][g];
-      const __m512i wide[4] = {_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, 0)),
-                               _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, 1)),
-                               _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, 2)),
-                               _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, 3))};
-      for (int m = 0; m < 4; ++m) {
-        I w;
-        std::memcpy(&w, &wide[m], sizeof w);
-        slots[j * nslots + 4 * g + m] += w;
+    for (int j = 0; j < A; ++j) {
+      for (int64_t g = 0; g < groups; ++g) {
+        const __m512i bytes = _mm512_loadu_si512(counters + 64 * (j * groups + g));
+        for (int m = 0; m < 4; ++m) {
+          const __m512i wide = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, m));
+          I w;
+          std::memcpy(&w, &wide, sizeof w);
+          slots[j * nslots + 4 * g + m] += w;
+        }
       }
-    }
-  }
-}
-
-// byte_tile with gn < G groups (gn known only at run time).
-template <int G, class S, int K, bool kTies, class I>
-inline void byte_tile_narrow(int gn, const MaskSet<K, kTies>& ms, const S* first, int64_t stride, int64_t q0,
-                             int64_t q1, I* slots, int64_t nslots) {
-  if constexpr (G >= 1) {
-    if (gn == G) {
-      byte_tile<G>(ms, first, stride, q0, q1, slots, nslots);
-    } else {
-      byte_tile_narrow<G - 1>(gn, ms, first, stride, q0, q1, slots, nslots);
-    }
-  }
-}
-
-// Counts the first 64 * groups channels at positions [q0, q1) into lane counters slots[0..4 * groups).
-template <class S, int K, bool kTies, class I>
-void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
-                I* slots, int64_t nslots) {
-  constexpr int A = MaskSet<K, kTies>::kAcc;
-  constexpr int G = std::max(1, std::min(8, 24 / A));  // counters of a tile stay in registers
-  const int64_t tiles = ceil_div(groups, G);
-  const int64_t row_bytes = groups * 64 * static_cast<int64_t>(sizeof(S));
-  const int64_t block = tiles > 1 ? clamp64(kByteBlockBytes / row_bytes, 16, 255) : 255;
-  for (int64_t qb = q0; qb < q1; qb += block) {
-    const int64_t qe = std::min(q1, qb + block);
-    int64_t g0 = 0;
-    for (; g0 + G <= groups; g0 += G) byte_tile<G>(ms, base + 64 * g0, stride, qb, qe, slots + 4 * g0, nslots);
-    if (g0 < groups) {
-      byte_tile_narrow<G - 1>(static_cast<int>(groups - g0), ms, base + 64 * g0, stride, qb, qe, slots + 4 * g0,
-                              nslots);
     }
   }
 }
@@ -886,7 +867,7 @@ inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int
                        int64_t nslots, int64_t vi) {
   for (int64_t q = q0; q < q1; ++q) {
     const S* row = first + q * stride;
-    for (int r = 0; r < R; ++r) ctr[r].add(load_vec<S>(row + r * Ctr::W));
+    for (int r = 0; r < R; ++r) ctr[r].add_at(row + r * Ctr::W);
   }
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < Ctr::kAcc; ++j) slots[j * nslots + vi + r] += ctr[r].total(j);
@@ -951,6 +932,7 @@ void run_channels(const Job<S>& job) {
     std::vector<T> buf(kChunk);
     std::vector<I> slots(static_cast<size_t>(Ctr::kAcc * nslots));
     int64_t* table = use_tables ? tables.mine() : nullptr;
+    std::vector<uint8_t> byte_counters(bytes ? static_cast<size_t>(64 * Ctr::kAcc * (p.chans / 64)) : 0);
     Ctr ctr[R];
     for (int r = 0; r < R; ++r) ctr[r] = Ctr(job.th);
 #pragma omp for schedule(static)
@@ -967,7 +949,7 @@ void run_channels(const Job<S>& job) {
 #if defined(__AVX512F__)
       if constexpr (kBytes) {
         if (bytes) {
-          byte_sweep(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots);
+          byte_sweep(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots, byte_counters.data());
           v0 = 4 * (n / 64);
         }
       }
