@@ -113,6 +113,28 @@ def timer(device: str, reps: int) -> Callable[[Callable[[], object]], float]:
     return cuda_time if device.startswith("cuda") else cpu_time
 
 
+def timer_together(device: str, reps: int) -> Callable[[list[Callable[[], object]]], list[float]]:
+    """Like ``timer``, for several functions whose times are compared: on CPU they run in turn within each round
+    (best of ``reps`` rounds each), so a slow spell of a shared machine hits them alike rather than only the
+    one that happened to be measured then."""
+    if device.startswith("cuda"):
+        one = timer(device, reps)
+        return lambda fns: [one(fn) for fn in fns]
+
+    def cpu_times(fns: list[Callable[[], object]]) -> list[float]:
+        for fn in fns:
+            fn()
+        best = [float("inf")] * len(fns)
+        for _ in range(reps):
+            for i, fn in enumerate(fns):
+                start = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - start)
+        return best
+
+    return cpu_times
+
+
 def machine(device: str) -> str:
     """The hardware the numbers came from."""
     if device.startswith("cuda"):
@@ -127,7 +149,7 @@ def machine(device: str) -> str:
 
 
 def count_table(device: str, dtypes: list[str], batch: int, reps: int) -> list[str]:
-    time_it = timer(device, reps)
+    time_together = timer_together(device, reps)
     time_naive = timer(device, min(reps, 5))  # slow, and far from the others: fewer runs suffice
     backends = [b for b in nepenthe.available_backends(device) if b != "torch"]
     rows = [
@@ -143,11 +165,12 @@ def count_table(device: str, dtypes: list[str], batch: int, reps: int) -> list[s
                 dims = tuple(d for d in range(x.dim()) if d != cd)
                 gigabytes = x.numel() * x.element_size() / 1e9
                 naive = time_naive(lambda x=x, dims=dims: (x > 0).sum(dim=dims))
-                read = time_it(lambda x=x: x.sum())
-                for backend in backends:
-                    t = time_it(
-                        partial(count_states, x, case.thresholds, channel_dim=case.channel_dim, backend=backend)
-                    )
+                counts = [
+                    partial(count_states, x, case.thresholds, channel_dim=case.channel_dim, backend=backend)
+                    for backend in backends
+                ]
+                read, *times = time_together([lambda x=x: x.sum(), *counts])
+                for backend, t in zip(backends, times, strict=True):
                     rows.append(
                         f"| {case.model} | {case.what} | {tuple(x.shape)} | {layout} | {name} | {backend} "
                         f"| {t * 1e3:.3f} | {gigabytes / t:.1f} | {naive * 1e3:.2f} | {naive / t:.1f} "
@@ -229,7 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     lines = [
         f"Machine: {machine(args.device)}; batch {batch}; "
-        + (f"median of {reps} runs." if args.device.startswith("cuda") else f"best of {reps} runs."),
+        + (
+            f"median of {reps} runs."
+            if args.device.startswith("cuda")
+            else f"best of {reps} rounds, x.sum() and the backends timed in turn within each round."
+        ),
         "",
         "x naive = naive time / backend time (higher is better); / sum = backend time / x.sum() time (1.0 = as fast "
         "as one read of the tensor).",
