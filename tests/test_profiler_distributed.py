@@ -68,6 +68,7 @@ def worker(rank: int, port: int, out: str) -> None:
         torch.save(
             {"counts": prof.counts(), "layers": list(prof.layers), "partial": partial.counts()}, f"{out}/rank{rank}.pt"
         )
+        dist.barrier()  # both ranks done with the group before either tears it down (rank 0 hosts its store)
     finally:
         dist.destroy_process_group()
 
