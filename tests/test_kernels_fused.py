@@ -123,3 +123,23 @@ def test_fused_empty(device_backend):
     counts = torch.zeros(4, 2, dtype=torch.int64, device=device)
     y = fused_activation(x, "relu", counts, backend=backend)
     assert y.shape == x.shape and int(counts.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("shape", [(9, 300, 7, 7), (1, 1400, 7, 7)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fused_late_stage_maps_in_parallel(device_backend, shape, dtype):
+    """7x7 maps large enough to be split among threads, one outer index or several: output and counts exact."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter")
+    x = _input(dtype, device, _seed_of(shape, dtype), with_inf=True).flatten()
+    x = x.repeat(math.prod(shape) // x.numel() + 1)[: math.prod(shape)].reshape(shape)
+    x = x * torch.linspace(0.5, 1.5, shape[1], device=device, dtype=dtype).view(1, -1, 1, 1)
+    counts = torch.zeros(shape[1], 3, dtype=torch.int64, device=device)
+    y = fused_activation(x, "hardtanh", counts, backend=backend, min_val=0.0, max_val=6.0)
+    _assert_bit_equal(y, F.hardtanh(x, 0.0, 6.0))
+    assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), (0.0, 6.0), 1, False))
+
+
+def _seed_of(*parts: object) -> int:
+    return zlib.crc32(repr(parts).encode())

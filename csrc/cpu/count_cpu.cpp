@@ -1005,6 +1005,33 @@ void run_channels(const Job<S>& job) {
   }
 }
 
+// Writes the fused output of the whole job (no counting): one run per outer index when x's and y's rows lie back
+// to back, else row by row; outer indices (and blocks of channels when they are few) split among the threads.
+template <class S>
+void run_activation(const Job<S>& job) {
+  using T = typename Traits<S>::T;
+  const View &v = job.v, &yv = job.yv;
+  const bool slabs = v.s_inner == 1 && v.s_channel == v.inner && yv.s_inner == 1 && yv.s_channel == v.inner;
+  const int64_t chan_blocks = clamp64(ceil_div(4 * int64_t{job.threads}, v.outer), 1, v.channels);
+  const int64_t chans = ceil_div(v.channels, chan_blocks);
+  const int64_t items = v.outer * chan_blocks;
+  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+#pragma omp parallel num_threads(job.threads) if (parallel)
+  {
+    std::vector<T> buf(kChunk);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t o = item / chan_blocks, c0 = (item % chan_blocks) * chans;
+      const int64_t c1 = std::min(v.channels, c0 + chans);
+      if (slabs) {
+        write_activation(job, o, c0, 0, (c1 - c0) * v.inner, false, buf.data());
+      } else {
+        for (int64_t c = c0; c < c1; ++c) write_activation(job, o, c, 0, v.inner, false, buf.data());
+      }
+    }
+  }
+}
+
 template <class S, int K>
 void run_k(const Job<S>& job) {
   if constexpr (K <= kMaxThresholds) {
@@ -1012,7 +1039,14 @@ void run_k(const Job<S>& job) {
       run_k<S, K + 1>(job);
     } else if (job.by_channel) {
       job.th.ignore_ties ? run_channels<S, K, true>(job) : run_channels<S, K, false>(job);
-    } else if (job.y == nullptr && job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
+    } else if (job.y != nullptr && job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
+      // Fused on short rows: count them the count-only way, then write the activation in a second pass (the
+      // per-row fused path costs more than both on 7x7 maps).
+      Job<S> count_only = job;
+      count_only.y = nullptr;
+      run_k<S, K>(count_only);
+      run_activation(job);
+    } else if (job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
 #if defined(__AVX512F__)
       if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
         if (job.v.s_channel == job.v.inner && ThreadTables::fits(job.v.channels, 1 + 2 * K, job.threads)) {
