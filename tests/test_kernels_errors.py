@@ -135,3 +135,14 @@ def test_fused_bad_counts_and_input():
         fused_activation(torch.ones(4, 3), "relu", torch.zeros(3, 3, dtype=torch.int64))
     with pytest.raises(TypeError, match="x"):
         fused_activation(torch.ones(4, 3, dtype=torch.int64), "relu", torch.zeros(3, 2, dtype=torch.int64))
+
+
+def test_triton_without_the_internals_the_kernel_uses_is_left_out_with_the_reason(monkeypatch):
+    """A Triton release that drops ``tl.standard._sum_combine`` disables the backend at load, saying what is missing."""
+    triton_standard = pytest.importorskip("triton.language.standard")
+    monkeypatch.delattr(triton_standard, "_sum_combine")
+    monkeypatch.setattr(dispatch, "_loaded", {})
+    status = {s.name: s for s in nepenthe.backend_status()}
+    assert not status["triton"].loaded
+    assert "triton.language.standard._sum_combine" in status["triton"].reason
+    assert "triton" not in nepenthe.available_backends()

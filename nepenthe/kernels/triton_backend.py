@@ -13,13 +13,35 @@ from .jobs import CountJob, FusedJob
 NAME = "triton"
 
 
+# Triton internals the kernel relies on (no public equivalent that also runs in the interpreter): checked at load
+# so that a Triton without them leaves this backend out with the reason, instead of failing inside a kernel.
+REQUIRED_INTERNALS = (("triton.language.standard", "_sum_combine"), ("triton.knobs.runtime", "interpret"))
+
+
 def load() -> None:
-    """Import Triton; raises ImportError saying so when it is not installed."""
+    """Import Triton; raises ImportError saying why when it is not installed or lacks what the kernel uses."""
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as err:
         raise ImportError(f"triton is not installed ({err}); install it with `pip install triton`") from err
+    missing = [f"{where}.{name}" for where, name in REQUIRED_INTERNALS if not _has(where, name)]
+    if missing:
+        raise ImportError(
+            f"triton {triton.__version__} lacks {', '.join(missing)}, which nepenthe's Triton kernel uses "
+            "(written for triton 3.x)"
+        )
     from . import triton_count  # noqa: F401
+
+
+def _has(where: str, name: str) -> bool:
+    import importlib
+
+    obj: object = importlib.import_module("triton")
+    for part in where.split(".")[1:]:
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return hasattr(obj, name)
 
 
 def _interpreter_on() -> bool:
