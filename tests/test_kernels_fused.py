@@ -143,3 +143,15 @@ def test_fused_late_stage_maps_in_parallel(device_backend, shape, dtype):
 
 def _seed_of(*parts: object) -> int:
     return zlib.crc32(repr(parts).encode())
+
+
+@pytest.mark.parametrize("dtype,tie", [(torch.bfloat16, 1 + 3 * 2.0**-8), (torch.float16, 1 + 3 * 2.0**-11)], ids=str)
+def test_fused_rounds_ties_to_even(device_backend, dtype, tie):
+    """A hardtanh bound exactly halfway between two values of the dtype is stored rounded to even, as torch does."""
+    device, backend = device_backend
+    x = torch.tensor([5.0, -5.0, 0.5, 1.0] * 12, dtype=dtype, device=device).reshape(2, 24)  # clamped, and not
+    counts = torch.zeros(24, 3, dtype=torch.int64, device=device)
+    y = fused_activation(x, "hardtanh", counts, backend=backend, min_val=-tie, max_val=tie)
+    want = F.hardtanh(x, -tie, tie)
+    assert float(want.max()) != 1 + 2.0 ** (-7 if dtype == torch.bfloat16 else -10)  # torch rounded the tie to even
+    _assert_bit_equal(y, want)
