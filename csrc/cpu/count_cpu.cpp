@@ -257,6 +257,9 @@ inline typename Simd<T>::V load_vec(const S* p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
     std::memcpy(&v, &w, sizeof v);
+#elif defined(__AVX2__)
+    const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+    std::memcpy(&v, &w, sizeof v);
 #else
     U16xW h;
     std::memcpy(&h, p, sizeof h);
