@@ -2,12 +2,13 @@
 //
 // Two fast layouts. Rows with inner stride 1 (contiguous NCHW) are counted along the row; channels with stride
 // 1 (channels_last, token tensors) are counted across each position's channel vector, one channel per SIMD
-// lane. Short contiguous rows (7x7 maps, count only) take a short-row path that walks them in memory order.
-// Any other strides take the row path through a gather. Each loaded vector (float16/bfloat16 widened to
-// float32) is compared with every threshold while it sits in a register, and the comparison masks are summed
-// into int32 lane counters (count_args.h explains why K + 1 comparison counts give the state counts). Counters
-// are flushed into int64 once per work item: each item adds its exact per-state counts into the result with
-// one relaxed atomic add per (channel, state), so threads never contend in the hot loop.
+// lane. Short contiguous rows (7x7 maps) take a short-row path: on AVX-512, comparison bitmaps with a popcount
+// per row. Any other strides take the row path through a gather. Each loaded vector (float16/bfloat16 widened
+// to float32) is compared with every threshold while it sits in a register, and the comparisons are counted in
+// lane counters (count_args.h explains why K + 1 comparison counts give the state counts). Work items add their
+// exact counts into per-thread int64 tables, summed per channel at the end, so threads never contend and never
+// need atomics (except when the tables would be too large). docs/ARCHITECTURE.md lists which view takes which
+// path.
 #include "count_cpu.h"
 
 #if defined(__x86_64__) || defined(__i386__)
