@@ -723,9 +723,41 @@ void run_short_rows(const Job<S>& job) {
   }
 }
 
+// Float lanes of one vector for the bitmap and byte-lane paths, and their comparisons as bit masks (bit l = lane l).
 #if defined(__AVX512F__)
-// Bitmap short-row path (float compute, AVX-512): each vector's comparisons become 16-bit masks stored side by
-// side, one bitmap per comparison, for a block of whole rows; then each row's count is a popcount over its bit
+#define NEP_BITMAPS 1
+struct Lanes {  // 16 lanes; comparisons land in mask registers
+  using Vec = __m512;
+  using Mask = uint16_t;
+  static constexpr int N = 16;
+  static Vec splat(float v) { return _mm512_set1_ps(v); }
+  static Vec zero() { return _mm512_setzero_ps(); }
+  static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  static Mask gt(Vec x, Vec t) { return _mm512_cmp_ps_mask(x, t, _CMP_GT_OQ); }
+  static Mask eq(Vec x, Vec t) { return _mm512_cmp_ps_mask(x, t, _CMP_EQ_OQ); }
+  static Mask unord(Vec x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); }
+  static bool finite(Vec s) { return _mm512_cmp_ps_mask(_mm512_sub_ps(s, s), zero(), _CMP_NEQ_UQ) == 0; }
+};
+#elif defined(__AVX2__)
+#define NEP_BITMAPS 1
+struct Lanes {  // 8 lanes; comparisons are vectors, moved to a byte
+  using Vec = __m256;
+  using Mask = uint8_t;
+  static constexpr int N = 8;
+  static Vec splat(float v) { return _mm256_set1_ps(v); }
+  static Vec zero() { return _mm256_setzero_ps(); }
+  static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  static Mask bits(Vec c) { return static_cast<Mask>(_mm256_movemask_ps(c)); }
+  static Mask gt(Vec x, Vec t) { return bits(_mm256_cmp_ps(x, t, _CMP_GT_OQ)); }
+  static Mask eq(Vec x, Vec t) { return bits(_mm256_cmp_ps(x, t, _CMP_EQ_OQ)); }
+  static Mask unord(Vec x) { return bits(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)); }
+  static bool finite(Vec s) { return bits(_mm256_cmp_ps(_mm256_sub_ps(s, s), zero(), _CMP_NEQ_UQ)) == 0; }
+};
+#endif
+
+#if defined(NEP_BITMAPS)
+// Bitmap short-row path (float compute, AVX-512 or AVX2): each vector's comparisons become bit masks stored side
+// by side, one bitmap per comparison, for a block of whole rows; then each row's count is a popcount over its bit
 // range. A row costs a few scalar instructions per comparison instead of a masked split, a table flush and a
 // reload of vector counters, and the vector loop is a plain stream over memory. Used for contiguous NCHW rows up
 // to kSmallInner values (7x7 maps and the like).
@@ -740,7 +772,7 @@ inline int64_t count_bits(const uint8_t* bits, int64_t lo, int64_t len) {
     const int64_t take = kOneRead ? len : std::min<int64_t>(len, 56);
     uint64_t word;
     std::memcpy(&word, bits + (lo >> 3), sizeof word);
-    total += __builtin_popcountll(_bzhi_u64(word >> (lo & 7), static_cast<unsigned>(take)));
+    total += __builtin_popcountll((word >> (lo & 7)) & ((uint64_t{1} << take) - 1));  // take < 64
     if (kOneRead || (len -= take) == 0) return total;
     lo += take;
   }
@@ -749,25 +781,39 @@ inline int64_t count_bits(const uint8_t* bits, int64_t lo, int64_t len) {
 template <int K, bool kTies>
 struct MaskSet {
   static constexpr int kAcc = 1 + K * (kTies ? 2 : 1);
-  __m512 g[K], t[K];
+  Lanes::Vec g[K], t[K];
   template <class T>  // float; float64 jobs build one they never use
   explicit MaskSet(const Thresholds<T>& th) {
     for (int k = 0; k < K; ++k) {
-      g[k] = _mm512_set1_ps(static_cast<float>(th.greater[k]));
-      t[k] = _mm512_set1_ps(static_cast<float>(th.tie[k]));
+      g[k] = Lanes::splat(static_cast<float>(th.greater[k]));
+      t[k] = Lanes::splat(static_cast<float>(th.tie[k]));
     }
   }
   // Comparison masks of one vector into word w of bitmaps 1.. (gt_0.., tie_0..). Bitmap 0 holds NaN lanes,
   // filled only for blocks that may hold NaN: valid counts come from sizes.
-  inline void store(__m512 x, uint16_t* maps, int64_t stride, int64_t w) const {
-    for (int k = 0; k < K; ++k) maps[(1 + k) * stride + w] = _mm512_cmp_ps_mask(x, g[k], _CMP_GT_OQ);
+  inline void store(Lanes::Vec x, Lanes::Mask* maps, int64_t stride, int64_t w) const {
+    for (int k = 0; k < K; ++k) maps[(1 + k) * stride + w] = Lanes::gt(x, g[k]);
     if constexpr (kTies) {
-      for (int k = 0; k < K; ++k) maps[(1 + K + k) * stride + w] = _mm512_cmp_ps_mask(x, t[k], _CMP_EQ_OQ);
+      for (int k = 0; k < K; ++k) maps[(1 + K + k) * stride + w] = Lanes::eq(x, t[k]);
     }
   }
 };
 
-constexpr int64_t kMapWords = kBitBlock / 16 + 8;  // one bitmap: a block's masks, a vector of slack, padding
+// One bitmap, in words of one vector's mask: a block's masks, a vector of slack, 8 words (>= 8 bytes) of padding.
+constexpr int64_t kMapWords = kBitBlock / Lanes::N + 8;
+
+template <class S>
+inline Lanes::Vec load_lanes(const S* p) {
+  const auto v = load_vec<S>(p);
+  static_assert(sizeof(v) == sizeof(Lanes::Vec), "float vectors are as wide as the lanes");
+  return reinterpret_cast<const Lanes::Vec&>(v);
+}
+
+template <class S>
+inline Lanes::Vec load_lanes_partial(const S* p, int64_t m) {
+  const auto v = load_partial<S>(p, m);
+  return reinterpret_cast<const Lanes::Vec&>(v);
+}
 
 // Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
 // per-channel comparison counts table[c * kAcc + j], through bitmaps in `maps` (kAcc x kMapWords words). Rows
@@ -775,59 +821,50 @@ constexpr int64_t kMapWords = kBitBlock / 16 + 8;  // one bitmap: a block's mask
 // except at the end of the run, which is read partially.
 template <class S, int K, bool kTies, bool kOneRead>
 void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
-                 uint16_t* maps) {
+                 Lanes::Mask* maps) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
+  constexpr int N = Lanes::N;
   const int64_t len = n * inner;
   const int64_t block_rows = std::max<int64_t>(1, kBitBlock / inner);
   for (int64_t r0 = 0; r0 < n; r0 += block_rows) {
     const int64_t r1 = std::min(n, r0 + block_rows);
     const S* p = base + r0 * inner;
     const int64_t span = (r1 - r0) * inner, avail = len - r0 * inner;
-    const int64_t full = std::min(span + 15, avail) / 16;  // vectors that lie inside the run
+    const int64_t full = std::min(span + N - 1, avail) / N;  // vectors that lie inside the run
     // NaN guard: a float sum of the block's values per lane (two chains) is NaN or infinite if any value is NaN
     // (or infinite, or the sum overflows: then the exact NaN count below finds none). An add costs less than a
     // comparison and a mask move per vector.
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    Lanes::Vec sum0 = Lanes::zero(), sum1 = Lanes::zero();
     int64_t w = 0;
     for (; w + 2 <= full; w += 2) {
-      const auto v0 = load_vec<S>(p + 16 * w), v1 = load_vec<S>(p + 16 * w + 16);
-      const __m512 x0 = reinterpret_cast<const __m512&>(v0), x1 = reinterpret_cast<const __m512&>(v1);
+      const Lanes::Vec x0 = load_lanes(p + N * w), x1 = load_lanes(p + N * w + N);
       ms.store(x0, maps, kMapWords, w);
       ms.store(x1, maps, kMapWords, w + 1);
-      sum0 = _mm512_add_ps(sum0, x0);
-      sum1 = _mm512_add_ps(sum1, x1);
+      sum0 = Lanes::add(sum0, x0);
+      sum1 = Lanes::add(sum1, x1);
     }
     if (w < full) {
-      const auto v = load_vec<S>(p + 16 * w);
-      ms.store(reinterpret_cast<const __m512&>(v), maps, kMapWords, w);
-      sum0 = _mm512_add_ps(sum0, reinterpret_cast<const __m512&>(v));
+      const Lanes::Vec x = load_lanes(p + N * w);
+      ms.store(x, maps, kMapWords, w);
+      sum0 = Lanes::add(sum0, x);
     }
-    const int64_t part = avail - 16 * full;  // values of a last, partial vector (its padding is NaN)
-    const __mmask16 real = static_cast<__mmask16>((1u << std::min<int64_t>(part, 16)) - 1);
-    if (16 * full < span) {
-      const auto v = load_partial<S>(p + 16 * full, part);
-      ms.store(reinterpret_cast<const __m512&>(v), maps, kMapWords, full);
-      sum1 = _mm512_add_ps(sum1, _mm512_maskz_mov_ps(real, reinterpret_cast<const __m512&>(v)));
+    const int64_t part = avail - N * full;  // values of a last, partial vector (its padding is NaN)
+    const auto real = static_cast<Lanes::Mask>((1u << std::min<int64_t>(part, N)) - 1);
+    bool nan = !Lanes::finite(Lanes::add(sum0, sum1));
+    if (N * full < span) {
+      const Lanes::Vec x = load_lanes_partial(p + N * full, part);
+      ms.store(x, maps, kMapWords, full);
+      nan = nan || (Lanes::unord(x) & real) != 0;
     }
-    const __m512 sum = _mm512_add_ps(sum0, sum1);
-    const __mmask16 nan = _mm512_cmp_ps_mask(_mm512_sub_ps(sum, sum), _mm512_setzero_ps(), _CMP_NEQ_UQ);
     const uint8_t* bits = reinterpret_cast<const uint8_t*>(maps);
+    constexpr int64_t kMapBytes = kMapWords * static_cast<int64_t>(sizeof(Lanes::Mask));
     int64_t* t = table + r0 * A;
     for (int64_t lo = 0; lo < span; lo += inner, t += A) {
-      for (int j = 1; j < A; ++j) t[j] += count_bits<kOneRead>(bits + j * 2 * kMapWords, lo, inner);
+      for (int j = 1; j < A; ++j) t[j] += count_bits<kOneRead>(bits + j * kMapBytes, lo, inner);
     }
-    if (nan != 0) {  // rare: the block holds NaN (or the vector after it does); count them row by row
-      for (int64_t w = 0; w < full; ++w) {
-        const auto v = load_vec<S>(p + 16 * w);
-        maps[w] = _mm512_cmp_ps_mask(reinterpret_cast<const __m512&>(v), reinterpret_cast<const __m512&>(v),
-                                     _CMP_UNORD_Q);
-      }
-      if (16 * full < span) {
-        const auto v = load_partial<S>(p + 16 * full, part);
-        maps[full] = _mm512_cmp_ps_mask(reinterpret_cast<const __m512&>(v), reinterpret_cast<const __m512&>(v),
-                                        _CMP_UNORD_Q) &
-                     real;
-      }
+    if (nan) {  // rare: the block holds NaN (or the vector after it does); count them row by row
+      for (int64_t v = 0; v < full; ++v) maps[v] = Lanes::unord(load_lanes(p + N * v));
+      if (N * full < span) maps[full] = Lanes::unord(load_lanes_partial(p + N * full, part)) & real;
       t = table + r0 * A;
       for (int64_t lo = 0; lo < span; lo += inner, t += A) t[0] += count_bits<kOneRead>(bits, lo, inner);
     }
@@ -852,7 +889,7 @@ void run_short_rows_bitmap(const Job<S>& job) {
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     int64_t* table = tables.mine();
-    std::vector<uint16_t> maps(static_cast<size_t>(A * kMapWords));
+    std::vector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords));
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t cb = item % chan_blocks, rb = item / chan_blocks;
@@ -1126,7 +1163,7 @@ void run_k(const Job<S>& job) {
       run_k<S, K>(count_only);
       run_activation(job);
     } else if (job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
-#if defined(__AVX512F__)
+#if defined(NEP_BITMAPS)
       if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
         if (job.v.s_channel == job.v.inner && ThreadTables::fits(job.v.channels, 1 + 2 * K, job.threads)) {
           job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
