@@ -236,3 +236,13 @@ def test_cuda_extension_compiled():
 def _cuda_home_nvcc() -> bool:
     homes = (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda")
     return any(h and os.path.isfile(os.path.join(h, "bin", "nvcc")) for h in homes)
+
+
+@pytest.mark.parametrize("shape,channel_dim", [((2, 600_000), 1), ((600_000, 3), 0)], ids=str)
+def test_counts_more_channels_than_thread_tables_hold(device_backend, shape, channel_dim):
+    """600k channels x 15 comparisons exceed the CPU kernel's per-thread tables: it adds per item instead."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter")
+    x = random_values(shape, torch.float32, _seed("many channels", shape), device)
+    _check(x, THRESHOLD_SETS[-1], channel_dim, ignore_ties=True, backend=backend)
