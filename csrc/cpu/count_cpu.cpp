@@ -412,7 +412,13 @@ struct Counter {
     }
   }
 
-  // Adds the per-state counts of all lanes together to counts[0..K].
+  // Adds the comparison counts of all lanes to sums[0..kAcc) (a thread's table, no atomics) and clears.
+  void flush_into(int64_t* sums) {
+    for (int j = 0; j < kAcc; ++j) sums[j] += lane_sum(total(j));
+    clear();
+  }
+
+  // Adds the per-state counts of all lanes together to counts[0..K] (atomically) and clears.
   void flush_total(int64_t* counts, bool ignore_ties) {
     int64_t sums[kAcc];
     for (int j = 0; j < kAcc; ++j) sums[j] = lane_sum(total(j));
@@ -588,10 +594,15 @@ void run_rows(const Job<S>& job) {
   // of an item's rows is then written as one run per outer index instead of one short run per row.
   const bool slabs = job.y != nullptr && p.inner == v.inner && v.s_inner == 1 && v.s_channel == v.inner &&
                      job.yv.s_inner == 1 && job.yv.s_channel == v.inner;
-#pragma omp parallel num_threads(job.threads) if (parallel)
+  using Ctr = Counter<T, K, kTies>;
+  const int threads = parallel ? job.threads : 1;
+  const bool use_tables = ThreadTables::fits(v.channels, Ctr::kAcc, threads);
+  ThreadTables tables(use_tables ? v.channels : 0, Ctr::kAcc, threads);
+#pragma omp parallel num_threads(threads) if (parallel)
   {
     std::vector<T> buf(kChunk);
-    Counter<T, K, kTies> counter(job.th);
+    Ctr counter(job.th);
+    int64_t* table = use_tables ? tables.mine() : nullptr;
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t ib = item % p.inner_blocks;
@@ -614,12 +625,17 @@ void run_rows(const Job<S>& job) {
           }
           if (job.y != nullptr && !slabs) write_activation(job, o, c, i0, i1 - i0, false, buf.data());
         }
-        counter.flush_total(job.counts + c * (K + 1), job.th.ignore_ties);
+        if (table != nullptr) {
+          counter.flush_into(table + c * Ctr::kAcc);
+        } else {
+          counter.flush_total(job.counts + c * (K + 1), job.th.ignore_ties);
+        }
       }
       if (job.y != nullptr && slabs) {
         for (int64_t o = o0; o < o1; ++o) write_activation(job, o, c0, 0, (c1 - c0) * v.inner, false, buf.data());
       }
     }
+    if (use_tables) tables.write_states(job.counts, K, job.th.ignore_ties);
   }
 }
 
