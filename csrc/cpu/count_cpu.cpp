@@ -2,13 +2,13 @@
 //
 // Two fast layouts. Rows with inner stride 1 (contiguous NCHW) are counted along the row; channels with stride
 // 1 (channels_last, token tensors) are counted across each position's channel vector, one channel per SIMD
-// lane. Short contiguous rows (7x7 maps) take a short-row path: on AVX-512, comparison bitmaps with a popcount
-// per row. Any other strides take the row path through a gather. Each loaded vector (float16/bfloat16 widened
-// to float32) is compared with every threshold while it sits in a register, and the comparisons are counted in
-// lane counters (count_args.h explains why K + 1 comparison counts give the state counts). Work items add their
-// exact counts into per-thread int64 tables, summed per channel at the end, so threads never contend and never
-// need atomics (except when the tables would be too large). docs/ARCHITECTURE.md lists which view takes which
-// path.
+// lane. Short contiguous rows (7x7 maps) take a short-row path: on AVX-512 and AVX2, comparison bitmaps with a
+// popcount per row. Any other strides take the row path through a gather. Each loaded vector (float16/bfloat16
+// widened to float32) is compared with every threshold while it sits in a register, and the comparisons are
+// counted in lane counters (count_args.h explains why K + 1 comparison counts give the state counts). Work items
+// add their exact counts into per-thread int64 tables, summed per channel at the end, so threads never contend
+// and never need atomics (except when the tables would be too large). docs/ARCHITECTURE.md lists which view
+// takes which path.
 #include "count_cpu.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -259,7 +259,8 @@ inline typename Simd<T>::V load_vec(const S* p) {
     const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
     std::memcpy(&v, &w, sizeof v);
 #elif defined(__AVX2__)
-    const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
     std::memcpy(&v, &w, sizeof v);
 #else
     U16xW h;
@@ -304,14 +305,13 @@ inline int64_t lane_sum(I v) {
   return s;
 }
 
-#if defined(__AVX512F__)
-// Two float32 halves of a 16-value vector, as 256-bit VEX vectors: on this Zen 4 class CPU a stream of 512-bit
-// compare-into-mask-register instructions reads memory-resident tensors about 1.4x slower than 256-bit compares
-// into vector registers (measured: 1.6-1.7 vs 1.1-1.2 ns per 16 values, against 1.1 for a plain sum), so the
-// hot loops count float32 storage through halves while the rest keeps 512-bit vectors.
+// Two float32 halves of a 16-value vector, as 256-bit VEX vectors. On AVX-512 builds the hot loops count float32
+// storage through them: on this Zen 5 CPU a stream of 512-bit compare-into-mask-register instructions reads
+// memory-resident tensors about 1.4x slower than 256-bit compares into vector registers (measured: 1.6-1.7 vs
+// 1.1-1.2 ns per 16 values, against 1.1 for a plain sum), while the rest keeps 512-bit vectors.
 typedef float Half __attribute__((vector_size(32)));
 typedef int32_t HalfI __attribute__((vector_size(32)));
-
+#if defined(__AVX512F__)
 inline Half load_half(const float* p) {
   Half h;
   std::memcpy(&h, p, sizeof h);
@@ -319,8 +319,6 @@ inline Half load_half(const float* p) {
 }
 constexpr bool kSplitFloat = true;
 #else
-typedef int32_t HalfI __attribute__((vector_size(32)));
-typedef float Half __attribute__((vector_size(32)));
 constexpr bool kSplitFloat = false;
 #endif
 
@@ -515,7 +513,8 @@ inline void store_vec(V r, S* y) {
     if constexpr (sizeof(V) == 32) {
       __m256 f;
       std::memcpy(&f, &r, sizeof f);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(y), _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y),
+                       _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
       return;
     }
 #endif
