@@ -936,6 +936,8 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
                 I* slots, int64_t nslots, uint8_t* counters) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
   const __m512i minus_one = _mm512_set1_epi8(-1);
+  // The three compare-and-bump calls below stay spelled out: one helper taking the comparison as a lambda measured
+  // 4% slower at 2 threads (MobileNet-V2 last channels_last, two thresholds).
   auto bump = [&](int64_t row, __mmask16 m0, __mmask16 m1, __mmask16 m2, __mmask16 m3) {
     const __mmask64 m = _mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0));
     uint8_t* at = counters + 64 * row;
