@@ -8,7 +8,6 @@ from types import ModuleType
 import torch
 
 from .jobs import CountJob, FusedJob
-from .layout import ChannelView
 
 NAME = "cpu"
 EXTENSION = "nepenthe._cpu"
@@ -35,11 +34,6 @@ def device_problem(device: torch.device) -> str | None:
     if device.type != "cpu":
         return f"the cpu backend counts CPU tensors only, got a tensor on {device}"
     return None
-
-
-def view_args(view: ChannelView) -> tuple[int, ...]:
-    """A channel view as the six integers the extensions take."""
-    return view.args
 
 
 def activation_args(kind: str, params: dict[str, object]) -> tuple[int, float, float]:
@@ -78,4 +72,4 @@ def count(job: CountJob) -> None:
 
 def fused_forward(job: FusedJob) -> None:
     assert _ext is not None, "cpu backend used before load()"
-    _ext.fused(*_common(job), job.y.data_ptr(), view_args(job.y_view), *activation_args(job.kind, job.params))
+    _ext.fused(*_common(job), job.y.data_ptr(), job.y_view.args, *activation_args(job.kind, job.params))

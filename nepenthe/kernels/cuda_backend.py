@@ -10,7 +10,7 @@ from types import ModuleType
 
 import torch
 
-from .cpu_backend import activation_args, job_args, view_args
+from .cpu_backend import activation_args, job_args
 from .jobs import CountJob, FusedJob
 
 NAME = "cuda"
@@ -57,4 +57,4 @@ def count(job: CountJob) -> None:
 def fused_forward(job: FusedJob) -> None:
     assert _ext is not None, "cuda backend used before load()"
     with torch.cuda.device(job.x.device):
-        _ext.fused(*_common(job), job.y.data_ptr(), view_args(job.y_view), *activation_args(job.kind, job.params))
+        _ext.fused(*_common(job), job.y.data_ptr(), job.y_view.args, *activation_args(job.kind, job.params))

@@ -15,7 +15,7 @@ NAME = "triton"
 
 # Triton internals the kernel relies on (no public equivalent that also runs in the interpreter): checked at load
 # so that a Triton without them leaves this backend out with the reason, instead of failing inside a kernel.
-REQUIRED_INTERNALS = (("triton.language.standard", "_sum_combine"), ("triton.knobs.runtime", "interpret"))
+REQUIRED_INTERNALS = ("language.standard._sum_combine", "knobs.runtime.interpret")
 
 
 def load() -> None:
@@ -24,7 +24,7 @@ def load() -> None:
         import triton
     except ImportError as err:
         raise ImportError(f"triton is not installed ({err}); install it with `pip install triton`") from err
-    missing = [f"{where}.{name}" for where, name in REQUIRED_INTERNALS if not _has(where, name)]
+    missing = [f"triton.{name}" for name in REQUIRED_INTERNALS if not _has(triton, name)]
     if missing:
         raise ImportError(
             f"triton {triton.__version__} lacks {', '.join(missing)}, which nepenthe's Triton kernel uses "
@@ -33,15 +33,12 @@ def load() -> None:
     from . import triton_count  # noqa: F401
 
 
-def _has(where: str, name: str) -> bool:
-    import importlib
-
-    obj: object = importlib.import_module("triton")
-    for part in where.split(".")[1:]:
-        obj = getattr(obj, part, None)
-        if obj is None:
+def _has(obj: object, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
             return False
-    return hasattr(obj, name)
+        obj = getattr(obj, part)
+    return True
 
 
 def _interpreter_on() -> bool:
