@@ -93,6 +93,6 @@ def test_avx2_build_fused_relu_equals_torch(portable_ext, dtype):
     x = random_values((4, 19, 5, 7), dtype, seed=7)
     job = _job(x, (0.0,), False)
     y = torch.empty_like(x)
-    portable_ext.fused(*job_args(job), 1, y.data_ptr(), list(job.view.args), 0, 0.0, 0.0)
+    portable_ext.fused(*job_args(job), 1, y.data_ptr(), job.view.args, 0, 0.0, 0.0)
     _assert_bit_equal(y, F.relu(x))
     assert torch.equal(job.counts, count_states_reference(x, (0.0,), 1, False))
