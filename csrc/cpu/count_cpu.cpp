@@ -440,18 +440,22 @@ constexpr int64_t kMaxTableEntries = 1 << 22;
 struct ThreadTables {
   int64_t channels;
   int acc, threads;
+  bool by_comparison;  // entry (c, j) of a table at j * channels + c (else c * acc + j)
   std::vector<int64_t> data;
-  ThreadTables(int64_t c, int a, int t) : channels(c), acc(a), threads(t), data(static_cast<size_t>(c * a * t)) {}
+  ThreadTables(int64_t c, int a, int t, bool by_comparison = false)
+      : channels(c), acc(a), threads(t), by_comparison(by_comparison), data(static_cast<size_t>(c * a * t)) {}
   static bool fits(int64_t c, int a, int t) { return c * a * t <= kMaxTableEntries; }
   int64_t* mine() { return data.data() + omp_get_thread_num() * channels * acc; }
   // values_per_channel >= 0: comparison 0 of the tables counts NaN, and valid = values_per_channel - NaN.
   void write_states(int64_t* counts, int k, bool ignore_ties, int64_t values_per_channel = -1) {
     int64_t sums[2 * kMaxThresholds + 1];
+    const int64_t step_c = by_comparison ? 1 : acc, step_j = by_comparison ? channels : 1;
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < channels; ++c) {
       for (int j = 0; j < acc; ++j) sums[j] = 0;
       for (int t = 0; t < threads; ++t) {
-        for (int j = 0; j < acc; ++j) sums[j] += data[(t * channels + c) * acc + j];
+        const int64_t* at = data.data() + t * channels * acc + c * step_c;
+        for (int j = 0; j < acc; ++j) sums[j] += at[j * step_j];
       }
       if (values_per_channel >= 0) sums[0] = values_per_channel - sums[0];
       for (int s = 0; s <= k; ++s) counts[c * (k + 1) + s] += state_count(sums, k, ignore_ties, s);
@@ -793,6 +797,49 @@ inline int64_t count_bits(const uint8_t* bits, int64_t lo, int64_t len) {
   }
 }
 
+#if defined(__AVX512VBMI__) && defined(__AVX512VPOPCNTDQ__)
+#define NEP_ROW_WINDOWS 1
+// Eight rows of inner <= 57 bits span exactly `inner` bytes, so every group of eight rows sits at the same bit
+// offsets from its first byte: one byte permutation puts each row's 8-byte window in a 64-bit lane, a shift and a
+// mask leave its bits, and one popcount counts all eight rows.
+struct RowWindows {
+  __m512i bytes, shift, keep;
+  explicit RowWindows(int64_t inner) {
+    alignas(64) uint8_t idx[64];
+    alignas(64) uint64_t sh[8];
+    for (int r = 0; r < 8; ++r) {
+      const int64_t lo = inner * r;
+      for (int b = 0; b < 8; ++b) idx[8 * r + b] = static_cast<uint8_t>((lo >> 3) + b);
+      sh[r] = static_cast<uint64_t>(lo & 7);
+    }
+    bytes = _mm512_load_si512(idx);
+    shift = _mm512_load_si512(sh);
+    keep = _mm512_set1_epi64(static_cast<long long>((uint64_t{1} << inner) - 1));
+  }
+  // Adds the set bits of each of eight rows (group g of the bitmap) to t[0..7]; reads 64 bytes from its start.
+  inline void add(const uint8_t* bits, int64_t inner, int64_t g, int64_t* t) const {
+    const __m512i w = _mm512_permutexvar_epi8(bytes, _mm512_loadu_si512(bits + g * inner));
+    const __m512i n = _mm512_popcnt_epi64(_mm512_and_si512(_mm512_srlv_epi64(w, shift), keep));
+    _mm512_storeu_si512(t, _mm512_add_epi64(_mm512_loadu_si512(t), n));
+  }
+};
+#endif
+
+// Adds to t[r] the set bits of row r (bits [r * inner, (r + 1) * inner) of `bits`), for `rows` rows.
+template <bool kOneRead>
+inline void count_rows(const uint8_t* bits, int64_t rows, int64_t inner, int64_t* t, const void* windows) {
+  int64_t r = 0;
+#if defined(NEP_ROW_WINDOWS)
+  if constexpr (kOneRead) {
+    const auto* w = static_cast<const RowWindows*>(windows);
+    for (; r + 8 <= rows; r += 8) w->add(bits, inner, r / 8, t + r);
+  }
+#else
+  (void)windows;
+#endif
+  for (; r < rows; ++r) t[r] += count_bits<kOneRead>(bits, r * inner, inner);
+}
+
 template <int K, bool kTies>
 struct MaskSet {
   static constexpr int kAcc = 1 + K * (kTies ? 2 : 1);
@@ -831,16 +878,18 @@ inline Lanes::Vec load_lanes_partial(const S* p, int64_t m) {
 }
 
 // Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
-// per-channel comparison counts table[c * kAcc + j], through bitmaps in `maps` (kAcc x kMapWords words). Rows
-// go in blocks of whole rows; the block's last vector may read into the next row (its bits are never counted),
-// except at the end of the run, which is read partially.
+// per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
+// 64 bytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row (its
+// bits are never counted), except at the end of the run, which is read partially. `windows`: the RowWindows of
+// `inner` where rows are counted eight at a time.
 template <class S, int K, bool kTies, bool kOneRead>
 void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
-                 Lanes::Mask* maps) {
+                 int64_t stride_j, Lanes::Mask* maps, const void* windows) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
   constexpr int N = Lanes::N;
   const int64_t len = n * inner;
-  const int64_t block_rows = std::max<int64_t>(1, kBitBlock / inner);
+  const int64_t fit = kBitBlock / inner;
+  const int64_t block_rows = fit >= 8 ? fit & ~int64_t{7} : std::max<int64_t>(1, fit);  // whole groups of 8
   for (int64_t r0 = 0; r0 < n; r0 += block_rows) {
     const int64_t r1 = std::min(n, r0 + block_rows);
     const S* p = base + r0 * inner;
@@ -873,15 +922,13 @@ void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t 
     }
     const uint8_t* bits = reinterpret_cast<const uint8_t*>(maps);
     constexpr int64_t kMapBytes = kMapWords * static_cast<int64_t>(sizeof(Lanes::Mask));
-    int64_t* t = table + r0 * A;
-    for (int64_t lo = 0; lo < span; lo += inner, t += A) {
-      for (int j = 1; j < A; ++j) t[j] += count_bits<kOneRead>(bits + j * kMapBytes, lo, inner);
+    for (int j = 1; j < A; ++j) {
+      count_rows<kOneRead>(bits + j * kMapBytes, r1 - r0, inner, table + j * stride_j + r0, windows);
     }
     if (nan) {  // rare: the block holds NaN (or the vector after it does); count them row by row
       for (int64_t v = 0; v < full; ++v) maps[v] = Lanes::unord(load_lanes(p + N * v));
       if (N * full < span) maps[full] = Lanes::unord(load_lanes_partial(p + N * full, part)) & real;
-      t = table + r0 * A;
-      for (int64_t lo = 0; lo < span; lo += inner, t += A) t[0] += count_bits<kOneRead>(bits, lo, inner);
+      count_rows<kOneRead>(bits, r1 - r0, inner, table + r0, windows);
     }
   }
 }
@@ -898,13 +945,19 @@ void run_short_rows_bitmap(const Job<S>& job) {
   const int64_t row_blocks = std::min<int64_t>(v.outer, ceil_div(threads, chan_blocks) * 4);
   const int64_t rows = ceil_div(v.outer, row_blocks);
   const int64_t items = ceil_div(v.outer, rows) * chan_blocks;
-  ThreadTables tables(v.channels, A, threads);
+  ThreadTables tables(v.channels, A, threads, /*by_comparison=*/true);
   const MaskSet<K, kTies> ms(job.th);
   const bool one_read = v.inner <= 57;
+#if defined(NEP_ROW_WINDOWS)
+  const RowWindows row_windows(one_read ? v.inner : 1);
+  const void* windows = &row_windows;
+#else
+  const void* windows = nullptr;
+#endif
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     int64_t* table = tables.mine();
-    std::vector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords));
+    std::vector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords + 64 / sizeof(Lanes::Mask)));
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t cb = item % chan_blocks, rb = item / chan_blocks;
@@ -913,9 +966,9 @@ void run_short_rows_bitmap(const Job<S>& job) {
       for (int64_t o = o0; o < o1; ++o) {
         const S* base = job.x + o * v.s_outer + c0 * v.s_channel;
         if (one_read) {
-          bitmap_slab<S, K, kTies, true>(ms, base, n, v.inner, table + c0 * A, maps.data());
+          bitmap_slab<S, K, kTies, true>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows);
         } else {
-          bitmap_slab<S, K, kTies, false>(ms, base, n, v.inner, table + c0 * A, maps.data());
+          bitmap_slab<S, K, kTies, false>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows);
         }
       }
     }
