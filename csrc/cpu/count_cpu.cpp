@@ -447,18 +447,31 @@ struct ThreadTables {
   static bool fits(int64_t c, int a, int t) { return c * a * t <= kMaxTableEntries; }
   int64_t* mine() { return data.data() + omp_get_thread_num() * channels * acc; }
   // values_per_channel >= 0: comparison 0 of the tables counts NaN, and valid = values_per_channel - NaN.
+  // Channels go in blocks of kBlock: each comparison's sum over threads is a run of vector adds.
   void write_states(int64_t* counts, int k, bool ignore_ties, int64_t values_per_channel = -1) {
-    int64_t sums[2 * kMaxThresholds + 1];
+    constexpr int64_t kBlock = 64;
     const int64_t step_c = by_comparison ? 1 : acc, step_j = by_comparison ? channels : 1;
+    const int64_t* all = data.data();
 #pragma omp for schedule(static)
-    for (int64_t c = 0; c < channels; ++c) {
-      for (int j = 0; j < acc; ++j) sums[j] = 0;
-      for (int t = 0; t < threads; ++t) {
-        const int64_t* at = data.data() + t * channels * acc + c * step_c;
-        for (int j = 0; j < acc; ++j) sums[j] += at[j * step_j];
+    for (int64_t c0 = 0; c0 < channels; c0 += kBlock) {
+      const int64_t n = std::min(kBlock, channels - c0);
+      int64_t sums[2 * kMaxThresholds + 1][kBlock];
+      for (int j = 0; j < acc; ++j) {
+        int64_t* out = sums[j];
+        for (int64_t i = 0; i < n; ++i) out[i] = 0;
+        for (int t = 0; t < threads; ++t) {
+          const int64_t* in = all + t * channels * acc + c0 * step_c + j * step_j;
+          for (int64_t i = 0; i < n; ++i) out[i] += in[i * step_c];
+        }
       }
-      if (values_per_channel >= 0) sums[0] = values_per_channel - sums[0];
-      for (int s = 0; s <= k; ++s) counts[c * (k + 1) + s] += state_count(sums, k, ignore_ties, s);
+      if (values_per_channel >= 0) {
+        for (int64_t i = 0; i < n; ++i) sums[0][i] = values_per_channel - sums[0][i];
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t one[2 * kMaxThresholds + 1];
+        for (int j = 0; j < acc; ++j) one[j] = sums[j][i];
+        for (int s = 0; s <= k; ++s) counts[(c0 + i) * (k + 1) + s] += state_count(one, k, ignore_ties, s);
+      }
     }
   }
 };
