@@ -143,6 +143,51 @@ def test_counts_short_rows(device_backend, shape, dtype):
     _check(x[:, :, :, 1:], (0.0,), 1, False, backend)  # rows that are not back to back
 
 
+def activation_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, channel_dim: int = 1) -> torch.Tensor:
+    """Post-activation-like values without NaN: each channel its own mean (so a count given to the wrong channel
+    shows), a third of them exact zeros (as ReLU outputs), and a few -0.0, denormals and values on 6.0."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.linspace(-4.0, 8.0, shape[channel_dim], dtype=torch.float64)
+    means = means.reshape([-1 if d == channel_dim % len(shape) else 1 for d in range(len(shape))])
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + means
+    u = torch.rand(shape, generator=gen)
+    x = torch.where(u < 0.33, 0.0, x)
+    x = torch.where((u > 0.5) & (u < 0.51), -0.0, x)
+    x = torch.where((u > 0.6) & (u < 0.61), DENORMAL[dtype], x)
+    x = torch.where((u > 0.7) & (u < 0.71), 6.0, x)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "shape,channel_dim,channels_last",
+    [
+        ((4, 320, 9, 13), 1, True),  # 5 groups of 64 channels over 468 positions (byte-lane counters)
+        ((32, 1280, 7, 7), 1, True),  # MobileNet-V2's last activation, channels_last
+        ((3, 2000, 7, 7), 1, False),  # 7x7 maps: rows counted eight at a time
+        ((2, 900, 3, 3), 1, False),
+        ((8, 56, 384), -1, False),  # Swin-T tokens
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("nan", [False, True], ids=["no_nan", "one_nan"])
+def test_counts_activations_without_nan(device_backend, shape, channel_dim, channels_last, dtype, nan):
+    """NaN-free inputs, as real activations are, take the kernels' fast paths (valid counts from sizes, signs for
+    threshold 0); one NaN sends only its block down the exact path, the other blocks keep the fast one."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; tests/test_kernels_triton.py covers it with small tiles")
+    x = activation_values(shape, dtype, _seed("activations", shape, dtype), channel_dim)
+    if nan:
+        x.view(-1)[x.numel() // 3] = math.nan
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(device)
+    for thresholds in [(0.0,), (0.0, 6.0), (-1.0, 0.0)]:
+        for ignore_ties in (False, True):
+            _check(x, thresholds, channel_dim, ignore_ties, backend)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_threshold_between_representable_values(device_backend, dtype):
     """0.1 is not a float32: values on either side of it, and float32(0.1) itself, land in the right state."""
