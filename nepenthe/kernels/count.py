@@ -9,8 +9,8 @@ import torch
 from .dispatch import select_backend
 from .jobs import CountJob
 from .layout import readable_view
-from .thresholds import kernel_thresholds
-from .validate import check_counts, check_input, check_thresholds
+from .plan import count_plan
+from .validate import check_counts
 
 
 def count_states(
@@ -40,16 +40,18 @@ def count_states(
         tensor([[2, 0],
                 [0, 2]])
     """
-    channel_dim = check_input(x, channel_dim)
-    values = check_thresholds(thresholds)
-    channels, states = x.shape[channel_dim], len(values) + 1
+    plan = count_plan(x, thresholds, channel_dim)
     if counts is None:
-        counts = torch.zeros(channels, states, dtype=torch.int64, device=x.device)
+        counts = torch.zeros(plan.channels, plan.states, dtype=torch.int64, device=x.device)
     else:
-        check_counts(counts, channels, states, x.device)
+        check_counts(counts, plan.channels, plan.states, x.device)
     chosen = select_backend(x.device, backend)
-    if x.numel() == 0:
+    if plan.empty:
         return counts
-    x, view = readable_view(x, channel_dim)
-    chosen.count(CountJob(x, channel_dim, view, values, kernel_thresholds(values, x.dtype), bool(ignore_ties), counts))
+    if plan.view is None:  # a layout no two strides describe: count a contiguous copy
+        x, view = readable_view(x, plan.channel_dim)
+    else:
+        view = plan.view
+    job = CountJob(x, plan.channel_dim, view, plan.values, plan.kernel_thresholds, bool(ignore_ties), counts)
+    chosen.count(job)
     return counts

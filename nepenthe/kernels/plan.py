@@ -1,0 +1,61 @@
+"""What a count needs that depends only on the input's metadata and the arguments, worked out once per key.
+
+A profiler counts the same few activation shapes on every batch, so ``count_states`` looks its checks, layout
+and kernel thresholds up here instead of redoing them on every call. The key is (dtype, shape, strides,
+channel_dim, thresholds); the checks run, and raise, the first time a key is seen, and a key that fails is
+never stored. Arguments of other types (a tensor subclass, a list of thresholds) are planned afresh each time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .layout import ChannelView, channel_view
+from .thresholds import KernelThresholds, kernel_thresholds
+from .validate import check_input, check_thresholds
+
+MAX_PLANS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class CountPlan:
+    """Checked arguments of a count: ``view`` is None when x is empty or its layout needs a copy first."""
+
+    channel_dim: int
+    channels: int
+    states: int
+    values: tuple[float, ...]
+    kernel_thresholds: KernelThresholds
+    view: ChannelView | None
+    empty: bool
+
+
+_plans: dict[tuple[object, ...], CountPlan] = {}
+
+
+def count_plan(x: torch.Tensor, thresholds: Sequence[float] | torch.Tensor, channel_dim: int) -> CountPlan:
+    """The checked plan of counting ``x`` around ``channel_dim`` against ``thresholds`` (raises on bad input)."""
+    if type(x) is not torch.Tensor or type(channel_dim) is not int or type(thresholds) is not tuple:
+        return _make(x, thresholds, channel_dim)
+    key = (x.dtype, x.shape, x.stride(), channel_dim, thresholds)
+    try:
+        plan = _plans.get(key)
+    except TypeError:  # unhashable thresholds: _make names the problem
+        return _make(x, thresholds, channel_dim)
+    if plan is None:
+        plan = _make(x, thresholds, channel_dim)
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        _plans[key] = plan
+    return plan
+
+
+def _make(x: torch.Tensor, thresholds: Sequence[float] | torch.Tensor, channel_dim: int) -> CountPlan:
+    cd = check_input(x, channel_dim)
+    values = check_thresholds(thresholds)
+    empty = x.numel() == 0
+    view = None if empty else channel_view(x, cd)
+    return CountPlan(cd, x.shape[cd], len(values) + 1, values, kernel_thresholds(values, x.dtype), view, empty)
