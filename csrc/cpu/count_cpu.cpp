@@ -1007,7 +1007,7 @@ template <class S, int K, bool kTies, bool kSign, class I>
 void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
                 I* slots, int64_t nslots, uint8_t* counters) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
-  constexpr bool kGuard = !std::is_same_v<S, float>;
+  constexpr bool kGuard = !std::is_same_v<S, float> || K >= 2;  // see the NaN guard below
   const __m512i minus_one = _mm512_set1_epi8(-1);
   auto bump = [&](int64_t row, __mmask16 m0, __mmask16 m1, __mmask16 m2, __mmask16 m3) {
     const __mmask64 m = _mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0));
@@ -1025,18 +1025,21 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
   for (int64_t qb = q0; qb < q1; qb += 255) {
     const int64_t qe = std::min(q1, qb + 255);
     std::memset(counters, 0, static_cast<size_t>(64 * A * groups));
-    // float16/bfloat16: a NaN guard, as in bitmap_slab. Valid counts are the block's positions unless a float sum
-    // of its values per lane is NaN or infinite; then counter row 0 counts the valid values exactly (a second,
-    // rare pass). float32 counts them in the sweep (measured: the guard's 512-bit adds cost more there).
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    // kGuard: a NaN guard, as in bitmap_slab. Valid counts are the block's positions unless a float sum of its
+    // values per lane (four chains) is NaN or infinite; then counter row 0 counts the valid values exactly (a
+    // second, rare pass). Measured against an ordered comparison per vector: float16/bfloat16 15-32% faster,
+    // float32 with two thresholds 12% faster, float32 with one threshold 5-7% slower (it keeps the comparison).
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps(), sum2 = sum0, sum3 = sum0;
     for (int64_t q = qb; q < qe; ++q) {
       const S* row = base + q * stride;
       for (int64_t g = 0; g < groups; ++g) {
         const __m512 x0 = lanes(row + 64 * g), x1 = lanes(row + 64 * g + 16);
         const __m512 x2 = lanes(row + 64 * g + 32), x3 = lanes(row + 64 * g + 48);
         if constexpr (kGuard) {
-          sum0 = _mm512_add_ps(sum0, _mm512_add_ps(x0, x1));
-          sum1 = _mm512_add_ps(sum1, _mm512_add_ps(x2, x3));
+          sum0 = _mm512_add_ps(sum0, x0);
+          sum1 = _mm512_add_ps(sum1, x1);
+          sum2 = _mm512_add_ps(sum2, x2);
+          sum3 = _mm512_add_ps(sum3, x3);
         } else {
           bump(g, _mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), _mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q),
                _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
@@ -1067,7 +1070,7 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
       }
     }
     const auto positions = static_cast<decltype(I{}[0] + 0)>(qe - qb);
-    const __m512 s = _mm512_add_ps(sum0, sum1);
+    const __m512 s = _mm512_add_ps(_mm512_add_ps(sum0, sum1), _mm512_add_ps(sum2, sum3));
     const bool exact_valid = !kGuard || _mm512_cmp_ps_mask(_mm512_sub_ps(s, s), _mm512_setzero_ps(), _CMP_NEQ_UQ);
     bool recount_sign = false;  // the block may hold NaN: count threshold 0 with comparisons, in channel order
     if constexpr (kSign) {
