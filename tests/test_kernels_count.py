@@ -164,6 +164,7 @@ def activation_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, cha
     [
         ((4, 320, 9, 13), 1, True),  # 5 groups of 64 channels over 468 positions (byte-lane counters)
         ((32, 1280, 7, 7), 1, True),  # MobileNet-V2's last activation, channels_last
+        ((2, 6, 57, 61), 1, False),  # long rows (row path, signs counted 64 at a time, a masked tail)
         ((3, 2000, 7, 7), 1, False),  # 7x7 maps: rows counted eight at a time
         ((2, 900, 3, 3), 1, False),
         ((8, 56, 384), -1, False),  # Swin-T tokens

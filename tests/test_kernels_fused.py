@@ -141,6 +141,32 @@ def test_fused_late_stage_maps_in_parallel(device_backend, shape, dtype):
     assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), (0.0, 6.0), 1, False))
 
 
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((2, 6, 57, 61), False), ((3, 700, 7, 7), False), ((3, 320, 9, 13), True)],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind,params", KINDS[:2], ids=["relu", "relu6"])
+def test_fused_activations_without_nan(device_backend, shape, channels_last, dtype, kind, params):
+    """NaN-free inputs take the counting fast paths; the fused output must still be written for every value."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter")
+    gen = torch.Generator().manual_seed(_seed_of("no-nan", shape, dtype))
+    means = torch.linspace(-3.0, 7.0, shape[1], dtype=torch.float64).view(1, -1, 1, 1)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + means
+    x = torch.where(torch.rand(shape, generator=gen) < 0.3, 0.0, x).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(device)
+    thresholds = default_thresholds(kind, params)
+    counts = torch.zeros(shape[1], len(thresholds) + 1, dtype=torch.int64, device=device)
+    y = fused_activation(x, kind, counts, backend=backend, **params)
+    _assert_bit_equal(y, _torch_activation(x, kind, params))
+    assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), thresholds, 1, False))
+
+
 def _seed_of(*parts: object) -> int:
     return zlib.crc32(repr(parts).encode())
 

@@ -590,6 +590,46 @@ inline void write_activation(const Job<S>& job, int64_t o, int64_t c, int64_t i0
   }
 }
 
+#if defined(__AVX512BW__)
+#define NEP_SIGN_ROWS 1
+// Row path, float32 with the single threshold 0.0 (ReLU), no ties: a row's values > 0 are counted from the signs
+// of their bits, as in byte_sweep's kSign: 64 values packed to 64 signed bytes, compared with 0 into one 64-bit
+// mask, popcounted. Valid values are the row's length unless a float sum of its values (four chains) is NaN or
+// infinite: then nothing is added and the row returns false, to be counted the exact way. The tail is read with
+// masked loads that fill zeros, which are not > 0 and add nothing to the sums.
+inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& positive) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t pos = 0;
+  auto add64 = [&](__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
+    s0 = _mm512_add_ps(s0, x0);
+    s1 = _mm512_add_ps(s1, x1);
+    s2 = _mm512_add_ps(s2, x2);
+    s3 = _mm512_add_ps(s3, x3);
+    const __m512i lo = _mm512_packs_epi32(_mm512_castps_si512(x0), _mm512_castps_si512(x1));
+    const __m512i hi = _mm512_packs_epi32(_mm512_castps_si512(x2), _mm512_castps_si512(x3));
+    pos += __builtin_popcountll(_mm512_cmpgt_epi8_mask(_mm512_packs_epi16(lo, hi), zero));
+  };
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    add64(_mm512_loadu_ps(p + i), _mm512_loadu_ps(p + i + 16), _mm512_loadu_ps(p + i + 32),
+          _mm512_loadu_ps(p + i + 48));
+  }
+  if (i < n) {
+    const uint64_t m = (n - i == 64) ? ~uint64_t{0} : (uint64_t{1} << (n - i)) - 1;
+    add64(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p + i),
+          _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), p + i + 16),
+          _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 32), p + i + 32),
+          _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 48), p + i + 48));
+  }
+  const __m512 s = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
+  if (_mm512_cmp_ps_mask(_mm512_sub_ps(s, s), _mm512_setzero_ps(), _CMP_NEQ_UQ) != 0) return false;
+  valid += n;
+  positive += pos;
+  return true;
+}
+#endif
+
 // Row path: inner stride 1 (contiguous NCHW), or any strides through a gather. An item counts a block of
 // channels over a block of rows, channel by channel, so a channel's vector counters live across its rows.
 template <class S, int K, bool kTies>
@@ -614,11 +654,19 @@ void run_rows(const Job<S>& job) {
   const int threads = parallel ? job.threads : 1;
   const bool use_tables = ThreadTables::fits(v.channels, Ctr::kAcc, threads);
   ThreadTables tables(use_tables ? v.channels : 0, Ctr::kAcc, threads);
+#if defined(NEP_SIGN_ROWS)
+  constexpr bool kSigns = std::is_same_v<S, float> && K == 1 && !kTies;
+  const bool signs = kSigns && v.s_inner == 1 && job.th.greater[0] == 0;
+#else
+  constexpr bool kSigns = false;
+  const bool signs = false;
+#endif
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     std::vector<T> buf(kChunk);
     Ctr counter(job.th);
     int64_t* table = use_tables ? tables.mine() : nullptr;
+    int64_t sign_counts[2] = {0, 0};  // [valid, > 0] of the rows count_row_signs took
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t ib = item % p.inner_blocks;
@@ -630,7 +678,12 @@ void run_rows(const Job<S>& job) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t o = o0; o < o1; ++o) {
           const S* row = job.x + o * v.s_outer + c * v.s_channel + i0 * v.s_inner;
-          if (v.s_inner == 1) {
+          bool counted = false;
+#if defined(NEP_SIGN_ROWS)
+          if constexpr (kSigns) counted = signs && count_row_signs(row, i1 - i0, sign_counts[0], sign_counts[1]);
+#endif
+          if (counted) {
+          } else if (v.s_inner == 1) {
             counter.add_row(row, i1 - i0);
           } else {
             for (int64_t i = 0; i < i1 - i0; i += kChunk) {
@@ -645,6 +698,14 @@ void run_rows(const Job<S>& job) {
           counter.flush_into(table + c * Ctr::kAcc);
         } else {
           counter.flush_total(job.counts + c * (K + 1), job.th.ignore_ties);
+        }
+        if (kSigns && signs) {
+          if (table != nullptr) {
+            for (int j = 0; j < 2; ++j) table[c * Ctr::kAcc + j] += sign_counts[j];
+          } else {
+            Ctr::add_states(job.counts + c * (K + 1), sign_counts, job.th.ignore_ties);
+          }
+          sign_counts[0] = sign_counts[1] = 0;
         }
       }
       if (job.y != nullptr && slabs) {
