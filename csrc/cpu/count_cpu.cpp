@@ -955,10 +955,11 @@ inline Lanes::Vec load_lanes_partial(const S* p, int64_t m) {
 // per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
 // 64 bytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row (its
 // bits are never counted), except at the end of the run, which is read partially. `windows`: the RowWindows of
-// `inner` where rows are counted eight at a time.
-template <class S, int K, bool kTies, bool kOneRead>
+// `inner` where rows are counted eight at a time. after_block(r0, values) runs once each block of rows from r0
+// is counted (the fused activation of its values, while they are in L1).
+template <class S, int K, bool kTies, bool kOneRead, class AfterBlock>
 void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
-                 int64_t stride_j, Lanes::Mask* maps, const void* windows) {
+                 int64_t stride_j, Lanes::Mask* maps, const void* windows, AfterBlock&& after_block) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
   constexpr int N = Lanes::N;
   const int64_t len = n * inner;
@@ -1004,6 +1005,7 @@ void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t 
       if (N * full < span) maps[full] = Lanes::unord(load_lanes_partial(p + N * full, part)) & real;
       count_rows<kOneRead>(bits, r1 - r0, inner, table + r0, windows);
     }
+    after_block(r0, span);
   }
 }
 
@@ -1032,6 +1034,7 @@ void run_short_rows_bitmap(const Job<S>& job) {
   {
     int64_t* table = tables.mine();
     std::vector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords + 64 / sizeof(Lanes::Mask)));
+    std::vector<typename Traits<S>::T> buf(job.y != nullptr ? kChunk : 0);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t cb = item % chan_blocks, rb = item / chan_blocks;
@@ -1039,10 +1042,16 @@ void run_short_rows_bitmap(const Job<S>& job) {
       const int64_t o0 = rb * rows, o1 = std::min(v.outer, o0 + rows);
       for (int64_t o = o0; o < o1; ++o) {
         const S* base = job.x + o * v.s_outer + c0 * v.s_channel;
+        // Fused: y's rows lie back to back like x's (run_k checks), so a block's values are one run of y.
+        auto after_block = [&](int64_t r0, int64_t values) {
+          if (job.y != nullptr) write_activation(job, o, c0 + r0, 0, values, false, buf.data());
+        };
         if (one_read) {
-          bitmap_slab<S, K, kTies, true>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows);
+          bitmap_slab<S, K, kTies, true>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows,
+                                         after_block);
         } else {
-          bitmap_slab<S, K, kTies, false>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows);
+          bitmap_slab<S, K, kTies, false>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows,
+                                          after_block);
         }
       }
     }
@@ -1377,8 +1386,20 @@ void run_k(const Job<S>& job) {
     } else if (job.by_channel) {
       job.th.ignore_ties ? run_channels<S, K, true>(job) : run_channels<S, K, false>(job);
     } else if (job.y != nullptr && job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
-      // Fused on short rows: count them the count-only way, then write the activation in a second pass (the
-      // per-row fused path costs more than both on 7x7 maps).
+#if defined(NEP_BITMAPS)
+      // Fused on short rows whose y rows lie back to back like x's: the bitmap path writes each block's
+      // activation right after counting it, from L1.
+      if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
+        const View &v = job.v, &yv = job.yv;
+        if (v.s_channel == v.inner && yv.s_inner == 1 && yv.s_channel == v.inner &&
+            ThreadTables::fits(v.channels, 1 + 2 * K, job.threads)) {
+          job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
+          return;
+        }
+      }
+#endif
+      // Otherwise count them the count-only way, then write the activation in a second pass (the per-row fused
+      // path costs more than both on 7x7 maps).
       Job<S> count_only = job;
       count_only.y = nullptr;
       run_k<S, K>(count_only);
