@@ -1091,7 +1091,6 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
   };
   alignas(64) uint8_t order[64];  // channel ch of a sign-counted row sits at byte order[ch]
   for (int ch = 0; ch < 64; ++ch) order[ch] = static_cast<uint8_t>(16 * ((ch >> 2) & 3) + 4 * (ch >> 4) + (ch & 3));
-  const __m512i channel_order = _mm512_load_si512(order);
   for (int64_t qb = q0; qb < q1; qb += 255) {
     const int64_t qe = std::min(q1, qb + 255);
     std::memset(counters, 0, static_cast<size_t>(64 * A * groups));
@@ -1179,11 +1178,25 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
           continue;
         }
         __m512i bytes = _mm512_loadu_si512(counters + 64 * (j * groups + g));
-        if (kSign && j == 1 && !recount_sign) bytes = _mm512_permutexvar_epi8(channel_order, bytes);
+        if (kSign && j == 1 && !recount_sign) {
+#if defined(__AVX512VBMI__)
+          bytes = _mm512_permutexvar_epi8(_mm512_load_si512(order), bytes);
+#else
+          alignas(64) uint8_t packed[64], ordered[64];
+          _mm512_store_si512(packed, bytes);
+          for (int ch = 0; ch < 64; ++ch) ordered[ch] = packed[order[ch]];
+          bytes = _mm512_load_si512(ordered);
+#endif
+        }
+        // Each quarter of the 64 counters widens to one vector of 16 int32 lanes (spelled out: the extract takes
+        // an immediate, which a loop index is only once the loop is unrolled).
+        const __m512i wide[4] = {_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, 0)),
+                                 _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, 1)),
+                                 _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, 2)),
+                                 _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, 3))};
         for (int m = 0; m < 4; ++m) {
-          const __m512i wide = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, m));
           I w;
-          std::memcpy(&w, &wide, sizeof w);
+          std::memcpy(&w, &wide[m], sizeof w);
           slots[j * nslots + 4 * g + m] += w;
         }
       }
