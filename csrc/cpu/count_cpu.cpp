@@ -1243,7 +1243,14 @@ void run_channels(const Job<S>& job) {
   using I = typename Ctr::I;
   using Lane = decltype(I{}[0] + 0);
   constexpr int W = Ctr::W;
+  // Vectors per register tile. 16-bit storage keeps only its int32 lane counters in registers, so with AVX-512's 32
+  // vector registers a tile can hold 18 of them: MobileNet-V2's 96 channels with two thresholds in one tile, 30%
+  // faster (float32's halves need more registers: 18 measured up to 13% slower there).
+#if defined(__AVX512F__)
+  constexpr int R = std::max(1, (sizeof(S) == 2 ? 18 : 16) / Ctr::kAcc);
+#else
   constexpr int R = std::max(1, 16 / Ctr::kAcc);
+#endif
   const View& v = job.v;
   ChannelPlan p = plan_channels(v, kChanTarget, kMaxItemChans);
   // Few positions per item make the per-channel flush (a few hundred ns per 16 channels) rival the counting
