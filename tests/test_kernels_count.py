@@ -100,6 +100,7 @@ def test_counts_equal_reference(device_backend, layout, dtype):
         ((1000, 300), 1, False),  # channels in groups of 64 over more than 255 positions (byte-lane counters)
         ((3, 320, 11, 11), 1, True),  # channels_last with 5 groups of 64 channels, 363 positions
         ((2, 96, 13, 11), 1, True),  # channels_last, 6 vectors of channels: one register tile for 16-bit types
+        ((3, 64, 19, 9), 1, True),  # channels_last, 64 channels: one group of byte lanes in registers
         ((4, 3, 40001), -2, False),  # read through a stride-2 view below (strided gather), in parallel
     ],
     ids=str,
@@ -166,6 +167,7 @@ def activation_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, cha
         ((4, 320, 9, 13), 1, True),  # 5 groups of 64 channels over 468 positions (byte-lane counters)
         ((32, 1280, 7, 7), 1, True),  # MobileNet-V2's last activation, channels_last
         ((4, 96, 15, 17), 1, True),  # MobileNet-V2's 96 channels: register tiles
+        ((4, 64, 23, 29), 1, True),  # ResNet stage 1's 64 channels: byte lanes in registers, 2668 positions
         ((2, 6, 57, 61), 1, False),  # long rows (row path, signs counted 64 at a time, a masked tail)
         ((3, 2000, 7, 7), 1, False),  # 7x7 maps: rows counted eight at a time
         ((2, 900, 3, 3), 1, False),
