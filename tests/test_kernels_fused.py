@@ -181,3 +181,22 @@ def test_fused_rounds_ties_to_even(device_backend, dtype, tie):
     want = F.hardtanh(x, -tie, tie)
     assert float(want.max()) != 1 + 2.0 ** (-7 if dtype == torch.bfloat16 else -10)  # torch rounded the tie to even
     _assert_bit_equal(y, want)
+
+
+def test_fused_without_autograd_matches_and_records_no_graph(device_backend):
+    """Without a graph to record (no_grad, inference_mode, or an input that needs no gradient) the fused call skips
+    the autograd Function; output and counts must not change, and a graph is recorded only when one is needed."""
+    device, backend = device_backend
+    x = _input(torch.float32, device, 11, with_inf=True)
+    want = count_states_reference(x.cpu(), (0.0,), 1, False)
+    for mode in (torch.no_grad, torch.inference_mode, torch.enable_grad):
+        counts = torch.zeros(x.shape[1], 2, dtype=torch.int64, device=device)
+        with mode():
+            y = fused_activation(x, "relu", counts, backend=backend)
+        _assert_bit_equal(y, F.relu(x))
+        assert torch.equal(counts.cpu(), want) and y.grad_fn is None
+    xg = x.clone().requires_grad_(True)
+    counts = torch.zeros(x.shape[1], 2, dtype=torch.int64, device=device)
+    with torch.no_grad():
+        assert fused_activation(xg, "relu", counts, backend=backend).grad_fn is None
+    assert fused_activation(xg, "relu", counts, backend=backend).grad_fn is not None

@@ -51,35 +51,51 @@ def _activation_grad(grad: torch.Tensor, x: torch.Tensor, kind: str, params: dic
     return aten.gelu_backward(grad, x, approximate=params["approximate"])
 
 
+def _fused_forward(  # noqa: PLR0913
+    x: torch.Tensor,
+    counts: torch.Tensor,
+    kind: str,
+    params: dict[str, object],
+    thresholds: tuple[float, ...],
+    channel_dim: int,
+    ignore_ties: bool,
+    backend: str | None,
+) -> torch.Tensor:
+    """activation(x), with the states of x added into counts by the backend's fused kernel (checked arguments)."""
+    chosen = select_backend(x.device, backend)
+    xr, view = readable_view(x, channel_dim)
+    y = torch.empty_like(xr)
+    if y.stride() != xr.stride() and any(
+        n > 1 and a != b for n, a, b in zip(xr.shape, xr.stride(), y.stride(), strict=True)
+    ):
+        # x is not dense, so empty_like chose another layout, whose channel view may pair the non-channel
+        # dims differently: give x and y one layout so that one (outer, C, inner) index reads and writes both.
+        xr = xr.contiguous()
+        view = channel_view(xr, channel_dim)
+        y = torch.empty_like(xr)
+    y_view = view if y.stride() == xr.stride() else readable_view(y, channel_dim)[1]
+    if x.numel():
+        job = FusedJob(
+            xr,
+            channel_dim,
+            view,
+            thresholds,
+            kernel_thresholds(thresholds, x.dtype),
+            ignore_ties,
+            counts,
+            y=y,
+            y_view=y_view,
+            kind=kind,
+            params=params,
+        )
+        chosen.fused_forward(job)
+    return y
+
+
 class _FusedActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, counts, kind, params, thresholds, channel_dim, ignore_ties, backend):  # noqa: PLR0913
-        chosen = select_backend(x.device, backend)
-        xr, view = readable_view(x, channel_dim)
-        y = torch.empty_like(xr)
-        if any(n > 1 and a != b for n, a, b in zip(xr.shape, xr.stride(), y.stride(), strict=True)):
-            # x is not dense, so empty_like chose another layout, whose channel view may pair the non-channel
-            # dims differently: give x and y one layout so that one (outer, C, inner) index reads and writes both.
-            xr = xr.contiguous()
-            view = channel_view(xr, channel_dim)
-            y = torch.empty_like(xr)
-        _, y_view = readable_view(y, channel_dim)
-        if x.numel():
-            chosen.fused_forward(
-                FusedJob(
-                    xr,
-                    channel_dim,
-                    view,
-                    thresholds,
-                    kernel_thresholds(thresholds, x.dtype),
-                    ignore_ties,
-                    counts,
-                    y=y,
-                    y_view=y_view,
-                    kind=kind,
-                    params=params,
-                )
-            )
+        y = _fused_forward(x, counts, kind, params, thresholds, channel_dim, ignore_ties, backend)
         ctx.save_for_backward(x)
         ctx.kind, ctx.params = kind, params
         ctx.mark_non_differentiable(counts)
@@ -119,4 +135,7 @@ def fused_activation(
     params = _check_params(kind, params)
     values = check_thresholds(default_thresholds(kind, params) if thresholds is None else thresholds)
     check_counts(counts, x.shape[channel_dim], len(values) + 1, x.device)
-    return _FusedActivation.apply(x, counts, kind, params, values, channel_dim, bool(ignore_ties), backend)
+    args = (x, counts, kind, params, values, channel_dim, bool(ignore_ties), backend)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _FusedActivation.apply(*args)
+    return _fused_forward(*args)  # no graph to record: skip the autograd Function's cost (a few microseconds)
