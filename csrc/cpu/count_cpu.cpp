@@ -678,11 +678,12 @@ void run_rows(const Job<S>& job) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t o = o0; o < o1; ++o) {
           const S* row = job.x + o * v.s_outer + c * v.s_channel + i0 * v.s_inner;
-          bool counted = false;
+          bool by_signs = false;  // counted by count_row_signs (a NaN-free float32 row against threshold 0.0)
 #if defined(NEP_SIGN_ROWS)
-          if constexpr (kSigns) counted = signs && count_row_signs(row, i1 - i0, sign_counts[0], sign_counts[1]);
+          if constexpr (kSigns) by_signs = signs && count_row_signs(row, i1 - i0, sign_counts[0], sign_counts[1]);
 #endif
-          if (counted) {
+          if (by_signs) {
+            // nothing more to count; the fused output below is still written
           } else if (v.s_inner == 1) {
             counter.add_row(row, i1 - i0);
           } else {
