@@ -590,7 +590,23 @@ inline void write_activation(const Job<S>& job, int64_t o, int64_t c, int64_t i0
   }
 }
 
+#if defined(__AVX512F__)
+// False if any lane of a float sum is NaN or infinite: the NaN guards' test (a NaN among the summed values, or an
+// infinity, or an overflow; the last two only send a block down the exact path for nothing).
+inline bool all_finite(__m512 s) {
+  return _mm512_cmp_ps_mask(_mm512_sub_ps(s, s), _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0;
+}
+#endif
+
 #if defined(__AVX512BW__)
+// Bit b set where byte b of four float32 vectors packed twice with signed saturation is > 0: the values > 0 (and
+// NaN with a clear sign bit). Packing works within 128-bit lanes, so bit 16i + 4v + e is value 16v + 4i + e.
+inline __mmask64 positive_bytes(__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
+  const __m512i lo = _mm512_packs_epi32(_mm512_castps_si512(x0), _mm512_castps_si512(x1));
+  const __m512i hi = _mm512_packs_epi32(_mm512_castps_si512(x2), _mm512_castps_si512(x3));
+  return _mm512_cmpgt_epi8_mask(_mm512_packs_epi16(lo, hi), _mm512_setzero_si512());
+}
+
 #define NEP_SIGN_ROWS 1
 // Row path, float32 with the single threshold 0.0 (ReLU), no ties: a row's values > 0 are counted from the signs
 // of their bits, as in byte_sweep's kSign: 64 values packed to 64 signed bytes, compared with 0 into one 64-bit
@@ -598,7 +614,6 @@ inline void write_activation(const Job<S>& job, int64_t o, int64_t c, int64_t i0
 // infinite: then nothing is added and the row returns false, to be counted the exact way. The tail is read with
 // masked loads that fill zeros, which are not > 0 and add nothing to the sums.
 inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& positive) {
-  const __m512i zero = _mm512_setzero_si512();
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
   int64_t pos = 0;
   auto add64 = [&](__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
@@ -606,9 +621,7 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
     s1 = _mm512_add_ps(s1, x1);
     s2 = _mm512_add_ps(s2, x2);
     s3 = _mm512_add_ps(s3, x3);
-    const __m512i lo = _mm512_packs_epi32(_mm512_castps_si512(x0), _mm512_castps_si512(x1));
-    const __m512i hi = _mm512_packs_epi32(_mm512_castps_si512(x2), _mm512_castps_si512(x3));
-    pos += __builtin_popcountll(_mm512_cmpgt_epi8_mask(_mm512_packs_epi16(lo, hi), zero));
+    pos += __builtin_popcountll(positive_bytes(x0, x1, x2, x3));
   };
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
@@ -622,8 +635,7 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
           _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 32), p + i + 32),
           _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 48), p + i + 48));
   }
-  const __m512 s = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
-  if (_mm512_cmp_ps_mask(_mm512_sub_ps(s, s), _mm512_setzero_ps(), _CMP_NEQ_UQ) != 0) return false;
+  if (!all_finite(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))) return false;
   valid += n;
   positive += pos;
   return true;
@@ -830,7 +842,7 @@ struct Lanes {  // 16 lanes; comparisons land in mask registers
   static Mask gt(Vec x, Vec t) { return _mm512_cmp_ps_mask(x, t, _CMP_GT_OQ); }
   static Mask eq(Vec x, Vec t) { return _mm512_cmp_ps_mask(x, t, _CMP_EQ_OQ); }
   static Mask unord(Vec x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); }
-  static bool finite(Vec s) { return _mm512_cmp_ps_mask(_mm512_sub_ps(s, s), zero(), _CMP_NEQ_UQ) == 0; }
+  static bool finite(Vec s) { return all_finite(s); }
 };
 #elif defined(__AVX2__)
 #define NEP_BITMAPS 1
@@ -1062,18 +1074,6 @@ void run_short_rows_bitmap(const Job<S>& job) {
 #endif
 
 #if defined(__AVX512F__)
-// Byte-lane channel counters (channel path, float compute, AVX-512): 64 channels (four vectors) share one 64-byte
-// row of uint8 counters per comparison; the four vectors' comparison masks are joined into one 64-bit mask that
-// adds 1 to the lanes where it is set. The counters (kAcc x groups x 64 bytes) stay in L1 while a block of at
-// most 255 positions (a uint8 counter never wraps) is swept position by position, each position's channels in
-// memory order, then widen into the item's int32 lane counters. Per 64 channels and comparison: one counter
-// load and store, instead of four of each for int32 lanes, and no re-reading of the positions.
-//
-// kSign: threshold 0 is 0.0 (ReLU and its kin), counted from the signs of the values' bits instead of four
-// comparisons and three mask joins. Float bits read as int32 and packed twice with signed saturation keep their
-// sign, so four vectors become 64 signed bytes that are > 0 exactly for the values > 0, and for NaN with a clear
-// sign bit: a block that holds NaN is counted again with comparisons. Packing works within 128-bit lanes, so byte
-// 16i + 4v + e holds channel 16v + 4i + e (vector v, lane 4i + e); the counters go back to channel order when read.
 // Where byte_sweep keeps the counter row of comparison j and group g while it sweeps a block: in L1, or for a
 // single group in registers (no store-to-load chain through L1 from one position to the next; channels_last
 // fp16/bf16 with 64 channels measured 35-40% faster).
@@ -1096,6 +1096,18 @@ struct RowsInRegisters {
   }
 };
 
+// Byte-lane channel counters (channel path, float compute, AVX-512): 64 channels (four vectors) share one 64-byte
+// row of uint8 counters per comparison; the four vectors' comparison masks are joined into one 64-bit mask that
+// adds 1 to the lanes where it is set. The counters (kAcc x groups x 64 bytes) stay in L1 while a block of at
+// most 255 positions (a uint8 counter never wraps) is swept position by position, each position's channels in
+// memory order, then widen into the item's int32 lane counters. Per 64 channels and comparison: one counter
+// load and store, instead of four of each for int32 lanes, and no re-reading of the positions.
+//
+// kSign: threshold 0 is 0.0 (ReLU and its kin), counted from the signs of the values' bits instead of four
+// comparisons and three mask joins. Float bits read as int32 and packed twice with signed saturation keep their
+// sign, so four vectors become 64 signed bytes that are > 0 exactly for the values > 0, and for NaN with a clear
+// sign bit: a block that holds NaN is counted again with comparisons. Packing works within 128-bit lanes, so byte
+// 16i + 4v + e holds channel 16v + 4i + e (vector v, lane 4i + e); the counters go back to channel order when read.
 template <class S, int K, bool kTies, bool kSign, class I>
 void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
                 I* slots, int64_t nslots, uint8_t* counters) {
@@ -1137,9 +1149,7 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
                  _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
           }
           if constexpr (kSign) {
-            const __m512i lo = _mm512_packs_epi32(_mm512_castps_si512(x0), _mm512_castps_si512(x1));
-            const __m512i hi = _mm512_packs_epi32(_mm512_castps_si512(x2), _mm512_castps_si512(x3));
-            const __mmask64 m = _mm512_cmpgt_epi8_mask(_mm512_packs_epi16(lo, hi), _mm512_setzero_si512());
+            const __mmask64 m = positive_bytes(x0, x1, x2, x3);
             const __m512i c = rows.get(1, g);
             rows.set(1, g, _mm512_mask_sub_epi8(c, m, c, minus_one));
           }
@@ -1169,8 +1179,8 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
       sweep(in_memory);
     }
     const auto positions = static_cast<decltype(I{}[0] + 0)>(qe - qb);
-    const __m512 s = _mm512_add_ps(_mm512_add_ps(sum0, sum1), _mm512_add_ps(sum2, sum3));
-    const bool exact_valid = !kGuard || _mm512_cmp_ps_mask(_mm512_sub_ps(s, s), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const bool exact_valid =
+        !kGuard || !all_finite(_mm512_add_ps(_mm512_add_ps(sum0, sum1), _mm512_add_ps(sum2, sum3)));
     bool recount_sign = false;  // the block may hold NaN: count threshold 0 with comparisons, in channel order
     if constexpr (kSign) {
       if constexpr (kGuard) {
