@@ -437,40 +437,56 @@ struct Counter {
 // states with atomics.
 constexpr int64_t kMaxTableEntries = 1 << 22;
 
+template <int K, bool kTies>
 struct ThreadTables {
+  static constexpr int kAcc = 1 + K * (kTies ? 2 : 1);  // comparisons: valid, gt_0.., tie_0..
   int64_t channels;
-  int acc, threads;
-  bool by_comparison;  // entry (c, j) of a table at j * channels + c (else c * acc + j)
+  int threads;
+  bool by_comparison;  // entry (c, j) of a table at j * channels + c (else c * kAcc + j)
   std::vector<int64_t> data;
-  ThreadTables(int64_t c, int a, int t, bool by_comparison = false)
-      : channels(c), acc(a), threads(t), by_comparison(by_comparison), data(static_cast<size_t>(c * a * t)) {}
-  static bool fits(int64_t c, int a, int t) { return c * a * t <= kMaxTableEntries; }
-  int64_t* mine() { return data.data() + omp_get_thread_num() * channels * acc; }
+  ThreadTables(int64_t c, int t, bool by_comparison = false)
+      : channels(c), threads(t), by_comparison(by_comparison), data(static_cast<size_t>(c * kAcc * t)) {}
+  static bool fits(int64_t c, int t) { return c * kAcc * t <= kMaxTableEntries; }
+  int64_t* mine() { return data.data() + omp_get_thread_num() * channels * kAcc; }
   // values_per_channel >= 0: comparison 0 of the tables counts NaN, and valid = values_per_channel - NaN.
-  // Channels go in blocks of kBlock: each comparison's sum over threads is a run of vector adds.
-  void write_states(int64_t* counts, int k, bool ignore_ties, int64_t values_per_channel = -1) {
+  // Channels go in blocks of kBlock; in either layout a block's entries are one contiguous run per table (per
+  // comparison and table when by_comparison), summed over the threads with unit-stride vector adds.
+  void write_states(int64_t* counts, int64_t values_per_channel = -1) {
     constexpr int64_t kBlock = 64;
-    const int64_t step_c = by_comparison ? 1 : acc, step_j = by_comparison ? channels : 1;
-    const int64_t* all = data.data();
+    const int64_t table_size = channels * kAcc;
 #pragma omp for schedule(static)
     for (int64_t c0 = 0; c0 < channels; c0 += kBlock) {
       const int64_t n = std::min(kBlock, channels - c0);
-      int64_t sums[2 * kMaxThresholds + 1][kBlock];
-      for (int j = 0; j < acc; ++j) {
-        int64_t* out = sums[j];
-        for (int64_t i = 0; i < n; ++i) out[i] = 0;
-        for (int t = 0; t < threads; ++t) {
-          const int64_t* in = all + t * channels * acc + c0 * step_c + j * step_j;
-          for (int64_t i = 0; i < n; ++i) out[i] += in[i * step_c];
+      int64_t sums[kAcc][kBlock];  // comparison j of channel c0 + i
+      if (by_comparison) {
+        for (int j = 0; j < kAcc; ++j) {
+          const int64_t* in = data.data() + j * channels + c0;
+          for (int64_t i = 0; i < n; ++i) sums[j][i] = in[i];
+          for (int t = 1; t < threads; ++t) {
+            for (int64_t i = 0; i < n; ++i) sums[j][i] += in[t * table_size + i];
+          }
+        }
+      } else {
+        int64_t flat[kAcc * kBlock];
+        const int64_t* in = data.data() + c0 * kAcc;
+        for (int64_t e = 0; e < n * kAcc; ++e) flat[e] = in[e];
+        for (int t = 1; t < threads; ++t) {
+          for (int64_t e = 0; e < n * kAcc; ++e) flat[e] += in[t * table_size + e];
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          for (int j = 0; j < kAcc; ++j) sums[j][i] = flat[i * kAcc + j];
         }
       }
       if (values_per_channel >= 0) {
         for (int64_t i = 0; i < n; ++i) sums[0][i] = values_per_channel - sums[0][i];
       }
       for (int64_t i = 0; i < n; ++i) {
-        int64_t one[2 * kMaxThresholds + 1];
-        for (int j = 0; j < acc; ++j) one[j] = sums[j][i];
-        for (int s = 0; s <= k; ++s) counts[(c0 + i) * (k + 1) + s] += state_count(one, k, ignore_ties, s);
+        int64_t* out = counts + (c0 + i) * (K + 1);
+        for (int s = 0; s <= K; ++s) {
+          const int64_t upper = s < K ? sums[s + 1][i] : 0;
+          const int64_t ties = kTies && s < K ? sums[1 + K + s][i] : 0;
+          out[s] += sums[s][i] - upper - ties;
+        }
       }
     }
   }
@@ -664,8 +680,10 @@ void run_rows(const Job<S>& job) {
                      job.yv.s_inner == 1 && job.yv.s_channel == v.inner;
   using Ctr = Counter<T, K, kTies>;
   const int threads = parallel ? job.threads : 1;
-  const bool use_tables = ThreadTables::fits(v.channels, Ctr::kAcc, threads);
-  ThreadTables tables(use_tables ? v.channels : 0, Ctr::kAcc, threads);
+  using Tables = ThreadTables<K, kTies>;
+  static_assert(Tables::kAcc == Ctr::kAcc, "tables hold the counter's comparisons");
+  const bool use_tables = Tables::fits(v.channels, threads);
+  Tables tables(use_tables ? v.channels : 0, threads);
 #if defined(NEP_SIGN_ROWS)
   constexpr bool kSigns = std::is_same_v<S, float> && K == 1 && !kTies;
   const bool signs = kSigns && v.s_inner == 1 && job.th.greater[0] == 0;
@@ -725,7 +743,7 @@ void run_rows(const Job<S>& job) {
         for (int64_t o = o0; o < o1; ++o) write_activation(job, o, c0, 0, (c1 - c0) * v.inner, false, buf.data());
       }
     }
-    if (use_tables) tables.write_states(job.counts, K, job.th.ignore_ties);
+    if (use_tables) tables.write_states(job.counts);
   }
 }
 
@@ -1034,7 +1052,8 @@ void run_short_rows_bitmap(const Job<S>& job) {
   const int64_t row_blocks = std::min<int64_t>(v.outer, ceil_div(threads, chan_blocks) * 4);
   const int64_t rows = ceil_div(v.outer, row_blocks);
   const int64_t items = ceil_div(v.outer, rows) * chan_blocks;
-  ThreadTables tables(v.channels, A, threads, /*by_comparison=*/true);
+  ThreadTables<K, kTies> tables(v.channels, threads, /*by_comparison=*/true);
+  static_assert(decltype(tables)::kAcc == A, "tables hold the bitmaps' comparisons");
   const MaskSet<K, kTies> ms(job.th);
   const bool one_read = v.inner <= 57;
 #if defined(NEP_ROW_WINDOWS)
@@ -1068,7 +1087,7 @@ void run_short_rows_bitmap(const Job<S>& job) {
         }
       }
     }
-    tables.write_states(job.counts, K, job.th.ignore_ties, v.outer * v.inner);
+    tables.write_states(job.counts, v.outer * v.inner);
   }
 }
 #endif
@@ -1319,8 +1338,10 @@ void run_channels(const Job<S>& job) {
   const int64_t items = p.items(v.outer);
   const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
   const int threads = parallel ? job.threads : 1;
-  const bool use_tables = ThreadTables::fits(v.channels, Ctr::kAcc, threads);
-  ThreadTables tables(use_tables ? v.channels : 0, Ctr::kAcc, threads);
+  using Tables = ThreadTables<K, kTies>;
+  static_assert(Tables::kAcc == Ctr::kAcc, "tables hold the counter's comparisons");
+  const bool use_tables = Tables::fits(v.channels, threads);
+  Tables tables(use_tables ? v.channels : 0, threads);
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     std::vector<T> buf(kChunk);
@@ -1409,7 +1430,7 @@ void run_channels(const Job<S>& job) {
         for (int64_t q = q0; q < q1; ++q) write_activation(job, o, c0, q, n, true, buf.data());
       }
     }
-    if (use_tables) tables.write_states(job.counts, K, job.th.ignore_ties);
+    if (use_tables) tables.write_states(job.counts);
   }
 }
 
@@ -1454,7 +1475,7 @@ void run_k(const Job<S>& job) {
       if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
         const View &v = job.v, &yv = job.yv;
         if (v.s_channel == v.inner && yv.s_inner == 1 && yv.s_channel == v.inner &&
-            ThreadTables::fits(v.channels, 1 + 2 * K, job.threads)) {
+            ThreadTables<K, true>::fits(v.channels, job.threads)) {
           job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
           return;
         }
@@ -1469,7 +1490,7 @@ void run_k(const Job<S>& job) {
     } else if (job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
 #if defined(NEP_BITMAPS)
       if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
-        if (job.v.s_channel == job.v.inner && ThreadTables::fits(job.v.channels, 1 + 2 * K, job.threads)) {
+        if (job.v.s_channel == job.v.inner && ThreadTables<K, true>::fits(job.v.channels, job.threads)) {
           job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
           return;
         }
