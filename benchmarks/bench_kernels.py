@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -82,16 +83,31 @@ def make_input(case: Case, layout: str, dtype: torch.dtype, device: str, batch: 
     return x
 
 
-def timer(device: str, reps: int) -> Callable[[Callable[[], object]], float]:
-    """A function that returns the seconds of one call (after a warm-up): best of ``reps`` on CPU, median of
-    ``reps`` CUDA-event timings on GPU."""
+MAX_ROUNDS = 5000
+
+
+def cpu_rounds(reps: int, min_seconds: float, round_seconds: float) -> int:
+    """Rounds for a CPU timing: at least ``reps``, and enough to spend ``min_seconds`` when one round is short.
+
+    The best of a fixed few rounds is still falling for calls of tens of microseconds (caches, frequency and the
+    allocator settle over hundreds of calls), while slow calls converge in a few rounds: so short calls get more.
+    """
+    if round_seconds <= 0:
+        return MAX_ROUNDS
+    return max(reps, min(MAX_ROUNDS, math.ceil(min_seconds / round_seconds)))
+
+
+def timer(device: str, reps: int, min_seconds: float = 0.0) -> Callable[[Callable[[], object]], float]:
+    """A function that returns the seconds of one call (after a warm-up): best of ``reps`` (or more, see
+    ``cpu_rounds``) on CPU, median of ``reps`` CUDA-event timings on GPU."""
 
     def cpu_time(fn: Callable[[], object]) -> float:
-        # Best of reps: on a shared CPU the other processes only ever add time, so the minimum is the estimate
-        # least polluted by them.
+        # Best of the rounds: on a shared CPU the other processes only ever add time, so the minimum is the
+        # estimate least polluted by them.
+        start = time.perf_counter()
         fn()
         samples = []
-        for _ in range(reps):
+        for _ in range(cpu_rounds(reps, min_seconds, time.perf_counter() - start)):
             start = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - start)
@@ -113,19 +129,23 @@ def timer(device: str, reps: int) -> Callable[[Callable[[], object]], float]:
     return cuda_time if device.startswith("cuda") else cpu_time
 
 
-def timer_together(device: str, reps: int) -> Callable[[list[Callable[[], object]]], list[float]]:
+def timer_together(
+    device: str, reps: int, min_seconds: float = 0.0
+) -> Callable[[list[Callable[[], object]]], list[float]]:
     """Like ``timer``, for several functions whose times are compared: on CPU they run in turn within each round
-    (best of ``reps`` rounds each), so a slow spell of a shared machine hits them alike rather than only the
+    (best of the same rounds each), so a slow spell of a shared machine hits them alike rather than only the
     one that happened to be measured then."""
     if device.startswith("cuda"):
         one = timer(device, reps)
         return lambda fns: [one(fn) for fn in fns]
 
     def cpu_times(fns: list[Callable[[], object]]) -> list[float]:
+        start = time.perf_counter()
         for fn in fns:
             fn()
+        rounds = cpu_rounds(reps, min_seconds, time.perf_counter() - start)
         best = [float("inf")] * len(fns)
-        for _ in range(reps):
+        for _ in range(rounds):
             for i, fn in enumerate(fns):
                 start = time.perf_counter()
                 fn()
@@ -148,8 +168,8 @@ def machine(device: str) -> str:
     return f"{model}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
-def count_table(device: str, dtypes: list[str], batch: int, reps: int) -> list[str]:
-    time_together = timer_together(device, reps)
+def count_table(device: str, dtypes: list[str], batch: int, reps: int, min_seconds: float) -> list[str]:
+    time_together = timer_together(device, reps, min_seconds)
     time_naive = timer(device, min(reps, 5))  # slow, and far from the others: fewer runs suffice
     backends = [b for b in nepenthe.available_backends(device) if b != "torch"]
     rows = [
@@ -196,8 +216,8 @@ def _activation(x: torch.Tensor, case: Case) -> torch.Tensor:
     return F.gelu(x, approximate=case.params["approximate"])
 
 
-def fused_table(device: str, dtypes: list[str], batch: int, reps: int) -> list[str]:
-    time_it = timer(device, reps)
+def fused_table(device: str, dtypes: list[str], batch: int, reps: int, min_seconds: float) -> list[str]:
+    time_it = timer(device, reps, min_seconds)
     backends = [b for b in nepenthe.available_backends(device) if b != "torch"]
     rows = [
         "| model | activation | shape | layout | dtype | backend | fused (ms) | torch act (ms) | act + count (ms) "
@@ -244,28 +264,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-fused", action="store_true", help="skip the fused-activation table")
     parser.add_argument("--out", default=None, help="also write the tables to this markdown file")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help="CPU: more rounds for short calls, until one round times this many seconds (default 0.2, 0.05 with "
+        "--quick)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch or (8 if args.quick else 32)
     reps = 10 if args.quick else 20
+    min_seconds = args.min_seconds if args.min_seconds is not None else (0.05 if args.quick else 0.2)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     lines = [
         f"Machine: {machine(args.device)}; batch {batch}; "
         + (
             f"median of {reps} runs."
             if args.device.startswith("cuda")
-            else f"best of {reps} rounds, x.sum() and the backends timed in turn within each round."
+            else f"best of {reps} rounds or more (short calls: as many rounds as fit in {min_seconds:g} s, at most "
+            f"{MAX_ROUNDS}), x.sum() and the backends timed in turn within each round."
         ),
         "",
         "x naive = naive time / backend time (higher is better); / sum = backend time / x.sum() time (1.0 = as fast "
         "as one read of the tensor).",
         "",
-        *count_table(args.device, dtypes, batch, reps),
+        *count_table(args.device, dtypes, batch, reps, min_seconds),
     ]
     if not args.no_fused:
         lines += ["", "Fused activation + count against torch's activation alone:", ""]
-        lines += fused_table(args.device, dtypes, batch, reps)
+        lines += fused_table(args.device, dtypes, batch, reps, min_seconds)
     text = "\n".join(lines)
     print(text)
     if args.out:
