@@ -146,3 +146,20 @@ def test_triton_without_the_internals_the_kernel_uses_is_left_out_with_the_reaso
     assert not status["triton"].loaded
     assert "triton.language.standard._sum_combine" in status["triton"].reason
     assert "triton" not in nepenthe.available_backends()
+
+
+def test_environment_backend_is_read_on_every_call(monkeypatch):
+    from nepenthe.kernels.dispatch import select_backend
+
+    cpu = torch.device("cpu")
+    default = "cpu" if "cpu" in nepenthe.available_backends("cpu") else "torch"
+    monkeypatch.delenv("NEPENTHE_BACKEND", raising=False)
+    assert select_backend(cpu, None).NAME == default
+    monkeypatch.setenv("NEPENTHE_BACKEND", "torch")
+    assert select_backend(cpu, None).NAME == "torch"
+    assert select_backend(cpu, "cpu" if default == "cpu" else "torch").NAME == default  # an argument wins
+    monkeypatch.setenv("NEPENTHE_BACKEND", "")  # empty: as if unset
+    assert select_backend(cpu, None).NAME == default
+    monkeypatch.setenv("NEPENTHE_BACKEND", "torch")
+    monkeypatch.delenv("NEPENTHE_BACKEND")
+    assert select_backend(cpu, None).NAME == default

@@ -80,7 +80,9 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return names
 
 
-_chosen: dict[tuple[torch.device, str | None], tuple[str, ModuleType]] = {}
+# Successful choices per (device, request), each with the _loaded table it was made from: a table replaced
+# since (tests swap in a fresh one to reload the extensions) invalidates it.
+_chosen: dict[tuple[torch.device, str | None], tuple[dict[str, ModuleType | BackendStatus], ModuleType]] = {}
 
 ENV_VAR = "NEPENTHE_BACKEND"
 # os.environ.get encodes the key on every call (about 0.5 us, a tenth of a small count's Python cost). The
@@ -105,16 +107,17 @@ def _env_backend() -> str | None:
 def select_backend(device: torch.device, backend: str | None) -> ModuleType:
     """The backend module to run on ``device``: the one asked for (or forced by env), else the best loaded.
 
-    Called on every count, so successful choices are remembered per (device, request) while the module they
-    name is still the one loaded (a test that resets ``_loaded`` starts afresh).
+    Called on every count, so successful choices are remembered per (device, request) while the table of
+    loaded backends they were made from is still the current one (a test that replaces ``_loaded`` starts
+    afresh).
     """
     requested = backend if backend is not None else _env_backend()
     key = (device, requested)
     hit = _chosen.get(key)
-    if hit is not None and _loaded.get(hit[0]) is hit[1]:
+    if hit is not None and hit[0] is _loaded:
         return hit[1]
     chosen = _select(device, requested)
-    _chosen[key] = (chosen.NAME, chosen)
+    _chosen[key] = (_loaded, chosen)
     return chosen
 
 
