@@ -205,6 +205,57 @@ def test_threshold_between_representable_values(device_backend, dtype):
         _check(x, (float(f32),), 1, ignore_ties, backend)
 
 
+WORD_THRESHOLDS = [
+    (0.1,),
+    (-0.3,),
+    (6.0,),
+    (-0.0,),
+    (1e-9,),
+    (-1e-9,),
+    (70000.0,),
+    (-70000.0,),
+    (3.0e38,),
+    (0.1, 6.0),
+    (-0.3, 0.1),
+    (-1e-9, 1e-9),
+    (-70000.0, 70000.0),
+    (-3.0e38, -1.0),
+]
+
+
+def values_around(thresholds: list[float], dtype: torch.dtype) -> torch.Tensor:
+    """Every 16-bit value within two steps of each threshold's nearest ``dtype`` value (bit patterns that are NaN
+    dropped), and +-0, +-inf, the smallest denormals and the largest finite values."""
+    bits = torch.tensor(thresholds, dtype=torch.float32).to(dtype).view(torch.int16).to(torch.int32)
+    near = (bits[:, None] + torch.arange(-2, 3)).flatten()
+    near = ((near + 32768) % 65536 - 32768).to(torch.int16).view(dtype)
+    info = torch.finfo(dtype)
+    special = torch.tensor(
+        [0.0, -0.0, math.inf, -math.inf, DENORMAL[dtype], -DENORMAL[dtype], info.max, -info.max], dtype=dtype
+    )
+    values = torch.cat([near, special])
+    return values[~values.isnan()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels", [96, 40, 64], ids=lambda c: f"C{c}")
+def test_16bit_thresholds_between_representable_values(device_backend, dtype, channels):
+    """float16/bfloat16 channels (channels_last) against thresholds that the format cannot hold, lies beyond, or
+    holds with neighbours: each value next to a threshold lands in the right state. NaN-free, so the kernels that
+    compare 16-bit values in their own bits keep that path; 40 channels leave a tail of 8 to the float32 path."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; tests/test_kernels_triton.py covers it with small tiles")
+    pool = values_around([t for ts in WORD_THRESHOLDS for t in ts], dtype)
+    gen = torch.Generator().manual_seed(_seed("16bit", dtype, channels))
+    n, h, w = 3, 11, 13
+    picks = torch.randint(0, len(pool), (n, channels, h, w), generator=gen)
+    x = pool[picks].contiguous(memory_format=torch.channels_last).to(device)
+    for thresholds in WORD_THRESHOLDS:
+        for ignore_ties in (False, True):
+            _check(x, thresholds, 1, ignore_ties, backend)
+
+
 def test_ties_hand_counted(device_backend):
     device, backend = device_backend
     x = torch.tensor([[-1.0, 0.0, 0.0, 2.0, 6.0, 7.0, math.nan]], device=device).T.contiguous()  # (N=7, C=1)
