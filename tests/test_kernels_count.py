@@ -145,6 +145,24 @@ def test_counts_short_rows(device_backend, shape, dtype):
     _check(x[:, :, :, 1:], (0.0,), 1, False, backend)  # rows that are not back to back
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced_rows"])
+def test_float32_larger_than_the_cache_limit(device_backend, layout):
+    """float32 tensors of 24 MiB and more count through 256-bit halves on AVX-512 CPUs, smaller ones through
+    512-bit compares (csrc/cpu: kHalvesMinBytes): 34-37 MB inputs take the first kind on rows, channel tiles and
+    short strided rows."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; tests/test_kernels_triton.py covers it with small tiles")
+    x = random_values((2, 96, 220, 220), torch.float32, _seed("halves", layout), device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced_rows":
+        x = x[:, :, :, :200]  # rows of 200 values, not back to back
+    assert x.numel() * 4 >= 24 << 20
+    for thresholds, ignore_ties in [((0.0,), False), ((-3.0, 3.0), True), ((0.0, 6.0), False)]:
+        _check(x, thresholds, 1, ignore_ties, backend)
+
+
 def activation_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, channel_dim: int = 1) -> torch.Tensor:
     """Post-activation-like values without NaN: each channel its own mean (so a count given to the wrong channel
     shows), a third of them exact zeros (as ReLU outputs), and a few -0.0, denormals and values on 6.0."""

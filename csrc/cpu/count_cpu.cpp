@@ -306,9 +306,11 @@ inline int64_t lane_sum(I v) {
 }
 
 // Two float32 halves of a 16-value vector, as 256-bit VEX vectors. On AVX-512 builds the hot loops count float32
-// storage through them: on this Zen 5 CPU a stream of 512-bit compare-into-mask-register instructions reads
-// memory-resident tensors about 1.4x slower than 256-bit compares into vector registers (measured: 1.6-1.7 vs
-// 1.1-1.2 ns per 16 values, against 1.1 for a plain sum), while the rest keeps 512-bit vectors.
+// tensors larger than the L3 cache (kHalvesMinBytes) through them: on this Zen 5 CPU a stream of 512-bit
+// compare-into-mask-register instructions reads memory-resident tensors slower than 256-bit compares into vector
+// registers (measured in session 2: 1.6-1.7 vs 1.1-1.2 ns per 16 values, against 1.1 for a plain sum; in session 4:
+// 4% slower on MobileNet-V2's 154 MB float32 map), while for tensors that the caches hold 512-bit compares are
+// faster (1.8x on an L2-resident stream; 19-38% on a 19 MB map), so smaller tensors keep 512-bit vectors.
 typedef float Half __attribute__((vector_size(32)));
 typedef int32_t HalfI __attribute__((vector_size(32)));
 #if defined(__AVX512F__)
@@ -318,21 +320,23 @@ inline Half load_half(const float* p) {
   return h;
 }
 constexpr bool kSplitFloat = true;
+constexpr int64_t kHalvesMinBytes = 24 << 20;  // float32 tensors this large count through halves
 #else
 constexpr bool kSplitFloat = false;
+constexpr int64_t kHalvesMinBytes = 0;
 #endif
 
 // Comparison counts [valid, gt_0..gt_{K-1}, tie_0..tie_{K-1}] kept in vector registers; every comparison of a
 // loaded vector is made while it sits in a register. Lane counters are int32 for float: flush before 2^31
 // values per lane. With kSplit (float on AVX-512), add_at counts into 256-bit half counters lo/hi; total(j)
 // is always the whole count of comparison j.
-template <class T, int K, bool kTies>
+template <class T, int K, bool kTies, bool kHalfCompares = true>
 struct Counter {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   static constexpr int W = Simd<T>::kWidth;
   static constexpr int kAcc = 1 + K * (kTies ? 2 : 1);
-  static constexpr bool kSplit = kSplitFloat && std::is_same_v<T, float>;
+  static constexpr bool kSplit = kSplitFloat && kHalfCompares && std::is_same_v<T, float>;
   static constexpr int kHalves = kSplit ? kAcc : 1;
   V g[K], t[K];
   I acc[kAcc];
@@ -660,7 +664,7 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
 
 // Row path: inner stride 1 (contiguous NCHW), or any strides through a gather. An item counts a block of
 // channels over a block of rows, channel by channel, so a channel's vector counters live across its rows.
-template <class S, int K, bool kTies>
+template <class S, int K, bool kTies, bool kHalfCompares>
 void run_rows(const Job<S>& job) {
   using T = typename Traits<S>::T;
   const View& v = job.v;
@@ -678,7 +682,7 @@ void run_rows(const Job<S>& job) {
   // of an item's rows is then written as one run per outer index instead of one short run per row.
   const bool slabs = job.y != nullptr && p.inner == v.inner && v.s_inner == 1 && v.s_channel == v.inner &&
                      job.yv.s_inner == 1 && job.yv.s_channel == v.inner;
-  using Ctr = Counter<T, K, kTies>;
+  using Ctr = Counter<T, K, kTies, kHalfCompares>;
   const int threads = parallel ? job.threads : 1;
   using Tables = ThreadTables<K, kTies>;
   static_assert(Tables::kAcc == Ctr::kAcc, "tables hold the counter's comparisons");
@@ -797,10 +801,10 @@ inline void stream_slab(Ctr& counter, const S* base, int64_t n, int64_t inner, t
 // prefetcher. Here an item walks its rows in memory order (outer index, then channel: for contiguous NCHW one
 // sequential run per outer index) and keeps each channel's vector lane counters in a table in L1, loaded and
 // stored around the row; the table becomes per-state counts once per item.
-template <class S, int K, bool kTies>
+template <class S, int K, bool kTies, bool kHalfCompares>
 void run_short_rows(const Job<S>& job) {
   using T = typename Traits<S>::T;
-  using Ctr = Counter<T, K, kTies>;
+  using Ctr = Counter<T, K, kTies, kHalfCompares>;
   using I = typename Ctr::I;
   constexpr int A = Ctr::kAcc;
   const View& v = job.v;
@@ -1458,10 +1462,10 @@ inline void sweep_narrow(int m, Ctr* ctr, const S* first, int64_t stride, int64_
 // item (a block of positions x up to kMaxItemChans channels) is read in L1-sized blocks of positions; within a
 // block, tiles of R vectors of channels keep their counters in registers while they sweep its positions, then
 // add them to per-item int32 lane counters, which become per-state counts once per item.
-template <class S, int K, bool kTies>
+template <class S, int K, bool kTies, bool kHalfCompares>
 void run_channels(const Job<S>& job) {
   using T = typename Traits<S>::T;
-  using Ctr = Counter<T, K, kTies>;
+  using Ctr = Counter<T, K, kTies, kHalfCompares>;
   using I = typename Ctr::I;
   using Lane = decltype(I{}[0] + 0);
   constexpr int W = Ctr::W;
@@ -1657,13 +1661,32 @@ void run_activation(const Job<S>& job) {
   }
 }
 
+// Calls f(ties, halves) with the job's ignore_ties and whether float32 counts through 256-bit halves (tensors of
+// at least kHalvesMinBytes) as std::bool_constant types; other storage types take one variant.
+template <class S, class F>
+void with_flags(const Job<S>& job, F&& f) {
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if constexpr (std::is_same_v<S, float>) {
+    const View& v = job.v;
+    const bool halves = v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(S)) >= kHalvesMinBytes;
+    if (job.th.ignore_ties) {
+      halves ? f(Yes{}, Yes{}) : f(Yes{}, No{});
+    } else {
+      halves ? f(No{}, Yes{}) : f(No{}, No{});
+    }
+  } else {
+    job.th.ignore_ties ? f(Yes{}, Yes{}) : f(No{}, Yes{});
+  }
+}
+
 template <class S, int K>
 void run_k(const Job<S>& job) {
   if constexpr (K <= kMaxThresholds) {
     if (job.th.k != K) {
       run_k<S, K + 1>(job);
     } else if (job.by_channel) {
-      job.th.ignore_ties ? run_channels<S, K, true>(job) : run_channels<S, K, false>(job);
+      with_flags(job, [&](auto ties, auto halves) { run_channels<S, K, ties.value, halves.value>(job); });
     } else if (job.y != nullptr && job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
 #if defined(NEP_BITMAPS)
       // Fused on short rows whose y rows lie back to back like x's: the bitmap path writes each block's
@@ -1692,9 +1715,9 @@ void run_k(const Job<S>& job) {
         }
       }
 #endif
-      job.th.ignore_ties ? run_short_rows<S, K, true>(job) : run_short_rows<S, K, false>(job);
+      with_flags(job, [&](auto ties, auto halves) { run_short_rows<S, K, ties.value, halves.value>(job); });
     } else {
-      job.th.ignore_ties ? run_rows<S, K, true>(job) : run_rows<S, K, false>(job);
+      with_flags(job, [&](auto ties, auto halves) { run_rows<S, K, ties.value, halves.value>(job); });
     }
   }
 }
