@@ -321,7 +321,7 @@ inline Half load_half(const float* p) {
 }
 constexpr bool kSplitFloat = true;
 // Tensors this large are read from memory rather than the caches (a 32 MiB L3): float32 counts through halves,
-// and the byte-lane loops prefetch (from memory 6-17% faster; from the caches 5% slower).
+// and the row, tile and byte-lane loops prefetch (from memory 6-20% faster; from the caches up to 5% slower).
 constexpr int64_t kMemoryBytes = 24 << 20;
 #else
 constexpr bool kSplitFloat = false;
@@ -332,13 +332,14 @@ constexpr int64_t kMemoryBytes = 24 << 20;
 // loaded vector is made while it sits in a register. Lane counters are int32 for float: flush before 2^31
 // values per lane. With kSplit (float on AVX-512), add_at counts into 256-bit half counters lo/hi; total(j)
 // is always the whole count of comparison j.
-template <class T, int K, bool kTies, bool kHalfCompares = true>
+template <class T, int K, bool kTies, bool kFromMemory = true>
 struct Counter {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   static constexpr int W = Simd<T>::kWidth;
   static constexpr int kAcc = 1 + K * (kTies ? 2 : 1);
-  static constexpr bool kSplit = kSplitFloat && kHalfCompares && std::is_same_v<T, float>;
+  static constexpr bool kSplit = kSplitFloat && kFromMemory && std::is_same_v<T, float>;
+  static constexpr bool kPrefetch = kFromMemory && kVecBytes == 64;  // the row and tile loops prefetch
   static constexpr int kHalves = kSplit ? kAcc : 1;
   V g[K], t[K];
   I acc[kAcc];
@@ -407,9 +408,9 @@ struct Counter {
   template <class S>
   inline void add_row(const S* p, int64_t n) {
     int64_t i = 0;
-    if constexpr (kSplit && std::is_same_v<S, float>) {
+    if constexpr (kPrefetch && !std::is_same_v<S, double>) {  // about 4 KiB ahead
       for (; i + W <= n; i += W) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + i + 4096 / sizeof(S)), _MM_HINT_T0);
         add_at(p + i);
       }
     }
@@ -672,7 +673,7 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
 
 // Row path: inner stride 1 (contiguous NCHW), or any strides through a gather. An item counts a block of
 // channels over a block of rows, channel by channel, so a channel's vector counters live across its rows.
-template <class S, int K, bool kTies, bool kHalfCompares>
+template <class S, int K, bool kTies, bool kFromMemory>
 void run_rows(const Job<S>& job) {
   using T = typename Traits<S>::T;
   const View& v = job.v;
@@ -690,7 +691,7 @@ void run_rows(const Job<S>& job) {
   // of an item's rows is then written as one run per outer index instead of one short run per row.
   const bool slabs = job.y != nullptr && p.inner == v.inner && v.s_inner == 1 && v.s_channel == v.inner &&
                      job.yv.s_inner == 1 && job.yv.s_channel == v.inner;
-  using Ctr = Counter<T, K, kTies, kHalfCompares>;
+  using Ctr = Counter<T, K, kTies, kFromMemory>;
   const int threads = parallel ? job.threads : 1;
   using Tables = ThreadTables<K, kTies>;
   static_assert(Tables::kAcc == Ctr::kAcc, "tables hold the counter's comparisons");
@@ -809,10 +810,10 @@ inline void stream_slab(Ctr& counter, const S* base, int64_t n, int64_t inner, t
 // prefetcher. Here an item walks its rows in memory order (outer index, then channel: for contiguous NCHW one
 // sequential run per outer index) and keeps each channel's vector lane counters in a table in L1, loaded and
 // stored around the row; the table becomes per-state counts once per item.
-template <class S, int K, bool kTies, bool kHalfCompares>
+template <class S, int K, bool kTies, bool kFromMemory>
 void run_short_rows(const Job<S>& job) {
   using T = typename Traits<S>::T;
-  using Ctr = Counter<T, K, kTies, kHalfCompares>;
+  using Ctr = Counter<T, K, kTies, kFromMemory>;
   using I = typename Ctr::I;
   constexpr int A = Ctr::kAcc;
   const View& v = job.v;
@@ -1453,7 +1454,7 @@ inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int
   for (int64_t q = q0; q < q1; ++q) {
     const S* row = first + q * stride;
     for (int r = 0; r < R; ++r) {
-      if constexpr (Ctr::kSplit && std::is_same_v<S, float>) {
+      if constexpr (Ctr::kPrefetch && !std::is_same_v<S, double>) {
         _mm_prefetch(reinterpret_cast<const char*>(row + r * Ctr::W + ahead), _MM_HINT_T0);
       }
       ctr[r].add_at(row + r * Ctr::W);
@@ -1482,10 +1483,10 @@ inline void sweep_narrow(int m, Ctr* ctr, const S* first, int64_t stride, int64_
 // item (a block of positions x up to kMaxItemChans channels) is read in L1-sized blocks of positions; within a
 // block, tiles of R vectors of channels keep their counters in registers while they sweep its positions, then
 // add them to per-item int32 lane counters, which become per-state counts once per item.
-template <class S, int K, bool kTies, bool kHalfCompares>
+template <class S, int K, bool kTies, bool kFromMemory>
 void run_channels(const Job<S>& job) {
   using T = typename Traits<S>::T;
-  using Ctr = Counter<T, K, kTies, kHalfCompares>;
+  using Ctr = Counter<T, K, kTies, kFromMemory>;
   using I = typename Ctr::I;
   using Lane = decltype(I{}[0] + 0);
   constexpr int W = Ctr::W;
@@ -1682,19 +1683,20 @@ void run_activation(const Job<S>& job) {
   }
 }
 
-// Calls f(ties, halves) with the job's ignore_ties and whether float32 counts through 256-bit halves (tensors of
-// at least kMemoryBytes) as std::bool_constant types; other storage types take one variant.
+// Calls f(ties, from_memory) with the job's ignore_ties and whether its tensor is read from memory (at least
+// kMemoryBytes: float32 counts through 256-bit halves, the row and tile loops prefetch) as std::bool_constant
+// types; float64 takes one variant.
 template <class S, class F>
 void with_flags(const Job<S>& job, F&& f) {
   using Yes = std::true_type;
   using No = std::false_type;
-  if constexpr (std::is_same_v<S, float>) {
+  if constexpr (!std::is_same_v<S, double>) {
     const View& v = job.v;
-    const bool halves = v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(S)) >= kMemoryBytes;
+    const bool memory = v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(S)) >= kMemoryBytes;
     if (job.th.ignore_ties) {
-      halves ? f(Yes{}, Yes{}) : f(Yes{}, No{});
+      memory ? f(Yes{}, Yes{}) : f(Yes{}, No{});
     } else {
-      halves ? f(No{}, Yes{}) : f(No{}, No{});
+      memory ? f(No{}, Yes{}) : f(No{}, No{});
     }
   } else {
     job.th.ignore_ties ? f(Yes{}, Yes{}) : f(No{}, Yes{});
@@ -1707,7 +1709,7 @@ void run_k(const Job<S>& job) {
     if (job.th.k != K) {
       run_k<S, K + 1>(job);
     } else if (job.by_channel) {
-      with_flags(job, [&](auto ties, auto halves) { run_channels<S, K, ties.value, halves.value>(job); });
+      with_flags(job, [&](auto ties, auto memory) { run_channels<S, K, ties.value, memory.value>(job); });
     } else if (job.y != nullptr && job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
 #if defined(NEP_BITMAPS)
       // Fused on short rows whose y rows lie back to back like x's: the bitmap path writes each block's
@@ -1736,9 +1738,9 @@ void run_k(const Job<S>& job) {
         }
       }
 #endif
-      with_flags(job, [&](auto ties, auto halves) { run_short_rows<S, K, ties.value, halves.value>(job); });
+      with_flags(job, [&](auto ties, auto memory) { run_short_rows<S, K, ties.value, memory.value>(job); });
     } else {
-      with_flags(job, [&](auto ties, auto halves) { run_rows<S, K, ties.value, halves.value>(job); });
+      with_flags(job, [&](auto ties, auto memory) { run_rows<S, K, ties.value, memory.value>(job); });
     }
   }
 }
