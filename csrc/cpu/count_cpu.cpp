@@ -305,60 +305,36 @@ inline int64_t lane_sum(I v) {
   return s;
 }
 
-// Two float32 halves of a 16-value vector, as 256-bit VEX vectors. On AVX-512 builds the hot loops count float32
-// tensors larger than the L3 cache (kMemoryBytes) through them: on this Zen 5 CPU a stream of 512-bit
-// compare-into-mask-register instructions reads memory-resident tensors slower than 256-bit compares into vector
-// registers (measured in session 2: 1.6-1.7 vs 1.1-1.2 ns per 16 values, against 1.1 for a plain sum; in session 4:
-// 4% slower on MobileNet-V2's 154 MB float32 map), while for tensors that the caches hold 512-bit compares are
-// faster (1.8x on an L2-resident stream; 19-38% on a 19 MB map), so smaller tensors keep 512-bit vectors.
-typedef float Half __attribute__((vector_size(32)));
-typedef int32_t HalfI __attribute__((vector_size(32)));
-#if defined(__AVX512F__)
-inline Half load_half(const float* p) {
-  Half h;
-  std::memcpy(&h, p, sizeof h);
-  return h;
-}
-constexpr bool kSplitFloat = true;
-// Tensors this large are read from memory rather than the caches (a 32 MiB L3): float32 counts through halves,
-// and the row, tile and byte-lane loops prefetch (from memory 6-20% faster; from the caches up to 5% slower).
+// Tensors this large are read from memory rather than the caches (a 32 MiB L3): the row, tile and byte-lane loops
+// then prefetch about 4 KiB ahead (from memory 6-20% faster; from the caches up to 5% slower). With prefetching,
+// float32 counts through 512-bit compares everywhere: from memory as fast as the 256-bit compares into vector
+// registers that used to read memory-resident tensors (those measured 1.4x faster than 512-bit compares without
+// prefetching, in session 2), and 1.8x faster on an L2-resident stream (19-38% on a 19 MB map).
 constexpr int64_t kMemoryBytes = 24 << 20;
-#else
-constexpr bool kSplitFloat = false;
-constexpr int64_t kMemoryBytes = 24 << 20;
-#endif
 
 // Comparison counts [valid, gt_0..gt_{K-1}, tie_0..tie_{K-1}] kept in vector registers; every comparison of a
 // loaded vector is made while it sits in a register. Lane counters are int32 for float: flush before 2^31
-// values per lane. With kSplit (float on AVX-512), add_at counts into 256-bit half counters lo/hi; total(j)
-// is always the whole count of comparison j.
-template <class T, int K, bool kTies, bool kFromMemory = true>
+// values per lane. kFromMemory: the job's tensor is read from memory (kMemoryBytes), so rows prefetch.
+template <class T, int K, bool kTies, bool kFromMemory = false>
 struct Counter {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   static constexpr int W = Simd<T>::kWidth;
   static constexpr int kAcc = 1 + K * (kTies ? 2 : 1);
-  static constexpr bool kSplit = kSplitFloat && kFromMemory && std::is_same_v<T, float>;
   static constexpr bool kPrefetch = kFromMemory && kVecBytes == 64;  // the row and tile loops prefetch
-  static constexpr int kHalves = kSplit ? kAcc : 1;
   V g[K], t[K];
   I acc[kAcc];
-  Half gh[K], th[K];
-  HalfI lo[kHalves], hi[kHalves];
 
   Counter() = default;
   explicit Counter(const Thresholds<T>& thr) {
     for (int k = 0; k < K; ++k) {
       g[k] = thr.greater[k] - V{};
       t[k] = thr.tie[k] - V{};
-      gh[k] = static_cast<float>(thr.greater[k]) - Half{};
-      th[k] = static_cast<float>(thr.tie[k]) - Half{};
     }
     clear();
   }
   void clear() {
     for (int j = 0; j < kAcc; ++j) acc[j] = I{};
-    for (int j = 0; j < kHalves; ++j) lo[j] = hi[j] = HalfI{};
   }
   inline void add(V x, I keep) {
     acc[0] -= (x == x) & keep;
@@ -369,40 +345,14 @@ struct Counter {
   }
   inline void add(V x) { add(x, I{} - 1); }
 
-  // The W stored values at p. float32 storage goes through halves; float16/bfloat16 (half the bytes per value, so
-  // less bound by memory) measured faster with 512-bit widening and compares.
+  // The W stored values at p.
   template <class S>
   inline void add_at(const S* p) {
-    if constexpr (kSplit && std::is_same_v<S, float>) {
-      const Half a = load_half(p), b = load_half(p + W / 2);
-      lo[0] -= (a == a);
-      hi[0] -= (b == b);
-      for (int k = 0; k < K; ++k) {
-        lo[1 + k] -= (a > gh[k]);
-        hi[1 + k] -= (b > gh[k]);
-      }
-      if constexpr (kTies) {
-        for (int k = 0; k < K; ++k) {
-          lo[1 + K + k] -= (a == th[k]);
-          hi[1 + K + k] -= (b == th[k]);
-        }
-      }
-    } else {
-      add(load_vec<S>(p));
-    }
+    add(load_vec<S>(p));
   }
 
   // Lane counts of comparison j.
-  inline I total(int j) const {
-    if constexpr (kSplit) {
-      I whole;
-      std::memcpy(&whole, &lo[j], sizeof lo[j]);
-      std::memcpy(reinterpret_cast<char*>(&whole) + sizeof lo[j], &hi[j], sizeof hi[j]);
-      return acc[j] + whole;
-    } else {
-      return acc[j];
-    }
-  }
+  inline I total(int j) const { return acc[j]; }
 
   // n contiguous stored values; a tail shorter than a vector is read as an overlapping, masked vector.
   template <class S>
@@ -1454,7 +1404,7 @@ inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int
   for (int64_t q = q0; q < q1; ++q) {
     const S* row = first + q * stride;
     for (int r = 0; r < R; ++r) {
-      if constexpr (Ctr::kPrefetch && !std::is_same_v<S, double>) {
+      if constexpr (Ctr::kPrefetch && !std::is_same_v<S, double>) {  // about 4 KiB ahead
         _mm_prefetch(reinterpret_cast<const char*>(row + r * Ctr::W + ahead), _MM_HINT_T0);
       }
       ctr[r].add_at(row + r * Ctr::W);
@@ -1490,11 +1440,11 @@ void run_channels(const Job<S>& job) {
   using I = typename Ctr::I;
   using Lane = decltype(I{}[0] + 0);
   constexpr int W = Ctr::W;
-  // Vectors per register tile. 16-bit storage keeps only its int32 lane counters in registers, so with AVX-512's 32
-  // vector registers a tile can hold 18 of them: MobileNet-V2's 96 channels with two thresholds in one tile, 30%
-  // faster (float32's halves need more registers: 18 measured up to 13% slower there).
+  // Vectors per register tile. With AVX-512's 32 vector registers a tile can hold 18 int32 lane counters:
+  // MobileNet-V2's 96 channels with two thresholds in one tile (16-bit storage 30% faster than tiles of 16
+  // counters; float32 2-11%).
 #if defined(__AVX512F__)
-  constexpr int R = std::max(1, (sizeof(S) == 2 ? 18 : 16) / Ctr::kAcc);
+  constexpr int R = std::max(1, (sizeof(S) <= 4 ? 18 : 16) / Ctr::kAcc);
 #else
   constexpr int R = std::max(1, 16 / Ctr::kAcc);
 #endif
@@ -1684,8 +1634,7 @@ void run_activation(const Job<S>& job) {
 }
 
 // Calls f(ties, from_memory) with the job's ignore_ties and whether its tensor is read from memory (at least
-// kMemoryBytes: float32 counts through 256-bit halves, the row and tile loops prefetch) as std::bool_constant
-// types; float64 takes one variant.
+// kMemoryBytes: the row and tile loops prefetch) as std::bool_constant types; float64 takes one variant.
 template <class S, class F>
 void with_flags(const Job<S>& job, F&& f) {
   using Yes = std::true_type;
@@ -1699,7 +1648,7 @@ void with_flags(const Job<S>& job, F&& f) {
       memory ? f(No{}, Yes{}) : f(No{}, No{});
     }
   } else {
-    job.th.ignore_ties ? f(Yes{}, Yes{}) : f(No{}, Yes{});
+    job.th.ignore_ties ? f(Yes{}, No{}) : f(No{}, No{});
   }
 }
 
