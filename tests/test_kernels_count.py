@@ -162,6 +162,18 @@ def test_float32_larger_than_the_cache_limit(device_backend, layout):
         _check(x, thresholds, 1, ignore_ties, backend)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels", [96, 1280], ids=lambda c: f"C{c}")
+def test_channels_with_one_or_repeated_positions(device_backend, dtype, channels):
+    """(1, C) and (N, C) expanded from one row read every position at stride 0: the channel path's prefetch
+    distance must not divide by it (it once raised SIGFPE in a profiler test)."""
+    device, backend = device_backend
+    row = random_values((1, channels), dtype, _seed("one row", dtype, channels), device)
+    for x in (row, row.expand(300, channels), activation_values((1, channels), dtype, 3).to(device)):
+        for thresholds in [(0.0,), (0.0, 6.0)]:
+            _check(x, thresholds, 1, False, backend)
+
+
 def activation_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, channel_dim: int = 1) -> torch.Tensor:
     """Post-activation-like values without NaN: each channel its own mean (so a count given to the wrong channel
     shows), a third of them exact zeros (as ReLU outputs), and a few -0.0, denormals and values on 6.0."""
