@@ -1485,7 +1485,6 @@ void run_channels(const Job<S>& job) {
   // Exactly 64 channels with threshold 0.0 (ResNet stage 1, ReLU): one group of byte lanes held in registers. With
   // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
   const bool bytes = kBytes && !words && (row_sweep || (sign_zero && p.chans == 64));
-  const bool from_memory = v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(S)) >= kMemoryBytes;
 #else
   const bool bytes = false;
 #endif
@@ -1544,10 +1543,10 @@ void run_channels(const Job<S>& job) {
         if (bytes) {
           if (sign_zero) {
             byte_sweep<S, K, kTies, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
-                                          byte_counters.data(), from_memory);
+                                          byte_counters.data(), kFromMemory);
           } else {
             byte_sweep<S, K, kTies, false>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
-                                           byte_counters.data(), from_memory);
+                                           byte_counters.data(), kFromMemory);
           }
           v0 = 4 * (n / 64);
         }
