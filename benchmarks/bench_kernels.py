@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         "--min-seconds",
         type=float,
         default=None,
-        help="CPU: more rounds for short calls, until one round times this many seconds (default 0.2, 0.05 with "
+        help="CPU: short calls get more rounds, as many as fit in about this many seconds (default 0.2, 0.05 with "
         "--quick)",
     )
     args = parser.parse_args(argv)
