@@ -1296,24 +1296,23 @@ struct WordThresholds {
   }
 };
 
-// Adds the comparisons of G vectors of 32 channels from `first`, positions [q0, q1), to their uint16 counters
-// (G x K rows of 64 bytes at `counters`, K per vector) and their largest magnitude bits to `top`. The counters
-// stay in registers over the positions; each row is prefetched about 4 KiB ahead (from memory, MobileNet-V2's 96
-// channels measured 12% faster with it, 384 channels 25%). Never inlined: inlined into word_sweep, GCC's register
-// allocation made MobileNet-V2's 96 channels 1.4x slower.
+// Counts the comparisons of G vectors of 32 channels from `first` over positions [q0, q1) (at most 65535) into
+// uint16 counters, kept in registers and then stored as G x K rows of 64 bytes at `counters` (K per vector);
+// returns the largest magnitude bits seen. Each row is prefetched about 4 KiB ahead (from memory, MobileNet-V2's
+// 96 channels measured 12% faster with it). Never inlined: inlined into word_sweep, GCC's register allocation made
+// MobileNet-V2's 96 channels 1.4x slower.
 template <int K, bool kKey, int G>
-__attribute__((noinline)) void word_tile(const __m512i* t, const uint16_t* first, int64_t stride, int64_t q0, int64_t q1,
-                      uint8_t* counters, __m512i& top_out) {
+__attribute__((noinline)) __m512i word_tile(const __m512i* t, const uint16_t* first, int64_t stride, int64_t q0,
+                                             int64_t q1, uint8_t* counters) {
   const __m512i magnitude = _mm512_set1_epi16(0x7fff), minus_one = _mm512_set1_epi16(-1);
   __m512i c[G][K];
   for (int g = 0; g < G; ++g) {
-    for (int k = 0; k < K; ++k) c[g][k] = _mm512_loadu_si512(counters + 64 * (g * K + k));
+    for (int k = 0; k < K; ++k) c[g][k] = _mm512_setzero_si512();
   }
   // Up to three chains of maxes (one chain of G dependent maxes per position measured slower).
   constexpr int kTops = G < 3 ? G : 3;
   __m512i top[kTops];
-  top[0] = top_out;
-  for (int i = 1; i < kTops; ++i) top[i] = _mm512_setzero_si512();
+  for (int i = 0; i < kTops; ++i) top[i] = _mm512_setzero_si512();
   const int64_t ahead = rows_ahead(stride, 2);
   for (int64_t q = q0; q < q1; ++q) {
     const uint16_t* row = first + q * stride;
@@ -1329,27 +1328,24 @@ __attribute__((noinline)) void word_tile(const __m512i* t, const uint16_t* first
     }
   }
   for (int i = 1; i < kTops; ++i) top[0] = _mm512_max_epu16(top[0], top[i]);
-  top_out = top[0];
   for (int g = 0; g < G; ++g) {
     for (int k = 0; k < K; ++k) _mm512_storeu_si512(counters + 64 * (g * K + k), c[g][k]);
   }
+  return top[0];
 }
 
 // At most kWordTile<K> vectors per tile: their G x K counters stay in registers (12 / K spilled).
 template <int K>
 constexpr int kWordTile = 8 / K;
 
-// word_tile with m <= G vectors (m known only at run time).
+// word_tile with 1 <= m <= G vectors (m known only at run time).
 template <int K, bool kKey, int G>
-inline void word_narrow(int64_t m, const __m512i* t, const uint16_t* first, int64_t stride, int64_t q0, int64_t q1,
-                        uint8_t* counters, __m512i& top) {
-  if constexpr (G >= 1) {
-    if (m == G) {
-      word_tile<K, kKey, G>(t, first, stride, q0, q1, counters, top);
-    } else {
-      word_narrow<K, kKey, G - 1>(m, t, first, stride, q0, q1, counters, top);
-    }
+inline __m512i word_narrow(int64_t m, const __m512i* t, const uint16_t* first, int64_t stride, int64_t q0,
+                           int64_t q1, uint8_t* counters) {
+  if constexpr (G > 1) {
+    if (m != G) return word_narrow<K, kKey, G - 1>(m, t, first, stride, q0, q1, counters);
   }
+  return word_tile<K, kKey, G>(t, first, stride, q0, q1, counters);
 }
 
 // The word-lane thresholds of a job, where kOn (16-bit storage takes the word path); else a placeholder.
@@ -1366,7 +1362,7 @@ auto word_thresholds_if(const Thresholds<T>& th) {
 // slots of float vectors 0.. (slot j * nslots + 2g + h holds channels 32g + 16h ..; j = 0 valid, 1 + k above
 // threshold k), in chunks of at most 65535 positions (a uint16 counter never wraps). A chunk whose largest magnitude
 // bits exceed infinity's holds NaN: exact(qb, qe) counts it again instead (float comparisons). counters: scratch
-// for groups x K rows of 64 bytes. More channels than one tile take byte_sweep or float tiles: tiles that split a
+// for the groups x K rows of 64 bytes word_tile stores. More channels than one tile take byte_sweep or float tiles: tiles that split a
 // row measured up to 1.9x slower from memory than those paths.
 template <int K, bool kKey, class I, class Exact>
 void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, int64_t stride, int64_t q0, int64_t q1,
@@ -1376,9 +1372,7 @@ void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, 
   const __m512i inf = _mm512_set1_epi16(static_cast<short>(wt.inf));
   for (int64_t cb = q0; cb < q1; cb += 65535) {
     const int64_t ce = std::min(q1, cb + 65535);
-    std::memset(counters, 0, static_cast<size_t>(64 * K * groups));
-    __m512i top = _mm512_setzero_si512();
-    word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters, top);
+    const __m512i top = word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters);
     if (_mm512_cmpgt_epu16_mask(top, inf) != 0) {  // NaN in the chunk
       exact(cb, ce);
       continue;
@@ -1521,20 +1515,21 @@ void run_channels(const Job<S>& job) {
 #if defined(NEP_WORD_LANES)
       if constexpr (kWords) {
         if (words) {
-        const WordThresholds& wt = word_th;
-        const auto* first = reinterpret_cast<const uint16_t*>(base);
-        const int64_t groups = n / 32;
-        auto exact = [&](int64_t qb, int64_t qe) {
-          for (int64_t u = 0; u < 2 * groups; ++u) {
-            sweep_tile<1>(ctr, base + u * W, v.s_inner, qb, qe, slots.data(), nslots, u);
+          const WordThresholds& wt = word_th;
+          const auto* first = reinterpret_cast<const uint16_t*>(base);
+          const int64_t groups = n / 32;
+          auto exact = [&](int64_t qb, int64_t qe) {
+            for (int64_t u = 0; u < 2 * groups; ++u) {
+              sweep_tile<1>(ctr, base + u * W, v.s_inner, qb, qe, slots.data(), nslots, u);
+            }
+          };
+          uint8_t* counters = word_counters.data();
+          if (wt.key) {
+            word_sweep<K, true>(groups, wt, first, v.s_inner, q0, q1, slots.data(), nslots, counters, exact);
+          } else {
+            word_sweep<K, false>(groups, wt, first, v.s_inner, q0, q1, slots.data(), nslots, counters, exact);
           }
-        };
-        if (wt.key) {
-          word_sweep<K, true>(groups, wt, first, v.s_inner, q0, q1, slots.data(), nslots, word_counters.data(), exact);
-        } else {
-          word_sweep<K, false>(groups, wt, first, v.s_inner, q0, q1, slots.data(), nslots, word_counters.data(), exact);
-        }
-        v0 = 2 * (n / 32);
+          v0 = 2 * groups;
         }
       }
 #endif

@@ -100,7 +100,7 @@ def _env_backend() -> str | None:
     """The backend ``NEPENTHE_BACKEND`` forces, or None (unset or empty); read afresh on every call."""
     if isinstance(_ENV_DATA, dict):
         raw = _ENV_DATA.get(_ENV_KEY)
-        return _ENV_DECODE(raw) or None if raw is not None else None
+        return (_ENV_DECODE(raw) or None) if raw is not None else None
     return os.environ.get(ENV_VAR) or None
 
 
