@@ -33,6 +33,9 @@ VARIANTS = {
     "bf16-nhwc-sm90": ("bfloat16", "nhwc", None, (0.0,), False, 90),
     "fp32-nlc-sm90": ("float32", "nlc", None, (0.0, 6.0), False, 90),
     "fp32-nchw14-sm90": ("float32", "nchw14", None, (0.0,), False, 90),
+    "fp32-nchwbig-sm90": ("float32", "nchwbig", None, (0.0,), False, 90),
+    "bf16-nchwbig-sm90": ("bfloat16", "nchwbig", None, (0.0,), False, 90),
+    "relu-fp16-nchwbig-sm90": ("float16", "nchwbig", "relu", (0.0,), False, 90),
     "fp16-nchw14-sm90": ("float16", "nchw14", None, (0.0,), False, 90),
     "fp32-nhwc24-sm90": ("float32", "nhwc24", None, (0.0,), False, 90),
     "fp32-nchw-sm80": ("float32", "nchw", None, (0.0,), False, 80),
@@ -59,6 +62,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 def _tensor(dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, int]:
     if layout == "nchw":
         return torch.zeros(2, 8, 32, 32, dtype=dtype), 1
+    if layout == "nchwbig":  # maps of a whole tile or more: one channel per tile
+        return torch.zeros(2, 3, 64, 70, dtype=dtype), 1
     if layout == "nchw14":  # rows of 196 elements: aligned to 16 bytes, not to 16 elements
         return torch.zeros(2, 8, 14, 14, dtype=dtype), 1
     if layout == "nhwc24":  # MobileNet-V2's 24 channels

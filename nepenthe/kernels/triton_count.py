@@ -4,7 +4,7 @@ One kernel reads the ``(outer, C, inner)`` strided view of x in tiles of ``[BLOC
 inner positions) and serves every layout: contiguous NCHW tiles run along ``inner`` (stride 1), channels_last
 and token tensors ``(N, L, C)`` tiles run along the channels (stride 1). Triton specialises a stride equal to 1
 and 16-divisible strides/pointers at launch, so the contiguous axis is known at compile time and loads
-vectorise to 128-bit accesses whenever the addresses are aligned; the ``ALIGN`` constants add what the JIT does
+vectorise to 128-bit accesses whenever the addresses are aligned; the ``ALIGN_*`` constants add what the JIT does
 not mark (sizes and strides divisible by 2, 4 or 8), so 14x14 feature maps and 24-channel rows vectorise too.
 
 Each program walks ``iters`` consecutive tiles of one channel block, counts in registers and issues one atomic
@@ -43,6 +43,8 @@ PARAM_OFFSET = tl.constexpr(16)
 FIELD_BITS = tl.constexpr(7)
 FIELD_MASK = tl.constexpr(127)
 MAX_ITERS = 127
+# The kernel's divisibility-hint constants: C, inner, then x's and y's (outer, channel, inner) strides.
+ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XO", "ALIGN_XC", "ALIGN_XI", "ALIGN_YO", "ALIGN_YC", "ALIGN_YI")
 NUM_WARPS = 8
 TILE_BYTES = 16384
 ROW_BYTES = 512
@@ -68,12 +70,20 @@ def _count_states_kernel(
     K: tl.constexpr,
     IGNORE_TIES: tl.constexpr,
     ACT: tl.constexpr,
+    CLAMP_TO_BOUND: tl.constexpr,
     COMPUTE: tl.constexpr,
     BF16: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
-    ALIGN: tl.constexpr,
+    ALIGN_C: tl.constexpr,
+    ALIGN_I: tl.constexpr,
+    ALIGN_XO: tl.constexpr,
+    ALIGN_XC: tl.constexpr,
+    ALIGN_XI: tl.constexpr,
+    ALIGN_YO: tl.constexpr,
+    ALIGN_YC: tl.constexpr,
+    ALIGN_YI: tl.constexpr,
 ):
     # 64-bit from the start: tile and element offsets of tensors over 2^31 elements overflow int32.
     pid = tl.program_id(0).to(tl.int64)
@@ -81,17 +91,27 @@ def _count_states_kernel(
     first = (pid // n_cblocks) * iters
     c = cblock * BLOCK_C + tl.arange(0, BLOCK_C)
     i_loc = tl.arange(0, BLOCK_I)
-    # ALIGN: divisibility of (C, inner, x strides, y strides) that the JIT does not mark (it marks multiples of 16
+    # ALIGN_*: divisibility of (C, inner, x strides, y strides) that the JIT does not mark (it marks multiples of 16
     # only), so loads still vectorise when 14x14 rows start every 196 elements or channels_last rows hold 24.
     c_ok = c < channels
-    if ALIGN[0] > 1:
-        c_ok = tl.max_constancy(c_ok, ALIGN[0])
-    x_c = c[:, None] * s_chan
-    if ALIGN[3] > 1:
-        x_c = tl.multiple_of(x_c, [ALIGN[3], ALIGN[3]])
-    y_c = c[:, None] * ys_chan
-    if ALIGN[6] > 1:
-        y_c = tl.multiple_of(y_c, [ALIGN[6], ALIGN[6]])
+    if ALIGN_C > 1:
+        c_ok = tl.max_constancy(c_ok, ALIGN_C)
+    if BLOCK_C == 1:
+        # One channel per tile: its offset is a scalar. (Triton 3.6 folds a [1, 1] offset into a scalar, on which a
+        # two-dimensional hint fails to compile.)
+        x_c = cblock * s_chan
+        if ALIGN_XC > 1:
+            x_c = tl.multiple_of(x_c, ALIGN_XC)
+        y_c = cblock * ys_chan
+        if ALIGN_YC > 1:
+            y_c = tl.multiple_of(y_c, ALIGN_YC)
+    else:
+        x_c = c[:, None] * s_chan
+        if ALIGN_XC > 1:
+            x_c = tl.multiple_of(x_c, [ALIGN_XC, ALIGN_XC])
+        y_c = c[:, None] * ys_chan
+        if ALIGN_YC > 1:
+            y_c = tl.multiple_of(y_c, [ALIGN_YC, ALIGN_YC])
     acc = tl.full([BLOCK_C, BLOCK_I], 0, dtype=ACC)
     one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
     for j in range(tl.minimum(iters, total_tiles - first)):
@@ -99,15 +119,15 @@ def _count_states_kernel(
         o = t // n_itiles
         i = (t - o * n_itiles) * BLOCK_I + i_loc
         i_ok = i < inner
-        if ALIGN[1] > 1:
-            i_ok = tl.max_constancy(i_ok, ALIGN[1])
+        if ALIGN_I > 1:
+            i_ok = tl.max_constancy(i_ok, ALIGN_I)
         mask = c_ok[:, None] & i_ok[None, :]
         x_o = o * s_outer
-        if ALIGN[2] > 1:
-            x_o = tl.multiple_of(x_o, ALIGN[2])
+        if ALIGN_XO > 1:
+            x_o = tl.multiple_of(x_o, ALIGN_XO)
         x_i = i[None, :] * s_inner
-        if ALIGN[4] > 1:
-            x_i = tl.multiple_of(x_i, [ALIGN[4], ALIGN[4]])
+        if ALIGN_XI > 1:
+            x_i = tl.multiple_of(x_i, [ALIGN_XI, ALIGN_XI])
         raw = tl.load(x_ptr + (x_o + x_c + x_i), mask=mask, other=0.0)
         if BF16:
             # bfloat16 is the top half of a float32: widen the bits (exact; the interpreter's cast is not).
@@ -124,11 +144,17 @@ def _count_states_kernel(
         acc += tl.where(valid, one << (state.to(ACC) * FIELD_BITS), 0)
         if ACT != 0:
             if ACT == 1:
-                out = tl.where(v < 0, 0.0, v)
+                if CLAMP_TO_BOUND:
+                    out = tl.where(v <= 0, 0.0, v)
+                else:
+                    out = tl.where(v < 0, 0.0, v)
             elif ACT == 2:
                 lo = tl.load(consts_ptr + PARAM_OFFSET)
                 hi = tl.load(consts_ptr + PARAM_OFFSET + 1)
-                out = tl.where(v < lo, lo, tl.where(v > hi, hi, v))
+                if CLAMP_TO_BOUND:
+                    out = tl.where(v <= lo, lo, tl.where(v > hi, hi, v))
+                else:
+                    out = tl.where(v < lo, lo, tl.where(v > hi, hi, v))
             elif ACT == 3:
                 out = tl.where(v > 0, v, v * tl.load(consts_ptr + PARAM_OFFSET))
             elif ACT == 4:
@@ -138,11 +164,11 @@ def _count_states_kernel(
                 z = 0.7978845608028654 * (v + 0.044715 * v * v * v)
                 out = v / (1.0 + tl.exp(-2.0 * z))
             y_o = o * ys_outer
-            if ALIGN[5] > 1:
-                y_o = tl.multiple_of(y_o, ALIGN[5])
+            if ALIGN_YO > 1:
+                y_o = tl.multiple_of(y_o, ALIGN_YO)
             y_i = i[None, :] * ys_inner
-            if ALIGN[7] > 1:
-                y_i = tl.multiple_of(y_i, [ALIGN[7], ALIGN[7]])
+            if ALIGN_YI > 1:
+                y_i = tl.multiple_of(y_i, [ALIGN_YI, ALIGN_YI])
             y_off = y_o + y_c + y_i
             if BF16:
                 # Round to nearest even by hand, as torch does (the interpreter's float32 -> bfloat16 cast
@@ -266,22 +292,28 @@ def kernel_launch(job: CountJob, act: int = 0, params: tuple[float, float] = (0.
     )  # fmt: skip
     strides = (view.stride_outer, view.stride_channel, view.stride_inner)
     y_strides = (y_view.stride_outer, y_view.stride_channel, y_view.stride_inner)
+    alignments = (
+        min(_alignment(view.channels), cfg.block_c),  # constancy hints cannot exceed the block
+        min(_alignment(view.inner), cfg.block_i),
+        *(_alignment(s) for s in (*strides, *y_strides)),
+    )
     constexprs = dict(
         K=kt.num_states,
         IGNORE_TIES=job.ignore_ties,
         ACT=act,
+        # relu/hardtanh as torch computes them on the tensor's device: its CUDA kernels turn a value at the lower
+        # bound into the bound (relu(-0.0) == +0.0), its CPU kernels keep it (-0.0); NaN propagates on both.
+        CLAMP_TO_BOUND=device.type == "cuda",
         COMPUTE=tl.float64 if kt.compute_dtype == torch.float64 else tl.float32,
         BF16=x.dtype == torch.bfloat16,
         ACC=tl.int32 if kt.num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
-        ALIGN=(
-            min(_alignment(view.channels), cfg.block_c),  # constancy hints cannot exceed the block
-            min(_alignment(view.inner), cfg.block_i),
-            *(_alignment(s) for s in (*strides, *y_strides)),
-        ),
+        # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
+        # element of a constexpr tuple, as a hint's value.
+        **dict(zip(ALIGN_NAMES, alignments, strict=True)),
     )
-    return KernelLaunch(cfg.programs, args, constexprs)
+    return KernelLaunch(cfg.programs, args, constexprs, NUM_WARPS)
 
 
 def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> None:
