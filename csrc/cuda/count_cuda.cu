@@ -81,14 +81,15 @@ __device__ __forceinline__ void count_value(T x, const Thresholds<T>& th, uint32
   }
 }
 
-// Bit-exact with torch for relu/hardtanh/leaky_relu (NaN propagates, -0.0 stays -0.0); GELU in T.
+// Bit-exact with torch's CUDA kernels for relu/hardtanh/leaky_relu: NaN propagates, and a value at or below the
+// lower bound becomes the bound, so relu(-0.0) is +0.0 as on torch's GPU (its CPU kernels keep -0.0). GELU in T.
 template <class T>
 __device__ __forceinline__ T activation(T x, const Params<T>& p) {
   switch (p.act) {
     case kRelu:
-      return x < T(0) ? T(0) : x;
+      return x <= T(0) ? T(0) : x;
     case kHardtanh:
-      return x < p.lo ? p.lo : (x > p.hi ? p.hi : x);
+      return x <= p.lo ? p.lo : (x > p.hi ? p.hi : x);
     case kLeakyRelu:
       return x > T(0) ? x : x * p.slope;
     case kGeluErf:
