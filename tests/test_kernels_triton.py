@@ -33,12 +33,14 @@ DENORMAL = {torch.float32: 2.0**-140, torch.float16: 2.0**-20, torch.bfloat16: 2
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def triton_interpreter():
-    """Run Triton kernels on CPU tensors through the interpreter, for this module only."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
+@pytest.fixture(autouse=True)
+def triton_interpreter(request, monkeypatch):
+    """This module's CPU tests run Triton kernels through the interpreter; its ``gpu`` tests run them compiled
+    (with the interpreter on, CUDA tensors would be interpreted too, and the GPU build would go untested)."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
 def _values(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
