@@ -2,6 +2,8 @@
 
 ``nepenthe._cpu`` (C++/OpenMP) is always built; ``nepenthe._cuda`` is built when ``nvcc`` is found. Environment:
 
+- ``NEPENTHE_BUILD_CPU=0``: skip the CPU extension (a GPU machine's quick check needs only the CUDA one; the
+  ``cpu`` backend then reports itself not built and CPU tensors count with the torch reference);
 - ``NEPENTHE_BUILD_CUDA=0|1``: skip, or force (a failure is then an error) the CUDA extension;
 - ``NEPENTHE_CUDA_ARCHS``: CUDA architectures, default ``"80;90"``;
 - ``NEPENTHE_CPU_ARCH``: ``-march`` for the CPU kernels, default ``native`` (empty for the compiler default).
@@ -90,11 +92,13 @@ class CMakeBuild(build_ext):
         if nvcc and ext.target == "_cuda":
             args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
         subprocess.run(args, check=True)
-        subprocess.run(["cmake", "--build", str(build_dir), "--target", ext.target, "-j", "2"], check=True)
+        jobs = str(os.cpu_count() or 2)
+        subprocess.run(["cmake", "--build", str(build_dir), "--target", ext.target, "-j", jobs], check=True)
 
 
 def _extensions() -> list[CMakeExtension]:
-    exts = [CMakeExtension("nepenthe._cpu", "_cpu")]
+    skip_cpu = os.environ.get("NEPENTHE_BUILD_CPU", "").strip() == "0"
+    exts = [] if skip_cpu else [CMakeExtension("nepenthe._cpu", "_cpu")]
     build_cuda, forced, nvcc = _cuda_mode()
     if build_cuda:
         if forced and nvcc is None:

@@ -5,8 +5,16 @@
 #   bash benchmarks/gpu_check.sh            # full benchmark (batch 32)
 #   QUICK=1 bash benchmarks/gpu_check.sh    # batch 8, fewer repetitions
 #   KERNELS_ONLY=1 bash benchmarks/gpu_check.sh   # skip the profiler and depth-reduction model benchmarks
+#   BATCH=128 SWEEP=1 bash benchmarks/gpu_check.sh # kernel benchmark at batch 128, then sweep the Triton launch constants
+#
+# Each step is cut off after STEP_TIMEOUT seconds (default 300). PYTHON names the interpreter (default python3,
+# else python); the gpu tests run on JOBS pytest-xdist workers (default 8) when pytest-xdist is installed. The
+# results folder is also packed into results/<folder>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
+step() { timeout "$STEP_TIMEOUT" "$@"; }
 OUT="results/gpu-$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 echo "gpu_check: writing results under $OUT"
@@ -15,44 +23,54 @@ status=0
 {
   date -u
   nvidia-smi || true
-  python -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
-  python -c "import triton; print('triton', triton.__version__)" || true
+  "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+  "$PY" -c "import triton; print('triton', triton.__version__)" || true
   command -v nvcc && nvcc --version | tail -n 2
 } >"$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 
 echo "== build (pip install --no-build-isolation --no-deps -e .)"
-python -c "import setuptools, pybind11, cmake, ninja" 2>/dev/null \
+"$PY" -c "import setuptools, pybind11, cmake, ninja" 2>/dev/null \
   || echo "warning: the build needs setuptools, pybind11, cmake and ninja installed (no network here)"
-if ! pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+if ! step "$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
   echo "build failed, see $OUT/build.log; testing the sources without compiled extensions"
   tail -n 30 "$OUT/build.log"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   status=1
 fi
-python -m nepenthe doctor >"$OUT/doctor.txt" 2>&1 \
-  || python -c "import nepenthe; [print(s) for s in nepenthe.backend_status()]" >"$OUT/doctor.txt" 2>&1
+"$PY" -m nepenthe doctor >"$OUT/doctor.txt" 2>&1 \
+  || "$PY" -c "import nepenthe; [print(s) for s in nepenthe.backend_status()]" >"$OUT/doctor.txt" 2>&1
 cat "$OUT/doctor.txt"
 
 echo "== gpu tests (pytest -m gpu)"
-python -m pytest -m gpu -q -rs tests/ --junitxml="$OUT/pytest-gpu.xml" 2>&1 | tee "$OUT/pytest-gpu.txt"
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${JOBS:-8}")
+step "$PY" -m pytest -m gpu -q -rs "${XDIST[@]}" tests/ --junitxml="$OUT/pytest-gpu.xml" 2>&1 | tee "$OUT/pytest-gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== kernel benchmark"
 BENCH_ARGS=(--device cuda --out "$OUT/bench_kernels.md")
 [ -n "${QUICK:-}" ] && BENCH_ARGS+=(--quick)
-python benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench_kernels.txt"
+[ -n "${BATCH:-}" ] && BENCH_ARGS+=(--batch "$BATCH")
+step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench_kernels.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 if [ -z "${KERNELS_ONLY:-}" ]; then
   echo "== profiler overhead (batch 128, autocast bf16)"
-  python benchmarks/bench_profiler.py --device cuda 2>&1 | tee "$OUT/bench_profiler.txt"
+  step "$PY" benchmarks/bench_profiler.py --device cuda 2>&1 | tee "$OUT/bench_profiler.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
   echo "== depth reduction latency"
-  python benchmarks/bench_shrink.py --device cuda --json "$OUT/bench_shrink.json" 2>&1 | tee "$OUT/bench_shrink.txt"
+  step "$PY" benchmarks/bench_shrink.py --device cuda --json "$OUT/bench_shrink.json" 2>&1 | tee "$OUT/bench_shrink.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
-echo "gpu_check: results in $OUT (exit status $status)"
+if [ -n "${SWEEP:-}" ]; then
+  echo "== Triton launch-constant sweep"
+  step "$PY" benchmarks/sweep_triton.py 2>&1 | tee "$OUT/sweep_triton.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
+echo "gpu_check: results in $OUT and $OUT.tgz (exit status $status)"
 exit "$status"

@@ -1,0 +1,82 @@
+"""Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps and programs per SM.
+
+For activation tensors larger than the L2 cache, in NCHW, channels_last and token layouts, it times the counting
+kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, as in
+``bench_kernels.py``), checks every setting's counts against the torch reference, and prints one markdown row per
+(tensor, setting), flushed as it goes so that a run cut short still reports what it measured.
+
+Usage::
+
+    python benchmarks/sweep_triton.py                     # all tensors and settings
+    python benchmarks/sweep_triton.py --tiles 16384 --warps 8 --per-sm 16   # the defaults only
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from functools import partial
+
+import torch
+from bench_kernels import timer
+
+from nepenthe import count_states
+from nepenthe.kernels import triton_count
+
+# (name, shape, channel_dim, layout, dtype, thresholds): each over 60 MiB, the H200's L2.
+TENSORS = [
+    ("ResNet-18 layer1", (128, 64, 56, 56), 1, "nchw", torch.float32, (0.0,)),
+    ("ResNet-18 layer1", (128, 64, 56, 56), 1, "channels_last", torch.float32, (0.0,)),
+    ("ResNet-18 layer1", (256, 64, 56, 56), 1, "nchw", torch.bfloat16, (0.0,)),
+    ("ResNet-18 layer1", (256, 64, 56, 56), 1, "channels_last", torch.bfloat16, (0.0,)),
+    ("ResNet-18 layer4", (1024, 512, 7, 7), 1, "nchw", torch.float32, (0.0,)),
+    ("ResNet-18 layer4", (1024, 512, 7, 7), 1, "channels_last", torch.float16, (0.0,)),
+    ("MobileNet-V2 block1", (32, 96, 112, 112), 1, "nchw", torch.float32, (0.0, 6.0)),
+    ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "channels_last", torch.float16, (0.0, 6.0)),
+    ("Swin-T stage1 MLP", (64, 56, 56, 384), -1, "natural", torch.bfloat16, (0.0,)),
+]
+
+
+def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.randn(shape, device="cuda").mul_(2).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiles", type=int, nargs="+", default=[8192, 16384, 32768], help="TILE_BYTES values")
+    parser.add_argument("--warps", type=int, nargs="+", default=[4, 8], help="NUM_WARPS values")
+    parser.add_argument("--per-sm", type=int, nargs="+", default=[8, 16], help="programs per SM")
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args(argv)
+    props = torch.cuda.get_device_properties(0)
+    sms = props.multi_processor_count
+    time_it = timer("cuda", args.reps)
+    print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
+    print("| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | time (us) | GB/s | / sum | counts |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    defaults = (triton_count.TILE_BYTES, triton_count.NUM_WARPS, triton_count._target_programs)
+    try:
+        for name, shape, channel_dim, layout, dtype, thresholds in TENSORS:
+            x = make(shape, layout, dtype)
+            gigabytes = x.numel() * x.element_size() / 1e9
+            reference = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
+            read = time_it(lambda x=x: x.sum())
+            for tile, warps, per_sm in itertools.product(args.tiles, args.warps, args.per_sm):
+                triton_count.TILE_BYTES, triton_count.NUM_WARPS = tile, warps
+                triton_count._target_programs = lambda device, per_sm=per_sm: per_sm * sms
+                run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
+                same = torch.equal(run(), reference)
+                t = time_it(run)
+                print(
+                    f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {tile} | {warps} | {per_sm} | {t * 1e6:.1f} "
+                    f"| {gigabytes / t:.0f} | {t / read:.2f} | {'exact' if same else 'WRONG'} |",
+                    flush=True,
+                )
+            del x
+    finally:
+        triton_count.TILE_BYTES, triton_count.NUM_WARPS, triton_count._target_programs = defaults
+
+
+if __name__ == "__main__":
+    main()
