@@ -6,8 +6,9 @@
 #   QUICK=1 bash benchmarks/gpu_check.sh    # batch 8, fewer repetitions
 #   KERNELS_ONLY=1 bash benchmarks/gpu_check.sh   # skip the profiler and depth-reduction model benchmarks
 #   BATCH=128 SWEEP=1 bash benchmarks/gpu_check.sh # kernel benchmark at batch 128, then sweep the Triton launch constants
+#   NO_FUSED=1 bash benchmarks/gpu_check.sh        # kernel benchmark without the fused-activation table
 #
-# Each step is cut off after STEP_TIMEOUT seconds (default 300). PYTHON names the interpreter (default python3,
+# Each step is cut off after STEP_TIMEOUT seconds (default 300), the sweep after SWEEP_TIMEOUT (default the same). PYTHON names the interpreter (default python3,
 # else python); the gpu tests run on JOBS pytest-xdist workers (default 8) when pytest-xdist is installed. The
 # results folder is also packed into results/<folder>.tgz.
 set -uo pipefail
@@ -52,6 +53,7 @@ echo "== kernel benchmark"
 BENCH_ARGS=(--device cuda --out "$OUT/bench_kernels.md")
 [ -n "${QUICK:-}" ] && BENCH_ARGS+=(--quick)
 [ -n "${BATCH:-}" ] && BENCH_ARGS+=(--batch "$BATCH")
+[ -n "${NO_FUSED:-}" ] && BENCH_ARGS+=(--no-fused)
 step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench_kernels.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
@@ -67,7 +69,7 @@ fi
 
 if [ -n "${SWEEP:-}" ]; then
   echo "== Triton launch-constant sweep"
-  step "$PY" benchmarks/sweep_triton.py 2>&1 | tee "$OUT/sweep_triton.txt"
+  timeout "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py 2>&1 | tee "$OUT/sweep_triton.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

@@ -1,9 +1,10 @@
 """Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps and programs per SM.
 
 For activation tensors larger than the L2 cache, in NCHW, channels_last and token layouts, it times the counting
-kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, as in
-``bench_kernels.py``), checks every setting's counts against the torch reference, and prints one markdown row per
-(tensor, setting), flushed as it goes so that a run cut short still reports what it measured.
+kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, and GPU-only
+from a CUDA graph, as in ``bench_kernels.py``), checks every setting's counts against the torch reference, and
+prints one markdown row per (tensor, setting), flushed as it goes so that a run cut short still reports what it
+measured.
 
 Usage::
 
@@ -18,7 +19,7 @@ import itertools
 from functools import partial
 
 import torch
-from bench_kernels import timer
+from bench_kernels import gpu_time, timer
 
 from nepenthe import count_states
 from nepenthe.kernels import triton_count
@@ -53,8 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     sms = props.multi_processor_count
     time_it = timer("cuda", args.reps)
     print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
-    print("| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | time (us) | GB/s | / sum | counts |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | time (us) | / sum | GPU-only (us) "
+        "| GPU GB/s | GPU / sum | counts |"
+    )
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     defaults = (triton_count.TILE_BYTES, triton_count.NUM_WARPS, triton_count._target_programs)
     try:
         for name, shape, channel_dim, layout, dtype, thresholds in TENSORS:
@@ -62,15 +66,22 @@ def main(argv: list[str] | None = None) -> None:
             gigabytes = x.numel() * x.element_size() / 1e9
             reference = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
             read = time_it(lambda x=x: x.sum())
+            read_gpu = gpu_time(lambda x=x: x.sum(), args.reps)
             for tile, warps, per_sm in itertools.product(args.tiles, args.warps, args.per_sm):
                 triton_count.TILE_BYTES, triton_count.NUM_WARPS = tile, warps
                 triton_count._target_programs = lambda device, per_sm=per_sm: per_sm * sms
                 run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
                 same = torch.equal(run(), reference)
                 t = time_it(run)
+                tg = gpu_time(run, args.reps)
+                gpu = (
+                    "| n/a | | "
+                    if tg is None or read_gpu is None
+                    else (f"| {tg * 1e6:.1f} | {gigabytes / tg:.0f} | {tg / read_gpu:.2f} ")
+                )
                 print(
                     f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {tile} | {warps} | {per_sm} | {t * 1e6:.1f} "
-                    f"| {gigabytes / t:.0f} | {t / read:.2f} | {'exact' if same else 'WRONG'} |",
+                    f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,
                 )
             del x

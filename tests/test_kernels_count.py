@@ -174,6 +174,22 @@ def test_channels_with_one_or_repeated_positions(device_backend, dtype, channels
             _check(x, thresholds, 1, False, backend)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 2056, 5, 7), (2, 24, 9, 11), (2, 8, 3, 3)], ids=lambda s: f"C{s[1]}")
+def test_channels_last_vector_groups(device_backend, dtype, shape):
+    """channels_last with whole 16-byte groups of channels: the CUDA backend reads each position's channels in
+    vectors (one, or several chunks of them for 2056 channels), with 1 or 2 thresholds; more, or ties, take the
+    one-channel-per-thread kernel. Each channel has its own mean, so a count given to the wrong channel shows."""
+    device, backend = device_backend
+    x = activation_values(shape, dtype, _seed("vector groups", shape, dtype)).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    cases = [((0.0,), False), ((0.0, 6.0), False), ((0.0, 6.0), True), ((-1.0, 0.0, 1.0), False)]
+    for thresholds, ignore_ties in cases:
+        _check(x, thresholds, 1, ignore_ties, backend)
+    _check(x[1:], (0.0,), 1, False, backend)  # starts one image later: still aligned
+    _check(x[:, :, :, 1:], (0.0, 6.0), 1, False, backend)  # positions no longer back to back
+
+
 def activation_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, channel_dim: int = 1) -> torch.Tensor:
     """Post-activation-like values without NaN: each channel its own mean (so a count given to the wrong channel
     shows), a third of them exact zeros (as ReLU outputs), and a few -0.0, denormals and values on 6.0."""

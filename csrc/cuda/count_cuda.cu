@@ -1,17 +1,24 @@
 // CUDA counting and fused-activation kernels (no libtorch: raw device pointers, strides and a stream).
 //
-// Two layouts, as on CPU. Row kernel (inner stride 1, or any strides): a work item is one channel over a
-// block of rows and inner positions, read with 16-byte vector loads where a row is aligned. Channel kernel
-// (channel stride 1): a work item is a block of positions x up to 256 channels, consecutive threads reading
-// consecutive channels (coalesced). Each thread keeps its comparison counts in registers (uint32); a block
-// reduces them into shared-memory counters and adds each item's exact per-state counts into the int64 counts
-// with atomicAdd. Blocks walk the items grid-stride. No host synchronisation: everything runs on the
-// caller's stream.
+// Three kernels, chosen by layout:
+// - rows_kernel (inner stride 1, or any strides): a work item is one channel over a block of rows and inner
+//   positions, read with 16-byte vector loads where a row is aligned. Counting alone keeps kUnroll loads in
+//   flight per thread (the fused variant, which also stores, reads one vector at a time).
+// - channels_vec_kernel (channel stride 1, counting alone, 1 or 2 thresholds without ties, 16-byte aligned
+//   positions): each thread reads one 16-byte group of consecutive channels at kUnroll positions at a time and
+//   keeps one set of counts per channel of its group.
+// - channels_kernel (channel stride 1 otherwise, and fused): consecutive threads read consecutive channels, one
+//   element each.
+// Each thread keeps its comparison counts in registers (uint32); a block reduces them into shared-memory
+// counters and adds each item's exact per-state counts into the int64 counts with atomicAdd. Grids hold as many
+// blocks as fit on the device at once, each walking about kItemsPerBlock items, so no SM idles while a last
+// wave runs. No host synchronisation: everything runs on the caller's stream.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -23,10 +30,11 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kAcc = 1 + 2 * kMaxThresholds;  // [valid, gt_0..gt_6, tie_0..tie_6] at fixed positions
 constexpr int kTie0 = 1 + kMaxThresholds;
-constexpr int64_t kMinItem = 1 << 13;   // elements per work item: enough to amortize its block reduction,
-constexpr int64_t kMaxItem = 1 << 16;   // and small enough that mid-sized tensors still fill every SM
-constexpr int64_t kWantItems = 2048;
-constexpr int64_t kMaxBlocks = 4096;
+constexpr int kUnroll = 4;                // 16-byte loads each thread keeps in flight when only counting
+constexpr int64_t kMinItem = 1 << 13;     // elements per work item: enough to amortize its block reduction,
+constexpr int64_t kMaxItem = 1 << 16;     // small enough that every resident block gets several
+constexpr int64_t kItemsPerBlock = 8;     // so the blocks finishing last leave SMs idle for little of the run
+constexpr int kMaxDevices = 16;           // devices whose SM count and kernel occupancy are remembered
 
 template <class S>
 struct Dev;
@@ -66,19 +74,74 @@ struct Params {
   T lo, hi, slope;
 };
 
-template <class T>
+// NT > 0: exactly NT thresholds and no ties, known at compile time (ReLU 1, ReLU6 2), so the comparisons unroll
+// without run-time guards and only 1 + NT counters live. NT == 0: th.k and th.ignore_ties read at run time.
+template <int NT>
+__host__ __device__ constexpr int counters() {
+  return NT > 0 ? 1 + NT : kAcc;
+}
+
+template <int NT, class T>
 __device__ __forceinline__ void count_value(T x, const Thresholds<T>& th, uint32_t* acc) {
   acc[0] += x == x;
+  if constexpr (NT > 0) {
 #pragma unroll
-  for (int k = 0; k < kMaxThresholds; ++k) {
-    if (k < th.k) acc[1 + k] += x > th.greater[k];
-  }
-  if (th.ignore_ties) {
+    for (int k = 0; k < NT; ++k) acc[1 + k] += x > th.greater[k];
+  } else {
 #pragma unroll
     for (int k = 0; k < kMaxThresholds; ++k) {
-      if (k < th.k) acc[kTie0 + k] += x == th.tie[k];
+      if (k < th.k) acc[1 + k] += x > th.greater[k];
+    }
+    if (th.ignore_ties) {
+#pragma unroll
+      for (int k = 0; k < kMaxThresholds; ++k) {
+        if (k < th.k) acc[kTie0 + k] += x == th.tie[k];
+      }
     }
   }
+}
+
+// The kVec values of one 16-byte vector.
+template <class S>
+union Vec16 {
+  uint4 raw;
+  S s[16 / sizeof(S)];
+};
+
+// Value e of a 16-byte vector, taken from its 32-bit words with register operations (a union indexed by e can
+// land in local memory); e is a compile-time constant once the callers' loops unroll.
+__device__ __forceinline__ uint32_t word(const uint4& raw, int w) {
+  return w == 0 ? raw.x : (w == 1 ? raw.y : (w == 2 ? raw.z : raw.w));
+}
+
+template <class S>
+__device__ __forceinline__ typename Dev<S>::T lane(const uint4& raw, int e);
+
+template <>
+__device__ __forceinline__ float lane<float>(const uint4& raw, int e) {
+  return __uint_as_float(word(raw, e));
+}
+
+template <>
+__device__ __forceinline__ double lane<double>(const uint4& raw, int e) {
+  return __hiloint2double(static_cast<int>(word(raw, 2 * e + 1)), static_cast<int>(word(raw, 2 * e)));
+}
+
+template <>
+__device__ __forceinline__ float lane<__half>(const uint4& raw, int e) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(word(raw, e / 2) >> (16 * (e % 2)))));
+}
+
+template <>
+__device__ __forceinline__ float lane<__nv_bfloat16>(const uint4& raw, int e) {
+  const uint32_t w = word(raw, e / 2);  // a bfloat16 is the upper half of a float32
+  return __uint_as_float(e % 2 == 0 ? w << 16 : w & 0xffff0000u);
+}
+
+template <int NT, class S, class T = typename Dev<S>::T>
+__device__ __forceinline__ void count_vector(uint4 raw, const Thresholds<T>& th, uint32_t* acc) {
+#pragma unroll
+  for (int e = 0; e < 16 / static_cast<int>(sizeof(S)); ++e) count_value<NT>(lane<S>(raw, e), th, acc);
 }
 
 // Bit-exact with torch's CUDA kernels for relu/hardtanh/leaky_relu: NaN propagates, and a value at or below the
@@ -107,10 +170,10 @@ __device__ __forceinline__ unsigned long long state_of(const uint32_t* c, int k,
   return static_cast<unsigned long long>(lower - upper - ties);
 }
 
-template <class S, class T = typename Dev<S>::T>
+template <int NT, class S, class T = typename Dev<S>::T>
 __device__ __forceinline__ void visit(const S* x, S* y, int64_t xi, int64_t yi, const Params<T>& p, uint32_t* acc) {
   const T v = Dev<S>::load(x[xi]);
-  count_value(v, p.th, acc);
+  count_value<NT>(v, p.th, acc);
   if (y != nullptr) y[yi] = Dev<S>::store(activation(v, p));
 }
 
@@ -123,13 +186,16 @@ struct RowArgs {
   unsigned long long* counts;
 };
 
-template <class S>
+template <class S, int NT, bool kFused>
 __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typename Dev<S>::T> p) {
   using T = typename Dev<S>::T;
   constexpr int kVec = 16 / sizeof(S);
+  constexpr int kN = counters<NT>();
   __shared__ uint32_t shared[kAcc];
   const int tid = threadIdx.x, lane = tid & 31;
-  const int nacc = p.th.ignore_ties ? kAcc : 1 + kMaxThresholds;
+  const int k = NT > 0 ? NT : p.th.k;
+  const bool ties = NT > 0 ? false : p.th.ignore_ties;
+  const int nacc = ties ? kAcc : 1 + k;
   const int64_t items = a.v.channels * a.row_blocks * a.inner_blocks;
   if (tid < kAcc) shared[tid] = 0;
   __syncthreads();
@@ -139,47 +205,80 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
     const int64_t rb = item / (a.inner_blocks * a.v.channels);
     const int64_t o0 = rb * a.rows, o1 = min(a.v.outer, o0 + a.rows);
     const int64_t i0 = ib * a.inner, i1 = min(a.v.inner, i0 + a.inner), len = i1 - i0;
-    uint32_t acc[kAcc];
+    uint32_t acc[kN];
 #pragma unroll
-    for (int j = 0; j < kAcc; ++j) acc[j] = 0;
+    for (int j = 0; j < kN; ++j) acc[j] = 0;
     if (len >= kThreads) {
       for (int64_t o = o0; o < o1; ++o) {
         const int64_t xbase = o * a.v.s_outer + c * a.v.s_channel + i0 * a.v.s_inner;
         const int64_t ybase = o * a.yv.s_outer + c * a.yv.s_channel + i0 * a.yv.s_inner;
-        int64_t done = 0;
-        if (a.v.s_inner == 1 && (reinterpret_cast<uintptr_t>(a.x + xbase) % 16) == 0) {
-          const int64_t nvec = len / kVec;
+        // Vector loads from the first 16-byte boundary of the row on; the elements before it (head) and after the
+        // last whole vector go one by one.
+        int64_t head = len, nvec = 0;
+        if (a.v.s_inner == 1) {
+          const uintptr_t misalign = reinterpret_cast<uintptr_t>(a.x + xbase) % 16;
+          head = min(len, static_cast<int64_t>((16 - misalign) % 16 / sizeof(S)));
+          nvec = (len - head) / kVec;
+        }
+        const int64_t vbase = xbase + head;  // 16-byte aligned when nvec > 0
+        if constexpr (kFused) {
           for (int64_t q = tid; q < nvec; q += kThreads) {
-            union {
-              uint4 raw;
-              S s[kVec];
-            } u;
-            u.raw = *reinterpret_cast<const uint4*>(a.x + xbase + q * kVec);
+            Vec16<S> u;
+            u.raw = *reinterpret_cast<const uint4*>(a.x + vbase + q * kVec);
 #pragma unroll
             for (int e = 0; e < kVec; ++e) {
               const T v = Dev<S>::load(u.s[e]);
-              count_value(v, p.th, acc);
-              if (a.y != nullptr) a.y[ybase + (q * kVec + e) * a.yv.s_inner] = Dev<S>::store(activation(v, p));
+              count_value<NT>(v, p.th, acc);
+              a.y[ybase + (head + q * kVec + e) * a.yv.s_inner] = Dev<S>::store(activation(v, p));
             }
           }
-          done = nvec * kVec;
+        } else {
+          const uint4* vx = reinterpret_cast<const uint4*>(a.x + vbase);
+          for (int64_t q = tid; q < nvec; q += kUnroll * kThreads) {
+            uint4 raw[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+              raw[u] = q + u * kThreads < nvec ? __ldg(vx + q + u * kThreads) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+              if (q + u * kThreads < nvec) count_vector<NT, S>(raw[u], p.th, acc);
+            }
+          }
         }
-        for (int64_t i = done + tid; i < len; i += kThreads) {
-          visit(a.x, a.y, xbase + i * a.v.s_inner, ybase + i * a.yv.s_inner, p, acc);
+        const int64_t tail = head + nvec * kVec;  // [0, head) and [tail, len) one element at a time
+        for (int64_t i = tid; i < head + len - tail; i += kThreads) {
+          const int64_t at = i < head ? i : tail + (i - head);
+          visit<NT>(a.x, kFused ? a.y : nullptr, xbase + at * a.v.s_inner, ybase + at * a.yv.s_inner, p, acc);
         }
       }
     } else {
       // Short rows: the block covers several rows at once, thread tid at row tid / len, position tid % len.
       const int64_t per = kThreads / len, r = tid / len, i = i0 + tid % len;
       if (r < per) {
-        for (int64_t o = o0 + r; o < o1; o += per) {
-          visit(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + i * a.v.s_inner,
-                o * a.yv.s_outer + c * a.yv.s_channel + i * a.yv.s_inner, p, acc);
+        if constexpr (kFused) {
+          for (int64_t o = o0 + r; o < o1; o += per) {
+            visit<NT>(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + i * a.v.s_inner,
+                      o * a.yv.s_outer + c * a.yv.s_channel + i * a.yv.s_inner, p, acc);
+          }
+        } else {
+          // kUnroll rows at a time; a row past the end reads as NaN, which counts in no state.
+          const S* xc = a.x + c * a.v.s_channel + i * a.v.s_inner;
+          for (int64_t o = o0 + r; o < o1; o += per * kUnroll) {
+            T v[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+              const int64_t ou = o + u * per;
+              v[u] = ou < o1 ? Dev<S>::load(xc[ou * a.v.s_outer]) : T(NAN);
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) count_value<NT>(v[u], p.th, acc);
+          }
         }
       }
     }
 #pragma unroll
-    for (int j = 0; j < kAcc; ++j) {  // unrolled so that acc stays in registers
+    for (int j = 0; j < kN; ++j) {  // unrolled so that acc stays in registers
       if (j < nacc) {
         uint32_t s = acc[j];
         for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
@@ -187,9 +286,9 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
       }
     }
     __syncthreads();
-    if (tid <= p.th.k) {
-      const unsigned long long n = state_of(shared, p.th.k, p.th.ignore_ties, tid);
-      if (n != 0) atomicAdd(a.counts + c * (p.th.k + 1) + tid, n);
+    if (tid <= k) {
+      const unsigned long long n = state_of(shared, k, ties, tid);
+      if (n != 0) atomicAdd(a.counts + c * (k + 1) + tid, n);
     }
     __syncthreads();
     if (tid < kAcc) shared[tid] = 0;
@@ -210,7 +309,7 @@ template <class S>
 __global__ void __launch_bounds__(kThreads) channels_kernel(ChannelArgs<S> a, Params<typename Dev<S>::T> p) {
   __shared__ uint32_t shared[kThreads * kAcc];
   const int tid = threadIdx.x;
-  const int nacc = p.th.ignore_ties ? kAcc : 1 + kMaxThresholds;
+  const int nacc = p.th.ignore_ties ? kAcc : 1 + p.th.k;
   const ChannelPlan& plan = a.plan;
   const int64_t items = plan.items(a.v.outer);
   for (int j = tid; j < kThreads * kAcc; j += kThreads) shared[j] = 0;
@@ -228,8 +327,8 @@ __global__ void __launch_bounds__(kThreads) channels_kernel(ChannelArgs<S> a, Pa
     for (int j = 0; j < kAcc; ++j) acc[j] = 0;
     if (r < per && c < c1) {
       for (int64_t q = q0 + r; q < q1; q += per) {
-        visit(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + q * a.v.s_inner,
-              o * a.yv.s_outer + c * a.yv.s_channel + q * a.yv.s_inner, p, acc);
+        visit<0>(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + q * a.v.s_inner,
+                 o * a.yv.s_outer + c * a.yv.s_channel + q * a.yv.s_inner, p, acc);
       }
 #pragma unroll
       for (int j = 0; j < kAcc; ++j) {
@@ -249,9 +348,196 @@ __global__ void __launch_bounds__(kThreads) channels_kernel(ChannelArgs<S> a, Pa
   }
 }
 
+template <class S>
+struct ChannelVecArgs {
+  const S* x;
+  View v;                     // channel stride 1; position (inner) and outer strides keep 16-byte alignment
+  int64_t groups;             // 16-byte channel groups: C / kVec
+  int64_t chunk_groups;       // groups per channel chunk: one thread each per position (<= kThreads)
+  int64_t chunks;             // channel chunks
+  int64_t positions;          // positions per item
+  int64_t pos_blocks;         // items per (outer index, chunk)
+  unsigned long long* counts;
+};
+
+template <class S, int NT>
+__global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S> a, Thresholds<typename Dev<S>::T> th) {
+  using T = typename Dev<S>::T;
+  constexpr int kVec = 16 / sizeof(S);
+  constexpr int kN = 1 + NT;
+  __shared__ uint32_t shared[kThreads * kVec * kN];  // [channel of the chunk][valid, gt_0..gt_{NT-1}]
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int64_t G = a.chunk_groups, per = nthreads / G, r = tid / G, g = tid % G;
+  const int64_t items = a.v.outer * a.chunks * a.pos_blocks;
+  for (int64_t j = tid; j < G * kVec * kN; j += nthreads) shared[j] = 0;
+  __syncthreads();
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int64_t cb = item % a.chunks;
+    const int64_t pb = (item / a.chunks) % a.pos_blocks;
+    const int64_t o = item / (a.chunks * a.pos_blocks);
+    const int64_t g0 = cb * G, gn = min(G, a.groups - g0);
+    const int64_t q0 = pb * a.positions, q1 = min(a.v.inner, q0 + a.positions);
+    uint32_t acc[kVec][kN];
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+#pragma unroll
+      for (int j = 0; j < kN; ++j) acc[e][j] = 0;
+    }
+    if (g < gn) {
+      const S* base = a.x + o * a.v.s_outer + (g0 + g) * kVec;
+      for (int64_t q = q0 + r; q < q1; q += per * kUnroll) {
+        uint4 raw[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t qu = q + u * per;
+          raw[u] = qu < q1 ? __ldg(reinterpret_cast<const uint4*>(base + qu * a.v.s_inner)) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (q + u * per < q1) {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) count_value<NT>(lane<S>(raw[u], e), th, acc[e]);
+          }
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+#pragma unroll
+        for (int j = 0; j < kN; ++j) {
+          if (acc[e][j] != 0) atomicAdd(&shared[(g * kVec + e) * kN + j], acc[e][j]);
+        }
+      }
+    }
+    __syncthreads();
+    for (int64_t idx = tid; idx < gn * kVec * (NT + 1); idx += nthreads) {
+      const int64_t ch = idx / (NT + 1);
+      const int s = static_cast<int>(idx % (NT + 1));
+      const uint32_t* c = shared + ch * kN;
+      const unsigned long long n = static_cast<unsigned long long>(c[s] - (s < NT ? c[s + 1] : 0u));
+      if (n != 0) atomicAdd(a.counts + (g0 * kVec + ch) * (NT + 1) + s, n);
+    }
+    __syncthreads();
+    for (int64_t j = tid; j < gn * kVec * kN; j += nthreads) shared[j] = 0;
+    __syncthreads();
+  }
+}
+
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+int current_device() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return dev;
+}
+
+int multiprocessors(int dev) {
+  static std::atomic<int> cache[kMaxDevices];
+  if (dev >= 0 && dev < kMaxDevices && cache[dev].load(std::memory_order_relaxed) > 0) return cache[dev];
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n < 1) {
+    cudaGetLastError();
+    n = 1;
+  }
+  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+// Blocks of `block` threads of Kernel that the current device runs at once (remembered per kernel, device and
+// block size: the kernel is a template argument so that kernels of the same signature keep separate counts).
+template <auto Kernel>
+int64_t resident_blocks(int block) {
+  static std::atomic<int> cache[kMaxDevices][kThreads + 1];
+  const int dev = current_device();
+  const bool cached = dev >= 0 && dev < kMaxDevices && block >= 1 && block <= kThreads;
+  int per_sm = cached ? cache[dev][block].load(std::memory_order_relaxed) : 0;
+  if (per_sm < 1) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, block, 0) != cudaSuccess || per_sm < 1) {
+      cudaGetLastError();
+      per_sm = 1;
+    }
+    if (cached) cache[dev][block].store(per_sm, std::memory_order_relaxed);
+  }
+  return static_cast<int64_t>(per_sm) * multiprocessors(dev);
+}
+
+// Elements per work item: about kItemsPerBlock items for each block that fits on the device at once.
+int64_t item_elements(const View& v, int64_t slots) {
+  return clamp64(ceil_div(v.outer * v.channels * v.inner, slots * kItemsPerBlock), kMinItem, kMaxItem);
+}
+
+template <class S, int NT, bool kFused>
+void launch_rows(const CountRequest& r, const View& v, const View& yv, const Params<typename Dev<S>::T>& p,
+                 cudaStream_t stream) {
+  constexpr auto kernel = rows_kernel<S, NT, kFused>;
+  const int64_t slots = resident_blocks<kernel>(kThreads);
+  const int64_t target = item_elements(v, slots);
+  RowArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, yv, 1, 1, 1, 1,
+               reinterpret_cast<unsigned long long*>(r.counts)};
+  a.inner = clamp64(v.inner, 1, target);
+  a.rows = a.inner == v.inner ? clamp64(target / a.inner, 1, v.outer) : 1;
+  a.row_blocks = ceil_div(v.outer, a.rows);
+  a.inner_blocks = ceil_div(v.inner, a.inner);
+  const int64_t blocks = std::min(v.channels * a.row_blocks * a.inner_blocks, slots);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, p);
+  check_launch("nepenthe rows_kernel launch");
+}
+
+template <class S>
+void launch_channels(const CountRequest& r, const View& v, const View& yv, const Params<typename Dev<S>::T>& p,
+                     cudaStream_t stream) {
+  const int64_t slots = resident_blocks<channels_kernel<S>>(kThreads);
+  // More than kThreads channels: blocks of 128 (or kThreads when that divides C) keep every thread busy.
+  const int64_t max_chans = v.channels <= kThreads || v.channels % kThreads == 0 ? kThreads : kThreads / 2;
+  ChannelArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, yv,
+                   plan_channels(v, item_elements(v, slots), max_chans),
+                   reinterpret_cast<unsigned long long*>(r.counts)};
+  const int64_t blocks = std::min(a.plan.items(v.outer), slots);
+  channels_kernel<S><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, p);
+  check_launch("nepenthe channels_kernel launch");
+}
+
+// Whether channels_vec_kernel can read v: channel stride 1, whole 16-byte channel groups, aligned positions.
+template <class S>
+bool vector_channels(const CountRequest& r, const View& v) {
+  constexpr int64_t kVec = 16 / sizeof(S);
+  const auto aligned = [](int64_t stride) { return (stride * static_cast<int64_t>(sizeof(S))) % 16 == 0; };
+  return v.s_channel == 1 && v.channels % kVec == 0 && reinterpret_cast<uintptr_t>(r.x) % 16 == 0 &&
+         aligned(v.s_inner) && (v.outer == 1 || aligned(v.s_outer));
+}
+
+template <class S, int NT>
+void launch_channels_vec(const CountRequest& r, View v, const Thresholds<typename Dev<S>::T>& th,
+                         cudaStream_t stream) {
+  constexpr int64_t kVec = 16 / sizeof(S);
+  // One position axis where the outer index allows: (N, C) rows, or outer blocks that follow each other.
+  if (v.outer > 1 && v.inner == 1) {
+    v.inner = v.outer;
+    v.s_inner = v.s_outer;
+    v.outer = 1;
+    v.s_outer = 0;
+  } else if (v.outer > 1 && v.s_outer == v.inner * v.s_inner) {
+    v.inner *= v.outer;
+    v.outer = 1;
+    v.s_outer = 0;
+  }
+  ChannelVecArgs<S> a{static_cast<const S*>(r.x), v, v.channels / kVec, 1, 1, 1, 1,
+                      reinterpret_cast<unsigned long long*>(r.counts)};
+  a.chunks = ceil_div(a.groups, kThreads);
+  a.chunk_groups = ceil_div(a.groups, a.chunks);
+  const int block = static_cast<int>((kThreads / a.chunk_groups) * a.chunk_groups);
+  constexpr auto kernel = channels_vec_kernel<S, NT>;
+  const int64_t slots = resident_blocks<kernel>(block);
+  a.positions = clamp64(item_elements(v, slots) / (a.chunk_groups * kVec), 1, v.inner);
+  a.pos_blocks = ceil_div(v.inner, a.positions);
+  const int64_t blocks = std::min(v.outer * a.chunks * a.pos_blocks, slots);
+  kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(a, th);
+  check_launch("nepenthe channels_vec_kernel launch");
 }
 
 template <class S>
@@ -264,7 +550,8 @@ void run(const CountRequest& r) {
     p.th.greater[k] = static_cast<T>(r.greater[k]);
     p.th.tie[k] = static_cast<T>(r.tie[k]);
   }
-  p.act = r.y != nullptr ? r.activation.kind : kNone;
+  const bool fused = r.y != nullptr;
+  p.act = fused ? r.activation.kind : kNone;
   p.lo = static_cast<T>(r.activation.p0);
   p.hi = static_cast<T>(r.activation.p1);
   p.slope = static_cast<T>(r.activation.p0);
@@ -272,25 +559,25 @@ void run(const CountRequest& r) {
   if (v.inner == 1) v.s_inner = v.s_channel == 1 ? 0 : 1;  // a size-1 dimension's stride means nothing
   if (yv.inner == 1) yv.s_inner = 0;
   const auto stream = reinterpret_cast<cudaStream_t>(r.stream);
-  const int64_t target = clamp64(ceil_div(v.outer * v.channels * v.inner, kWantItems), kMinItem, kMaxItem);
-  auto* counts = reinterpret_cast<unsigned long long*>(r.counts);
+  const int nt = r.ignore_ties ? 0 : r.num_thresholds;  // thresholds known at compile time (0: read at run time)
   if (v.s_inner != 1 && v.s_channel == 1) {
-    // More than kThreads channels: blocks of 128 (or kThreads when that divides C) keep every thread busy.
-    const int64_t max_chans = v.channels <= kThreads || v.channels % kThreads == 0 ? kThreads : kThreads / 2;
-    ChannelArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, yv,
-                     plan_channels(v, target, max_chans), counts};
-    const int64_t blocks = std::min(a.plan.items(v.outer), kMaxBlocks);
-    channels_kernel<S><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, p);
-    check_launch("nepenthe channels_kernel launch");
+    if (!fused && (nt == 1 || nt == 2) && vector_channels<S>(r, v)) {
+      if (nt == 1) {
+        launch_channels_vec<S, 1>(r, v, p.th, stream);
+      } else {
+        launch_channels_vec<S, 2>(r, v, p.th, stream);
+      }
+    } else {
+      launch_channels<S>(r, v, yv, p, stream);
+    }
+  } else if (fused) {
+    launch_rows<S, 0, true>(r, v, yv, p, stream);
+  } else if (nt == 1) {
+    launch_rows<S, 1, false>(r, v, yv, p, stream);
+  } else if (nt == 2) {
+    launch_rows<S, 2, false>(r, v, yv, p, stream);
   } else {
-    RowArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, yv, 1, 1, 1, 1, counts};
-    a.inner = clamp64(v.inner, 1, target);
-    a.rows = a.inner == v.inner ? clamp64(target / a.inner, 1, v.outer) : 1;
-    a.row_blocks = ceil_div(v.outer, a.rows);
-    a.inner_blocks = ceil_div(v.inner, a.inner);
-    const int64_t blocks = std::min(v.channels * a.row_blocks * a.inner_blocks, kMaxBlocks);
-    rows_kernel<S><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, p);
-    check_launch("nepenthe rows_kernel launch");
+    launch_rows<S, 0, false>(r, v, yv, p, stream);
   }
 }
 
