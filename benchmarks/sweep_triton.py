@@ -9,7 +9,7 @@ measured.
 Usage::
 
     python benchmarks/sweep_triton.py                     # all tensors and settings
-    python benchmarks/sweep_triton.py --tiles 16384 --warps 8 --per-sm 16   # the defaults only
+    python benchmarks/sweep_triton.py --tiles 8192 --warps 8 --per-sm 16   # one setting
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype) -> torch.Tenso
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiles", type=int, nargs="+", default=[8192, 16384, 32768], help="TILE_BYTES values")
-    parser.add_argument("--warps", type=int, nargs="+", default=[4, 8], help="NUM_WARPS values")
+    parser.add_argument("--warps", type=int, nargs="+", default=[4, 8], help="warps per program (both tile axes)")
     parser.add_argument("--per-sm", type=int, nargs="+", default=[8, 16], help="programs per SM")
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args(argv)
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         "| GPU GB/s | GPU / sum | counts |"
     )
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    defaults = (triton_count.TILE_BYTES, triton_count.NUM_WARPS, triton_count._target_programs)
+    names = ("TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs")
+    defaults = {name: getattr(triton_count, name) for name in names}
     try:
         for name, shape, channel_dim, layout, dtype, thresholds in TENSORS:
             x = make(shape, layout, dtype)
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
             read = time_it(lambda x=x: x.sum())
             read_gpu = gpu_time(lambda x=x: x.sum(), args.reps)
             for tile, warps, per_sm in itertools.product(args.tiles, args.warps, args.per_sm):
-                triton_count.TILE_BYTES, triton_count.NUM_WARPS = tile, warps
-                triton_count._target_programs = lambda device, per_sm=per_sm: per_sm * sms
+                triton_count.TILE_BYTES = tile
+                triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
+                triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
                 run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
                 same = torch.equal(run(), reference)
                 t = time_it(run)
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
             del x
     finally:
-        triton_count.TILE_BYTES, triton_count.NUM_WARPS, triton_count._target_programs = defaults
+        for name, value in defaults.items():
+            setattr(triton_count, name, value)
 
 
 if __name__ == "__main__":

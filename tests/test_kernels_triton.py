@@ -208,7 +208,7 @@ def test_launch_config_keeps_packed_counts_and_tiles_in_range():
     assert cfg.block_c * cfg.block_i * 2 <= TILE_BYTES
     nchw = ChannelView(256, 64, 3136, 64 * 3136, 3136, 1)
     cfg = launch_config(nchw, 4, target_programs=2112)
-    assert (cfg.block_c, cfg.block_i) == (1, 4096)  # tiles run along the contiguous inner axis
+    assert (cfg.block_c, cfg.block_i) == (1, TILE_BYTES // 4)  # tiles run along the contiguous inner axis
     cl = ChannelView(1, 768, 256 * 49, 0, 1, 768)
     cfg = launch_config(cl, 2, target_programs=2112)
     assert cfg.block_c == 256 and cfg.block_c * cfg.block_i * 2 == TILE_BYTES  # tiles along the channels
