@@ -25,7 +25,7 @@ from nepenthe.kernels import (  # noqa: E402
 )
 from nepenthe.kernels.layout import ChannelView, readable_view  # noqa: E402
 from nepenthe.kernels.reference import count_states_reference  # noqa: E402
-from nepenthe.kernels.triton_count import MAX_ITERS, TILE_BYTES, launch_config  # noqa: E402
+from nepenthe.kernels.triton_count import MAX_ITERS, TILE_BYTES, _cdiv, _pow2_at_most, launch_config  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 THRESHOLDS = [(0.0,), (0.0, 6.0), (-3.0, 3.0), (0.1,), (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)]
@@ -198,6 +198,18 @@ def test_packed_counts_at_the_iteration_cap(states):
     thresholds = tuple(float(t) for t in range(states - 1))
     got = count_states(x, thresholds, backend="triton")
     assert got.tolist() == [[0] * (states - 1) + [x.numel()]]
+
+
+def test_host_integer_helpers_match_triton():
+    """The launch arithmetic uses plain-Python cdiv and next-power-of-two (Triton's are JIT functions, slow to call
+    from the host): they must agree with Triton's own."""
+    import triton
+
+    for n in range(0, 5000):
+        assert _pow2_at_most(n, 1 << 20) == triton.next_power_of_2(max(n, 1)), n
+        for b in (1, 3, 16, 127):
+            assert _cdiv(n, b) == triton.cdiv(n, b), (n, b)
+    assert _pow2_at_most(1000, 256) == 256
 
 
 def test_launch_config_keeps_packed_counts_and_tiles_in_range():

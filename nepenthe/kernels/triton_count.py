@@ -222,8 +222,15 @@ def _target_programs(device: torch.device, along_channels: bool) -> int:
     return 4  # the interpreter: few programs, so the tests cover programs that walk several tiles
 
 
+# Host-side integer helpers in plain Python: triton.cdiv and triton.next_power_of_2 are JIT functions, and calling
+# one from the host costs microseconds.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _pow2_at_most(n: int, cap: int) -> int:
-    return min(triton.next_power_of_2(max(n, 1)), cap)
+    """The smallest power of two >= n (1 for n <= 1), at most ``cap``."""
+    return min(1 << max(n - 1, 0).bit_length(), cap)
 
 
 @dataclass(frozen=True)
@@ -239,7 +246,7 @@ class LaunchConfig:
 
     @property
     def programs(self) -> int:
-        return self.n_cblocks * triton.cdiv(self.total_tiles, self.iters)
+        return self.n_cblocks * _cdiv(self.total_tiles, self.iters)
 
 
 def tiles_along_channels(view: ChannelView) -> bool:
@@ -263,10 +270,10 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> Lau
     else:
         block_i = _pow2_at_most(view.inner, tile)
         block_c = _pow2_at_most(view.channels, tile // block_i)
-    n_cblocks = triton.cdiv(view.channels, block_c)
-    n_itiles = triton.cdiv(view.inner, block_i)
+    n_cblocks = _cdiv(view.channels, block_c)
+    n_itiles = _cdiv(view.inner, block_i)
     total_tiles = view.outer * n_itiles
-    iters = max(1, min(MAX_ITERS, triton.cdiv(n_cblocks * total_tiles, target_programs)))
+    iters = max(1, min(MAX_ITERS, _cdiv(n_cblocks * total_tiles, target_programs)))
     return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
 
 
@@ -287,19 +294,40 @@ class KernelLaunch:
 
 def kernel_launch(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> KernelLaunch:
     """The launch for ``job``: count, and when ``act`` is non-zero also write the activation into ``job.y``."""
-    x, view, device = job.x, job.view, job.x.device
-    kt = job.kernel_thresholds
-    consts = _constants(kt.greater, kt.tie, params, kt.compute_dtype, str(device))
-    along_channels = tiles_along_channels(view)
-    cfg = launch_config(view, x.element_size(), _target_programs(device, along_channels))
+    x, kt = job.x, job.kernel_thresholds
+    consts = _constants(kt.greater, kt.tie, params, kt.compute_dtype, str(x.device))
     if act:
         assert isinstance(job, FusedJob)
         y, y_view = job.y, job.y_view
     else:
-        y, y_view = x, view  # never written: ACT == 0 compiles the store away
-    args = (
-        x, y, job.counts, consts, view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters,
-        cfg.n_cblocks, view.stride_outer, view.stride_channel, view.stride_inner,
+        y, y_view = x, job.view  # never written: ACT == 0 compiles the store away
+    programs, ints, constexprs, num_warps = _static_launch(
+        job.view, y_view, x.element_size(), x.device, act, kt.num_states, job.ignore_ties, kt.compute_dtype,
+        x.dtype == torch.bfloat16,
+    )  # fmt: skip
+    return KernelLaunch(programs, (x, y, job.counts, consts, *ints), constexprs, num_warps)
+
+
+@functools.lru_cache(maxsize=256)
+def _static_launch(
+    view: ChannelView,
+    y_view: ChannelView,
+    itemsize: int,
+    device: torch.device,
+    act: int,
+    num_states: int,
+    ignore_ties: bool,
+    compute_dtype: torch.dtype,
+    bf16: bool,
+) -> tuple[int, tuple[int, ...], dict[str, object], int]:
+    """What a launch takes besides its tensors: grid size, integer arguments, compile-time constants and warps.
+    Remembered per shape and setting, since a model counts the same activation shapes batch after batch (the
+    constants dict is shared: callers copy it, never change it)."""
+    along_channels = tiles_along_channels(view)
+    cfg = launch_config(view, itemsize, _target_programs(device, along_channels))
+    ints = (
+        view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters, cfg.n_cblocks,
+        view.stride_outer, view.stride_channel, view.stride_inner,
         y_view.stride_outer, y_view.stride_channel, y_view.stride_inner,
     )  # fmt: skip
     strides = (view.stride_outer, view.stride_channel, view.stride_inner)
@@ -310,22 +338,22 @@ def kernel_launch(job: CountJob, act: int = 0, params: tuple[float, float] = (0.
         *(_alignment(s) for s in (*strides, *y_strides)),
     )
     constexprs = dict(
-        K=kt.num_states,
-        IGNORE_TIES=job.ignore_ties,
+        K=num_states,
+        IGNORE_TIES=ignore_ties,
         ACT=act,
         # relu/hardtanh as torch computes them on the tensor's device: its CUDA kernels turn a value at the lower
         # bound into the bound (relu(-0.0) == +0.0), its CPU kernels keep it (-0.0); NaN propagates on both.
         CLAMP_TO_BOUND=device.type == "cuda",
-        COMPUTE=tl.float64 if kt.compute_dtype == torch.float64 else tl.float32,
-        BF16=x.dtype == torch.bfloat16,
-        ACC=tl.int32 if kt.num_states <= 4 else tl.int64,
+        COMPUTE=tl.float64 if compute_dtype == torch.float64 else tl.float32,
+        BF16=bf16,
+        ACC=tl.int32 if num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
         # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
     )
-    return KernelLaunch(cfg.programs, args, constexprs, CHANNEL_TILE_WARPS if along_channels else INNER_TILE_WARPS)
+    return cfg.programs, ints, constexprs, CHANNEL_TILE_WARPS if along_channels else INNER_TILE_WARPS
 
 
 def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> None:
@@ -335,5 +363,10 @@ def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 
         # Under TRITON_INTERPRET=1 everything is interpreted, as for any Triton kernel (CUDA tensors included).
         interpreted_kernel()[(launch.programs,)](*launch.args, **launch.constexprs)
     else:
-        with torch.cuda.device(job.x.device):
-            compiled_kernel()[(launch.programs,)](*launch.args, **launch.constexprs, num_warps=launch.num_warps)
+        kernel = compiled_kernel()[(launch.programs,)]
+        index = job.x.device.index
+        if index is None or index == torch.cuda.current_device():  # switch devices only when another is current
+            kernel(*launch.args, **launch.constexprs, num_warps=launch.num_warps)
+        else:
+            with torch.cuda.device(index):
+                kernel(*launch.args, **launch.constexprs, num_warps=launch.num_warps)
