@@ -200,6 +200,28 @@ def test_packed_counts_at_the_iteration_cap(states):
     assert got.tolist() == [[0] * (states - 1) + [x.numel()]]
 
 
+def test_an_interpreter_that_cannot_run_the_kernel_is_reported(monkeypatch):
+    """A Triton whose interpreter fails on the kernel (Triton 3.6 does, with numpy 2.4) makes the backend say why
+    for CPU tensors, once checked on a tiny tensor, instead of failing deep inside the interpreter on every count."""
+    from nepenthe.kernels import BackendUnavailable, triton_count
+
+    def broken(job, act=0, params=(0.0, 0.0)):
+        raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+
+    triton_backend._interpreter_problem.cache_clear()
+    try:
+        with monkeypatch.context() as mp:
+            mp.setattr(triton_count, "run_kernel", broken)
+            problem = triton_backend.device_problem(torch.device("cpu"))
+            assert "interpreter cannot run" in problem and "TypeError" in problem, problem
+            with pytest.raises(BackendUnavailable, match="interpreter cannot run"):
+                count_states(torch.ones(2, 3), backend="triton")
+            assert "triton" not in available_backends("cpu")
+    finally:
+        triton_backend._interpreter_problem.cache_clear()
+    assert triton_backend.device_problem(torch.device("cpu")) is None  # this Triton's interpreter runs it
+
+
 def test_host_integer_helpers_match_triton():
     """The launch arithmetic uses plain-Python cdiv and next-power-of-two (Triton's are JIT functions, slow to call
     from the host): they must agree with Triton's own."""

@@ -6,6 +6,8 @@ which is slow and meant for testing the kernels on machines without a GPU.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .jobs import CountJob, FusedJob
@@ -48,14 +50,43 @@ def _interpreter_on() -> bool:
 
 
 def device_problem(device: torch.device) -> str | None:
-    """None for CUDA devices, and for CPU devices while the Triton interpreter is on; otherwise why not."""
+    """None for CUDA devices, and for CPU devices while the Triton interpreter is on and can run the kernel;
+    otherwise why not."""
     if device.type == "cuda":
         return None
     if device.type == "cpu":
         if _interpreter_on():
-            return None
+            return _interpreter_problem()
         return "Triton runs CPU tensors only in its interpreter; set TRITON_INTERPRET=1 to use it (slow)"
     return f"Triton kernels run on CUDA devices (or CPU under TRITON_INTERPRET=1), not {device.type}"
+
+
+@functools.cache
+def _interpreter_problem() -> str | None:
+    """Why this Triton's interpreter cannot run the kernel, from one count of a tiny tensor (checked once), or None.
+
+    Triton 3.6's interpreter, for one, cannot take a loop bound computed at run time (with numpy 2.4 and later), so
+    every count would fail deep inside the interpreter; the backend says so instead."""
+    import triton
+
+    from .plan import count_plan
+    from .triton_count import run_kernel
+
+    x = torch.tensor([[1.0, -1.0]])
+    plan = count_plan(x, (0.0,), 1)
+    counts = torch.zeros(plan.channels, plan.states, dtype=torch.int64)
+    job = CountJob(x, 1, plan.view, plan.values, plan.kernel_thresholds, False, counts)
+    try:
+        run_kernel(job)
+    except Exception as err:  # noqa: BLE001 - any failure means the interpreter cannot serve this backend
+        reason = str(err).splitlines()[0][:160] if str(err) else ""
+        return (
+            f"Triton {triton.__version__}'s interpreter cannot run nepenthe's kernel ({type(err).__name__}: "
+            f"{reason}); use the cpu backend on CPU tensors (Triton 3.8 interprets it)"
+        )
+    if counts.tolist() != [[0, 1], [1, 0]]:
+        return f"Triton {triton.__version__}'s interpreter miscounts a hand-checked tensor ({counts.tolist()})"
+    return None
 
 
 def count(job: CountJob) -> None:
