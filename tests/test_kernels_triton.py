@@ -120,8 +120,15 @@ def test_backend_contract_on_cpu_follows_the_interpreter(monkeypatch):
     assert "triton" in available_backends("cpu")
     assert triton_backend.device_problem(torch.device("cuda", 0)) is None
     assert "CUDA" in triton_backend.device_problem(torch.device("meta"))
+    x = torch.ones(2, 3)
+    assert count_states(x, backend="triton").tolist() == [[0, 2]] * 3  # chosen with the interpreter on
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "TRITON_INTERPRET=1" in triton_backend.device_problem(torch.device("cpu"))
+    # The earlier choice is not remembered: with the interpreter off, asking for triton on CPU says why it cannot.
+    from nepenthe.kernels import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        count_states(x, backend="triton")
 
 
 @pytest.mark.parametrize("thresholds", THRESHOLDS, ids=lambda t: f"k{len(t)}:{t[0]}")

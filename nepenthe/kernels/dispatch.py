@@ -109,7 +109,8 @@ def select_backend(device: torch.device, backend: str | None) -> ModuleType:
 
     Called on every count, so successful choices are remembered per (device, request) while the table of
     loaded backends they were made from is still the current one (a test that replaces ``_loaded`` starts
-    afresh).
+    afresh), except where the backend's ``choice_is_stable(device)`` says its answer can change (Triton on CPU
+    tensors runs only while its interpreter is switched on).
     """
     requested = backend if backend is not None else _env_backend()
     key = (device, requested)
@@ -117,7 +118,9 @@ def select_backend(device: torch.device, backend: str | None) -> ModuleType:
     if hit is not None and hit[0] is _loaded:
         return hit[1]
     chosen = _select(device, requested)
-    _chosen[key] = (_loaded, chosen)
+    stable = getattr(chosen, "choice_is_stable", None)
+    if stable is None or stable(device):  # a choice that hangs on the environment is made afresh each time
+        _chosen[key] = (_loaded, chosen)
     return chosen
 
 

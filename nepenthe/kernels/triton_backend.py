@@ -61,6 +61,12 @@ def device_problem(device: torch.device) -> str | None:
     return f"Triton kernels run on CUDA devices (or CPU under TRITON_INTERPRET=1), not {device.type}"
 
 
+def choice_is_stable(device: torch.device) -> bool:
+    """Whether ``device_problem(device)`` always gives the same answer: not on CPU, where it follows
+    ``TRITON_INTERPRET``, which can be switched on and off while the process runs."""
+    return device.type != "cpu"
+
+
 @functools.cache
 def _interpreter_problem() -> str | None:
     """Why this Triton's interpreter cannot run the kernel, from one count of a tiny tensor (checked once), or None.
