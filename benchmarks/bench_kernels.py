@@ -117,24 +117,14 @@ def timer(device: str, reps: int, min_seconds: float = 0.0) -> Callable[[Callabl
 
     def cuda_time(fn: Callable[[], object]) -> float:
         # Back-to-back calls between one pair of events, as a model's forward pass issues them: the host's launch
-        # cost hides behind the previous kernel whenever the kernel is the longer of the two. Enough calls per
-        # sample that it lasts about CUDA_SAMPLE_SECONDS; the median sample, per call.
-        fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        calls = max(1, min(CUDA_MAX_CALLS, math.ceil(CUDA_SAMPLE_SECONDS / (time.perf_counter() - start))))
-        samples = []
-        for _ in range(reps):
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
+        # cost hides behind the previous kernel whenever the kernel is the longer of the two.
+        calls = _cuda_calls_per_sample(fn)
+
+        def sample() -> None:
             for _ in range(calls):
                 fn()
-            end.record()
-            end.synchronize()
-            samples.append(begin.elapsed_time(end) / 1e3 / calls)
-        return statistics.median(samples)
+
+        return _median_event_seconds(sample, reps) / calls
 
     return cuda_time if device.startswith("cuda") else cpu_time
 
@@ -178,16 +168,34 @@ def machine(device: str) -> str:
     return f"{model}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
+def _cuda_calls_per_sample(fn: Callable[[], object]) -> int:
+    """After a warm-up call: how many calls of ``fn`` last about CUDA_SAMPLE_SECONDS (at most CUDA_MAX_CALLS)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return max(1, min(CUDA_MAX_CALLS, math.ceil(CUDA_SAMPLE_SECONDS / (time.perf_counter() - start))))
+
+
+def _median_event_seconds(sample: Callable[[], object], reps: int) -> float:
+    """Median over ``reps`` runs of ``sample`` of the GPU time between CUDA events recorded around it."""
+    times = []
+    for _ in range(reps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        sample()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def gpu_time(fn: Callable[[], object], reps: int) -> float | None:
     """GPU seconds of one call with the host out of the way: CUDA_MAX_CALLS-bounded calls captured in a CUDA graph
     and replayed (median of ``reps`` replays, per call). None when the calls cannot be captured."""
     try:
-        fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        calls = max(1, min(CUDA_MAX_CALLS, math.ceil(CUDA_SAMPLE_SECONDS / (time.perf_counter() - start))))
+        calls = _cuda_calls_per_sample(fn)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for _ in range(calls):
@@ -196,16 +204,7 @@ def gpu_time(fn: Callable[[], object], reps: int) -> float | None:
         torch.cuda.synchronize()
     except Exception:  # noqa: BLE001 - a call that cannot be captured just gets no GPU-only time
         return None
-    samples = []
-    for _ in range(reps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(begin.elapsed_time(end) / 1e3 / calls)
-    del graph
-    return statistics.median(samples)
+    return _median_event_seconds(graph.replay, reps) / calls
 
 
 def count_table(device: str, dtypes: list[str], batch: int, reps: int, min_seconds: float) -> list[str]:
