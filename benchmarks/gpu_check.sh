@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine (no network needed): build nepenthe with its CUDA extension, run the gpu-marked tests and
-# the kernel, profiler and depth-reduction benchmarks, and write everything under results/gpu-<UTC date-time>/ (printed at the start and end).
+# the kernel, profiler and depth-reduction benchmarks, and write everything under results/gpu-<UTC date-time>/
+# (printed at the start and end).
 #
 #   bash benchmarks/gpu_check.sh            # full benchmark (batch 32)
 #   QUICK=1 bash benchmarks/gpu_check.sh    # batch 8, fewer repetitions
@@ -8,17 +9,19 @@
 #   BATCH=128 SWEEP=1 bash benchmarks/gpu_check.sh # kernel benchmark at batch 128, then sweep the Triton launch constants
 #   NO_FUSED=1 bash benchmarks/gpu_check.sh        # kernel benchmark without the fused-activation table
 #
-# Each step is cut off after STEP_TIMEOUT seconds (default 300), the sweep after SWEEP_TIMEOUT (default the same). PYTHON names the interpreter (default python3,
-# else python); the gpu tests run on JOBS pytest-xdist workers (default 8) when pytest-xdist is installed. The
-# results folder is also packed into results/<folder>.tgz.
+# Each step is cut off after STEP_TIMEOUT seconds (default 300), the sweep after SWEEP_TIMEOUT (default the
+# same). PYTHON names the interpreter (default python3, else python); the gpu tests run on JOBS pytest-xdist workers
+# (default 8) when pytest-xdist is installed. The results folder is also packed into results/<folder>.tgz, and that
+# bundle is copied into $OUT when such a folder exists (the device tool's machines return what a command leaves
+# there). A CUDA-only build is quicker: NEPENTHE_BUILD_CPU=0 NEPENTHE_CUDA_ARCHS=90.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
 step() { timeout "$STEP_TIMEOUT" "$@"; }
-OUT="results/gpu-$(date -u +%Y%m%d-%H%M%S)"
-mkdir -p "$OUT"
-echo "gpu_check: writing results under $OUT"
+RESULTS="results/gpu-$(date -u +%Y%m%d-%H%M%S)"
+mkdir -p "$RESULTS"
+echo "gpu_check: writing results under $RESULTS"
 status=0
 
 {
@@ -27,52 +30,54 @@ status=0
   "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
   "$PY" -c "import triton; print('triton', triton.__version__)" || true
   command -v nvcc && nvcc --version | tail -n 2
-} >"$OUT/environment.txt" 2>&1
-cat "$OUT/environment.txt"
+} >"$RESULTS/environment.txt" 2>&1
+cat "$RESULTS/environment.txt"
 
 echo "== build (pip install --no-build-isolation --no-deps -e .)"
 "$PY" -c "import setuptools, pybind11, cmake, ninja" 2>/dev/null \
   || echo "warning: the build needs setuptools, pybind11, cmake and ninja installed (no network here)"
-if ! step "$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
-  echo "build failed, see $OUT/build.log; testing the sources without compiled extensions"
-  tail -n 30 "$OUT/build.log"
+if ! step "$PY" -m pip install --no-build-isolation --no-deps -e . >"$RESULTS/build.log" 2>&1; then
+  echo "build failed, see $RESULTS/build.log; testing the sources without compiled extensions"
+  tail -n 30 "$RESULTS/build.log"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   status=1
 fi
-"$PY" -m nepenthe doctor >"$OUT/doctor.txt" 2>&1 \
-  || "$PY" -c "import nepenthe; [print(s) for s in nepenthe.backend_status()]" >"$OUT/doctor.txt" 2>&1
-cat "$OUT/doctor.txt"
+"$PY" -m nepenthe doctor >"$RESULTS/doctor.txt" 2>&1 \
+  || "$PY" -c "import nepenthe; [print(s) for s in nepenthe.backend_status()]" >"$RESULTS/doctor.txt" 2>&1
+cat "$RESULTS/doctor.txt"
 
 echo "== gpu tests (pytest -m gpu)"
 XDIST=()
 "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${JOBS:-8}")
-step "$PY" -m pytest -m gpu -q -rs "${XDIST[@]}" tests/ --junitxml="$OUT/pytest-gpu.xml" 2>&1 | tee "$OUT/pytest-gpu.txt"
+step "$PY" -m pytest -m gpu -q -rs "${XDIST[@]}" tests/ --junitxml="$RESULTS/pytest-gpu.xml" 2>&1 | tee "$RESULTS/pytest-gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== kernel benchmark"
-BENCH_ARGS=(--device cuda --out "$OUT/bench_kernels.md")
+BENCH_ARGS=(--device cuda --out "$RESULTS/bench_kernels.md")
 [ -n "${QUICK:-}" ] && BENCH_ARGS+=(--quick)
 [ -n "${BATCH:-}" ] && BENCH_ARGS+=(--batch "$BATCH")
 [ -n "${NO_FUSED:-}" ] && BENCH_ARGS+=(--no-fused)
-step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench_kernels.txt"
+step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$RESULTS/bench_kernels.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 if [ -z "${KERNELS_ONLY:-}" ]; then
   echo "== profiler overhead (batch 128, autocast bf16)"
-  step "$PY" benchmarks/bench_profiler.py --device cuda 2>&1 | tee "$OUT/bench_profiler.txt"
+  step "$PY" benchmarks/bench_profiler.py --device cuda 2>&1 | tee "$RESULTS/bench_profiler.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
   echo "== depth reduction latency"
-  step "$PY" benchmarks/bench_shrink.py --device cuda --json "$OUT/bench_shrink.json" 2>&1 | tee "$OUT/bench_shrink.txt"
+  step "$PY" benchmarks/bench_shrink.py --device cuda --json "$RESULTS/bench_shrink.json" 2>&1 | tee "$RESULTS/bench_shrink.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if [ -n "${SWEEP:-}" ]; then
   echo "== Triton launch-constant sweep"
-  timeout "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py 2>&1 | tee "$OUT/sweep_triton.txt"
+  timeout "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py 2>&1 | tee "$RESULTS/sweep_triton.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
-tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
-echo "gpu_check: results in $OUT and $OUT.tgz (exit status $status)"
+tar czf "$RESULTS.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
+# A device machine's command gets an OUT folder whose files come back: leave the bundle there too.
+[ -n "${OUT:-}" ] && [ -d "$OUT" ] && cp "$RESULTS.tgz" "$OUT/"
+echo "gpu_check: results in $RESULTS and $RESULTS.tgz (exit status $status)"
 exit "$status"
