@@ -6,12 +6,12 @@ Kernels run on the current torch stream of the tensor's device and never synchro
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from types import ModuleType
 
 import torch
 
 from .cpu_backend import activation_args, job_args
+from .cuda_device import on_device
 from .jobs import CountJob, FusedJob
 
 NAME = "cuda"
@@ -45,25 +45,14 @@ def device_problem(device: torch.device) -> str | None:
     return None
 
 
-def _launch(job: CountJob, call: Callable[[int], None]) -> None:
-    """Run ``call(stream)`` with the tensor's device current (switching only when another one is), passing the
-    handle of that device's current torch stream."""
-    index = job.x.device.index
-    if index is None or index == torch.cuda.current_device():
-        call(torch.cuda.current_stream().cuda_stream)
-    else:
-        with torch.cuda.device(index):
-            call(torch.cuda.current_stream().cuda_stream)
-
-
 def count(job: CountJob) -> None:
     assert _ext is not None, "cuda backend used before load()"
-    ext = _ext
-    _launch(job, lambda stream: ext.count(*job_args(job), stream))
+    with on_device(job.x.device):
+        _ext.count(*job_args(job), torch.cuda.current_stream().cuda_stream)
 
 
 def fused_forward(job: FusedJob) -> None:
     assert _ext is not None, "cuda backend used before load()"
-    ext = _ext
-    extra = (job.y.data_ptr(), job.y_view.args, *activation_args(job.kind, job.params))
-    _launch(job, lambda stream: ext.fused(*job_args(job), stream, *extra))
+    with on_device(job.x.device):
+        stream = torch.cuda.current_stream().cuda_stream
+        _ext.fused(*job_args(job), stream, job.y.data_ptr(), job.y_view.args, *activation_args(job.kind, job.params))

@@ -32,6 +32,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
+from .cuda_device import on_device
 from .jobs import CountJob, FusedJob
 from .layout import ChannelView
 
@@ -363,10 +364,5 @@ def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 
         # Under TRITON_INTERPRET=1 everything is interpreted, as for any Triton kernel (CUDA tensors included).
         interpreted_kernel()[(launch.programs,)](*launch.args, **launch.constexprs)
     else:
-        kernel = compiled_kernel()[(launch.programs,)]
-        index = job.x.device.index
-        if index is None or index == torch.cuda.current_device():  # switch devices only when another is current
-            kernel(*launch.args, **launch.constexprs, num_warps=launch.num_warps)
-        else:
-            with torch.cuda.device(index):
-                kernel(*launch.args, **launch.constexprs, num_warps=launch.num_warps)
+        with on_device(job.x.device):
+            compiled_kernel()[(launch.programs,)](*launch.args, **launch.constexprs, num_warps=launch.num_warps)
