@@ -1,6 +1,7 @@
 """Build nepenthe's compiled kernels with CMake + ninja + pybind11.
 
-``nepenthe._cpu`` (C++/OpenMP) is always built; ``nepenthe._cuda`` is built when ``nvcc`` is found. Environment:
+``nepenthe._cpu`` (C++/OpenMP, with ``nepenthe._cpu_isa``, which checks this CPU against it) is always built;
+``nepenthe._cuda`` is built when ``nvcc`` is found. Environment:
 
 - ``NEPENTHE_BUILD_CPU=0``: skip the CPU extension (a GPU machine's quick check needs only the CUDA one; the
   ``cpu`` backend then reports itself not built and CPU tensors count with the torch reference);
@@ -98,7 +99,9 @@ class CMakeBuild(build_ext):
 
 def _extensions() -> list[CMakeExtension]:
     skip_cpu = os.environ.get("NEPENTHE_BUILD_CPU", "").strip() == "0"
-    exts = [] if skip_cpu else [CMakeExtension("nepenthe._cpu", "_cpu")]
+    # _cpu_isa: the check of this CPU against what _cpu was compiled for (csrc/cpu/isa.h)
+    cpu = [CMakeExtension("nepenthe._cpu_isa", "_cpu_isa"), CMakeExtension("nepenthe._cpu", "_cpu")]
+    exts = [] if skip_cpu else cpu
     build_cuda, forced, nvcc = _cuda_mode()
     if build_cuda:
         if forced and nvcc is None:

@@ -11,23 +11,57 @@ from .jobs import CountJob, FusedJob
 
 NAME = "cpu"
 EXTENSION = "nepenthe._cpu"
+ISA_EXTENSION = "nepenthe._cpu_isa"
 
 # Must match the DType and Activation enums of csrc/common/count_args.h.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 ACTIVATION_CODES = {"relu": 0, "hardtanh": 1, "leaky_relu": 2, ("gelu", "none"): 3, ("gelu", "tanh"): 4}
 
 _ext: ModuleType | None = None
+_isa: ModuleType | None = None
 
 
 def load() -> None:
-    """Import ``nepenthe._cpu``; raise ImportError saying how to build it when it is missing or broken."""
-    global _ext
+    """Import ``nepenthe._cpu``; raise ImportError saying how to build it when it is missing or broken, or when it
+    was built for instructions this CPU lacks (a build from another machine, which would die of SIGILL): that is
+    asked of ``nepenthe._cpu_isa``, compiled for the baseline CPU, before ``_cpu`` is imported."""
+    global _ext, _isa
+    try:
+        _isa = importlib.import_module(ISA_EXTENSION)
+    except ImportError:
+        _isa = None  # an older build without the check: import _cpu as it is
+    problem = isa_problem(_isa) if _isa is not None else None
+    if problem is not None:
+        raise ImportError(problem)
     try:
         _ext = importlib.import_module(EXTENSION)
     except ImportError as err:
         raise ImportError(
             f"{EXTENSION} not built or not loadable ({err}): run `pip install --no-build-isolation --no-deps -e .`"
         ) from err
+
+
+def isa_problem(isa: ModuleType) -> str | None:
+    """Why ``nepenthe._cpu`` cannot run on this CPU, from its instruction-set check ``isa`` (``nepenthe._cpu_isa``):
+    the extensions it was built for that this CPU lacks. None when it can run."""
+    missing = list(isa.missing_isa())
+    if not missing:
+        return None
+    arch = isa.build_arch or "the compiler default"
+    return (
+        f"{EXTENSION} was built with -march={arch} for instructions this CPU lacks ({', '.join(missing)}), "
+        "so its kernels would crash here: rebuild it on this machine (`pip install --no-build-isolation --no-deps "
+        "-e .`), or for every machine that shares the build with NEPENTHE_CPU_ARCH=x86-64-v3 (AVX2) or x86-64-v2"
+    )
+
+
+def build_note() -> str:
+    """How the loaded extension's kernels were compiled (``nepenthe doctor`` prints it)."""
+    if _isa is None:
+        return "kernels built for an unknown CPU (nepenthe._cpu_isa is missing: rebuild to check)"
+    if not _isa.build_arch:
+        return "kernels built for the compiler's default CPU"
+    return f"kernels built with -march={_isa.build_arch}"
 
 
 def device_problem(device: torch.device) -> str | None:

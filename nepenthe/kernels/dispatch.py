@@ -64,6 +64,9 @@ def backend_status() -> list[BackendStatus]:
         usable = [d for d, p in problems.items() if p is None]
         notes = [f"runs on {', '.join(usable)}"] if usable else []
         notes += [f"not on {d}: {p}" for d, p in problems.items() if p is not None]
+        build_note = getattr(got, "build_note", None)
+        if build_note is not None:
+            notes.append(build_note())
         out.append(BackendStatus(name, True, "; ".join(notes)))
     return out
 
