@@ -301,6 +301,25 @@ def test_16bit_thresholds_between_representable_values(device_backend, dtype, ch
             _check(x, thresholds, 1, ignore_ties, backend)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("hw", [(17, 19), (16, 20), (1, 301)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_16bit_rows_thresholds_between_representable_values(device_backend, dtype, hw):
+    """The same values in contiguous NCHW rows longer than the short-row path's (323, 320 and 301 values, so a
+    tail that is and is not a whole vector), where the cpu backend compares 16-bit rows in their own bits. One row
+    of each tensor also holds a NaN, which sends that row to the float32 comparisons."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; tests/test_kernels_triton.py covers it with small tiles")
+    pool = values_around([t for ts in WORD_THRESHOLDS for t in ts], dtype)
+    gen = torch.Generator().manual_seed(_seed("16bit-rows", dtype, *hw))
+    x = pool[torch.randint(0, len(pool), (2, 5, *hw), generator=gen)]
+    x[1, 3].view(-1)[hw[0] * hw[1] // 2] = -math.nan
+    x = x.to(device)
+    for thresholds in WORD_THRESHOLDS:
+        for ignore_ties in (False, True):
+            _check(x, thresholds, 1, ignore_ties, backend)
+
+
 def test_ties_hand_counted(device_backend):
     device, backend = device_backend
     x = torch.tensor([[-1.0, 0.0, 0.0, 2.0, 6.0, 7.0, math.nan]], device=device).T.contiguous()  # (N=7, C=1)
