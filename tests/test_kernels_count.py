@@ -302,11 +302,12 @@ def test_16bit_thresholds_between_representable_values(device_backend, dtype, ch
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("hw", [(17, 19), (16, 20), (1, 301)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
+@pytest.mark.parametrize("hw", [(7, 7), (16, 16), (17, 19), (16, 20), (1, 301)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_16bit_rows_thresholds_between_representable_values(device_backend, dtype, hw):
-    """The same values in contiguous NCHW rows longer than the short-row path's (323, 320 and 301 values, so a
-    tail that is and is not a whole vector), where the cpu backend compares 16-bit rows in their own bits. One row
-    of each tensor also holds a NaN, which sends that row to the float32 comparisons."""
+    """The same values in contiguous NCHW rows, where the cpu backend compares 16-bit values in their own bits:
+    short rows (49 and 256 values) through bitmaps (AVX2 builds), longer rows (323, 320 and 301 values, so a tail
+    that is and is not a whole vector) through lane counters. One row of each tensor also holds a NaN, which sends
+    that row, or its block of rows, to the float32 comparisons."""
     device, backend = device_backend
     if backend == "triton" and device == "cpu":
         pytest.skip("too large for the Triton interpreter; tests/test_kernels_triton.py covers it with small tiles")

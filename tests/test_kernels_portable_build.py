@@ -94,7 +94,9 @@ def test_portable_build_counts_equal_reference(portable_ext, shape, channels_las
     x = make(shape, dtype, seed)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    for thresholds, ignore_ties in [((0.0,), False), ((0.0, 6.0), True), ((-2.5, -1.0, 0.0, 0.5, 3.0), False)]:
+    # the 16-bit word paths (one or two thresholds, no ties) compare raw bits, or keys when a threshold is < 0
+    cases = [((0.0,), False), ((0.0, 6.0), False), ((-1.0, 0.5), False), ((0.0, 6.0), True)]
+    for thresholds, ignore_ties in cases + [((-2.5, -1.0, 0.0, 0.5, 3.0), False)]:
         job = _job(x, thresholds, ignore_ties)
         portable_ext.count(*job_args(job), 2)
         assert torch.equal(job.counts, count_states_reference(x, thresholds, 1, ignore_ties))

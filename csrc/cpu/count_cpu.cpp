@@ -1104,15 +1104,84 @@ inline Lanes::Vec load_lanes_partial(const S* p, int64_t m) {
   return reinterpret_cast<const Lanes::Vec&>(v);
 }
 
+#if !defined(__AVX512F__)
+#define NEP_WORD_BITMAPS 1
+// Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds, AVX2: 32 values a step
+// compared in their own 16 bits (WordThresholds), each comparison's two word masks packed into one 32-bit mask,
+// instead of four widenings, compares and mask moves per comparison.
+template <int K>
+struct WordMasks {
+  __m256i t[K];
+  __m256i inf;
+  bool key;
+  template <class S>
+  WordMasks(const Thresholds<float>& th, S) {
+    const WordThresholds wt(th, S{});
+    for (int k = 0; k < K; ++k) t[k] = _mm256_set1_epi16(static_cast<short>(wt.bits[k]));
+    inf = _mm256_set1_epi16(static_cast<short>(wt.inf));
+    key = wt.key;
+  }
+  // The comparison masks of values [0, m) from p (m <= kBitBlock; words past m read as +0) into bitmaps 1..K of
+  // `maps` (bitmap j at j * map_bytes, bit i of a bitmap is value i); false if a value is NaN (then the bitmaps
+  // are not usable: NaN would compare above every threshold).
+  bool fill(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
+    return key ? fill_as<true>(p, m, maps, map_bytes) : fill_as<false>(p, m, maps, map_bytes);
+  }
+  template <bool kKey>
+  bool fill_as(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
+    const __m256i magnitude = _mm256_set1_epi16(0x7fff);
+    __m256i top = _mm256_setzero_si256();
+    auto step = [&](__m256i x0, __m256i x1, int64_t g) {
+      const __m256i m0 = _mm256_and_si256(x0, magnitude), m1 = _mm256_and_si256(x1, magnitude);
+      top = _mm256_max_epu16(top, _mm256_max_epu16(m0, m1));
+      if constexpr (kKey) {  // the magnitude bits of negative values flipped
+        x0 = _mm256_xor_si256(x0, _mm256_and_si256(_mm256_srai_epi16(x0, 15), magnitude));
+        x1 = _mm256_xor_si256(x1, _mm256_and_si256(_mm256_srai_epi16(x1, 15), magnitude));
+      }
+      for (int k = 0; k < K; ++k) {
+        // packing works within 128-bit lanes: bytes [x0 0-7, x1 0-7 | x0 8-15, x1 8-15], put back in order
+        const __m256i b = _mm256_packs_epi16(_mm256_cmpgt_epi16(x0, t[k]), _mm256_cmpgt_epi16(x1, t[k]));
+        const auto bits = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_permute4x64_epi64(b, 0xD8)));
+        std::memcpy(maps + (1 + k) * map_bytes + 4 * g, &bits, sizeof bits);
+      }
+    };
+    int64_t g = 0;
+    for (; 32 * g + 32 <= m; ++g) {
+      step(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * g)),
+           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * g + 16)), g);
+    }
+    if (32 * g < m) {
+      alignas(32) uint16_t tail[32] = {};
+      std::memcpy(tail, p + 32 * g, static_cast<size_t>(m - 32 * g) * sizeof(uint16_t));
+      step(_mm256_load_si256(reinterpret_cast<const __m256i*>(tail)),
+           _mm256_load_si256(reinterpret_cast<const __m256i*>(tail + 16)), g);
+    }
+    return _mm256_movemask_epi8(_mm256_cmpgt_epi16(top, inf)) == 0;  // magnitudes are <= 0x7fff: signed is fine
+  }
+};
+
+// The WordMasks of a job, where kOn (16-bit storage takes word bitmaps); else a placeholder.
+template <bool kOn, class S, int K, class T>
+auto word_masks_if(const Thresholds<T>& th) {
+  if constexpr (kOn) {
+    return WordMasks<K>(th, S{});
+  } else {
+    return std::nullptr_t{};
+  }
+}
+#endif
+
 // Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
 // per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
 // 64 bytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row (its
 // bits are never counted), except at the end of the run, which is read partially. `windows`: the RowWindows of
 // `inner` where rows are counted eight at a time. after_block(r0, values) runs once each block of rows from r0
-// is counted (the fused activation of its values, while they are in L1).
-template <class S, int K, bool kTies, bool kOneRead, class AfterBlock>
+// is counted (the fused activation of its values, while they are in L1). words: a WordMasks that fills a block's
+// bitmaps from 16-bit values in their own bits (the float comparisons count a block that holds NaN), or nullptr.
+template <class S, int K, bool kTies, bool kOneRead, class Words, class AfterBlock>
 void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
-                 int64_t stride_j, Lanes::Mask* maps, const void* windows, AfterBlock&& after_block) {
+                 int64_t stride_j, Lanes::Mask* maps, const void* windows, const Words* words,
+                 AfterBlock&& after_block) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
   constexpr int N = Lanes::N;
   const int64_t len = n * inner;
@@ -1123,33 +1192,40 @@ void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t 
     const S* p = base + r0 * inner;
     const int64_t span = (r1 - r0) * inner, avail = len - r0 * inner;
     const int64_t full = std::min(span + N - 1, avail) / N;  // vectors that lie inside the run
-    // NaN guard: a float sum of the block's values per lane (two chains) is NaN or infinite if any value is NaN
-    // (or infinite, or the sum overflows: then the exact NaN count below finds none). An add costs less than a
-    // comparison and a mask move per vector.
-    Lanes::Vec sum0 = Lanes::zero(), sum1 = Lanes::zero();
-    int64_t w = 0;
-    for (; w + 2 <= full; w += 2) {
-      const Lanes::Vec x0 = load_lanes(p + N * w), x1 = load_lanes(p + N * w + N);
-      ms.store(x0, maps, kMapWords, w);
-      ms.store(x1, maps, kMapWords, w + 1);
-      sum0 = Lanes::add(sum0, x0);
-      sum1 = Lanes::add(sum1, x1);
-    }
-    if (w < full) {
-      const Lanes::Vec x = load_lanes(p + N * w);
-      ms.store(x, maps, kMapWords, w);
-      sum0 = Lanes::add(sum0, x);
-    }
     const int64_t part = avail - N * full;  // values of a last, partial vector (its padding is NaN)
     const auto real = static_cast<Lanes::Mask>((1u << std::min<int64_t>(part, N)) - 1);
-    bool nan = !Lanes::finite(Lanes::add(sum0, sum1));
-    if (N * full < span) {
-      const Lanes::Vec x = load_lanes_partial(p + N * full, part);
-      ms.store(x, maps, kMapWords, full);
-      nan = nan || (Lanes::unord(x) & real) != 0;
+    constexpr int64_t kMapBytes = kMapWords * static_cast<int64_t>(sizeof(Lanes::Mask));
+    bool nan = false;
+    bool filled = false;  // by words, NaN-free
+    if constexpr (!std::is_same_v<Words, std::nullptr_t>) {
+      filled = words->fill(reinterpret_cast<const uint16_t*>(p), span, reinterpret_cast<uint8_t*>(maps), kMapBytes);
+    }
+    if (!filled) {
+      // NaN guard: a float sum of the block's values per lane (two chains) is NaN or infinite if any value is NaN
+      // (or infinite, or the sum overflows: then the exact NaN count below finds none). An add costs less than a
+      // comparison and a mask move per vector.
+      Lanes::Vec sum0 = Lanes::zero(), sum1 = Lanes::zero();
+      int64_t w = 0;
+      for (; w + 2 <= full; w += 2) {
+        const Lanes::Vec x0 = load_lanes(p + N * w), x1 = load_lanes(p + N * w + N);
+        ms.store(x0, maps, kMapWords, w);
+        ms.store(x1, maps, kMapWords, w + 1);
+        sum0 = Lanes::add(sum0, x0);
+        sum1 = Lanes::add(sum1, x1);
+      }
+      if (w < full) {
+        const Lanes::Vec x = load_lanes(p + N * w);
+        ms.store(x, maps, kMapWords, w);
+        sum0 = Lanes::add(sum0, x);
+      }
+      nan = !Lanes::finite(Lanes::add(sum0, sum1));
+      if (N * full < span) {
+        const Lanes::Vec x = load_lanes_partial(p + N * full, part);
+        ms.store(x, maps, kMapWords, full);
+        nan = nan || (Lanes::unord(x) & real) != 0;
+      }
     }
     const uint8_t* bits = reinterpret_cast<const uint8_t*>(maps);
-    constexpr int64_t kMapBytes = kMapWords * static_cast<int64_t>(sizeof(Lanes::Mask));
     for (int j = 1; j < A; ++j) {
       count_rows<kOneRead>(bits + j * kMapBytes, r1 - r0, inner, table + j * stride_j + r0, windows);
     }
@@ -1177,6 +1253,14 @@ void run_short_rows_bitmap(const Job<S>& job) {
   ThreadTables<K, kTies> tables(v.channels, threads, /*by_comparison=*/true);
   static_assert(decltype(tables)::kAcc == A, "tables hold the bitmaps' comparisons");
   const MaskSet<K, kTies> ms(job.th);
+#if defined(NEP_WORD_BITMAPS)
+  // float16/bfloat16 without ties, 1-2 thresholds: bitmaps filled from the values' own bits
+  constexpr bool kWordBits = sizeof(S) == 2 && !kTies && K <= 2;
+  const auto word_masks = word_masks_if<kWordBits, S, K>(job.th);
+  const auto* words = kWordBits ? &word_masks : nullptr;
+#else
+  const std::nullptr_t* words = nullptr;
+#endif
   const bool one_read = v.inner <= 57;
 #if defined(NEP_ROW_WINDOWS)
   const RowWindows row_windows(one_read ? v.inner : 1);
@@ -1201,10 +1285,10 @@ void run_short_rows_bitmap(const Job<S>& job) {
           if (job.y != nullptr) write_activation(job, o, c0 + r0, 0, values, false, buf.data());
         };
         if (one_read) {
-          bitmap_slab<S, K, kTies, true>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows,
+          bitmap_slab<S, K, kTies, true>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows, words,
                                          after_block);
         } else {
-          bitmap_slab<S, K, kTies, false>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows,
+          bitmap_slab<S, K, kTies, false>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows, words,
                                           after_block);
         }
       }
