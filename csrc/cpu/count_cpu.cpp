@@ -1483,57 +1483,99 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
 }
 #endif
 
-#if defined(__AVX512BW__)
+#if defined(__AVX512BW__) || (defined(__AVX2__) && !defined(__AVX512F__))
 #define NEP_WORD_LANES 1
-// Word-lane channel counters (channel path, float16/bfloat16 storage, AVX-512BW, no ties, K <= 2): 32 channels per
-// vector compared in their own 16 bits, with no widening to float32 (WordThresholds explains the comparison).
-// Counters are uint16 lanes in registers over chunks of at most 65535 positions; valid counts are the chunk's
-// positions.
-// Counts the comparisons of G vectors of 32 channels from `first` over positions [q0, q1) (at most 65535) into
-// uint16 counters, kept in registers and then stored as G x K rows of 64 bytes at `counters` (K per vector);
-// returns the largest magnitude bits seen. Each row is prefetched about 4 KiB ahead (from memory, MobileNet-V2's
-// 96 channels measured 12% faster with it). Never inlined: inlined into word_sweep, GCC's register allocation made
-// MobileNet-V2's 96 channels 1.4x slower.
+// Word-lane channel counters (channel path, float16/bfloat16 storage, AVX-512BW or AVX2, no ties, K <= 2):
+// WordOps::kLanes channels per vector compared in their own 16 bits, with no widening to float32 (WordThresholds
+// explains the comparison). Counters are uint16 lanes in registers over chunks of at most 65535 positions; valid
+// counts are the chunk's positions.
+#if defined(__AVX512BW__)
+struct WordOps {
+  using V = __m512i;
+  static constexpr int kLanes = 32;
+  static constexpr int kTileCounters = 8;  // G x K counters per tile held in registers (12 / K spilled)
+  static V splat(uint16_t b) { return _mm512_set1_epi16(static_cast<short>(b)); }
+  static V zero() { return _mm512_setzero_si512(); }
+  static V load(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static void store(uint8_t* p, V v) { _mm512_storeu_si512(p, v); }
+  static V max(V a, V b) { return _mm512_max_epu16(a, b); }
+  static V magnitude(V x) { return _mm512_and_si512(x, _mm512_set1_epi16(0x7fff)); }
+  // the magnitude bits of negative values flipped (their sign spread by an arithmetic shift)
+  static V key(V x) { return _mm512_xor_si512(x, magnitude(_mm512_srai_epi16(x, 15))); }
+  static V count_above(V c, V x, V t) {  // c + 1 in the lanes where x > t (signed)
+    return _mm512_mask_sub_epi16(c, _mm512_cmpgt_epi16_mask(x, t), c, _mm512_set1_epi16(-1));
+  }
+  static bool any_above(V top, V inf) { return _mm512_cmpgt_epu16_mask(top, inf) != 0; }
+  // the two halves of uint16 lanes widened to int32 lanes (float vectors' slots)
+  static __m512i low(V c) { return _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(c, 0)); }
+  static __m512i high(V c) { return _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(c, 1)); }
+};
+#else
+struct WordOps {
+  using V = __m256i;
+  static constexpr int kLanes = 16;
+  static constexpr int kTileCounters = 12;  // 16 registers: MobileNet-V2's 96 channels with two thresholds, spilled
+  static V splat(uint16_t b) { return _mm256_set1_epi16(static_cast<short>(b)); }
+  static V zero() { return _mm256_setzero_si256(); }
+  static V load(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static void store(uint8_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static V max(V a, V b) { return _mm256_max_epu16(a, b); }
+  static V magnitude(V x) { return _mm256_and_si256(x, _mm256_set1_epi16(0x7fff)); }
+  static V key(V x) { return _mm256_xor_si256(x, magnitude(_mm256_srai_epi16(x, 15))); }
+  static V count_above(V c, V x, V t) { return _mm256_sub_epi16(c, _mm256_cmpgt_epi16(x, t)); }
+  static bool any_above(V top, V inf) {  // magnitudes are <= 0x7fff: a signed compare is exact
+    return _mm256_movemask_epi8(_mm256_cmpgt_epi16(top, inf)) != 0;
+  }
+  static __m256i low(V c) { return _mm256_cvtepu16_epi32(_mm256_castsi256_si128(c)); }
+  static __m256i high(V c) { return _mm256_cvtepu16_epi32(_mm256_extracti128_si256(c, 1)); }
+};
+#endif
+using WordVec = WordOps::V;
+constexpr int kWordLanes = WordOps::kLanes;
+
+// Counts the comparisons of G vectors of kWordLanes channels from `first` over positions [q0, q1) (at most 65535)
+// into uint16 counters, kept in registers and then stored as G x K rows of one vector at `counters` (K per
+// vector); returns the largest magnitude bits seen. Each row is prefetched about 4 KiB ahead (from memory,
+// MobileNet-V2's 96 channels measured 12% faster with it). Never inlined: inlined into word_sweep, GCC's register
+// allocation made MobileNet-V2's 96 channels 1.4x slower.
 template <int K, bool kKey, int G>
-__attribute__((noinline)) __m512i word_tile(const __m512i* t, const uint16_t* first, int64_t stride, int64_t q0,
+__attribute__((noinline)) WordVec word_tile(const WordVec* t, const uint16_t* first, int64_t stride, int64_t q0,
                                              int64_t q1, uint8_t* counters) {
-  const __m512i magnitude = _mm512_set1_epi16(0x7fff), minus_one = _mm512_set1_epi16(-1);
-  __m512i c[G][K];
+  WordVec c[G][K];
   for (int g = 0; g < G; ++g) {
-    for (int k = 0; k < K; ++k) c[g][k] = _mm512_setzero_si512();
+    for (int k = 0; k < K; ++k) c[g][k] = WordOps::zero();
   }
   // Up to three chains of maxes (one chain of G dependent maxes per position measured slower).
   constexpr int kTops = G < 3 ? G : 3;
-  __m512i top[kTops];
-  for (int i = 0; i < kTops; ++i) top[i] = _mm512_setzero_si512();
+  WordVec top[kTops];
+  for (int i = 0; i < kTops; ++i) top[i] = WordOps::zero();
   const int64_t ahead = rows_ahead(stride, 2);
   for (int64_t q = q0; q < q1; ++q) {
     const uint16_t* row = first + q * stride;
     for (int g = 0; g < G; ++g) {
-      _mm_prefetch(reinterpret_cast<const char*>(row + 32 * g + ahead), _MM_HINT_T0);
-      const __m512i x = _mm512_loadu_si512(row + 32 * g);
-      top[g % kTops] = _mm512_max_epu16(top[g % kTops], _mm512_and_si512(x, magnitude));
-      // key: the magnitude bits of negative values flipped (their sign spread by an arithmetic shift)
-      const __m512i kx = kKey ? _mm512_xor_si512(x, _mm512_and_si512(_mm512_srai_epi16(x, 15), magnitude)) : x;
-      for (int k = 0; k < K; ++k) {
-        c[g][k] = _mm512_mask_sub_epi16(c[g][k], _mm512_cmpgt_epi16_mask(kx, t[k]), c[g][k], minus_one);
+      if (sizeof(WordVec) == 64 || g % 2 == 0) {  // each cache line of the row once
+        _mm_prefetch(reinterpret_cast<const char*>(row + kWordLanes * g + ahead), _MM_HINT_T0);
       }
+      const WordVec x = WordOps::load(row + kWordLanes * g);
+      top[g % kTops] = WordOps::max(top[g % kTops], WordOps::magnitude(x));
+      const WordVec kx = kKey ? WordOps::key(x) : x;
+      for (int k = 0; k < K; ++k) c[g][k] = WordOps::count_above(c[g][k], kx, t[k]);
     }
   }
-  for (int i = 1; i < kTops; ++i) top[0] = _mm512_max_epu16(top[0], top[i]);
+  for (int i = 1; i < kTops; ++i) top[0] = WordOps::max(top[0], top[i]);
   for (int g = 0; g < G; ++g) {
-    for (int k = 0; k < K; ++k) _mm512_storeu_si512(counters + 64 * (g * K + k), c[g][k]);
+    for (int k = 0; k < K; ++k) WordOps::store(counters + sizeof(WordVec) * (g * K + k), c[g][k]);
   }
   return top[0];
 }
 
-// At most kWordTile<K> vectors per tile: their G x K counters stay in registers (12 / K spilled).
+// At most kWordTile<K> vectors per tile: their G x K counters stay in registers (mostly).
 template <int K>
-constexpr int kWordTile = 8 / K;
+constexpr int kWordTile = WordOps::kTileCounters / K;
 
 // word_tile with 1 <= m <= G vectors (m known only at run time).
 template <int K, bool kKey, int G>
-inline __m512i word_narrow(int64_t m, const __m512i* t, const uint16_t* first, int64_t stride, int64_t q0,
+inline WordVec word_narrow(int64_t m, const WordVec* t, const uint16_t* first, int64_t stride, int64_t q0,
                            int64_t q1, uint8_t* counters) {
   if constexpr (G > 1) {
     if (m != G) return word_narrow<K, kKey, G - 1>(m, t, first, stride, q0, q1, counters);
@@ -1541,22 +1583,23 @@ inline __m512i word_narrow(int64_t m, const __m512i* t, const uint16_t* first, i
   return word_tile<K, kKey, G>(t, first, stride, q0, q1, counters);
 }
 
-// Counts groups <= kWordTile<K> vectors of 32 channels from `base` over positions [q0, q1) into the int32 lane
-// slots of float vectors 0.. (slot j * nslots + 2g + h holds channels 32g + 16h ..; j = 0 valid, 1 + k above
-// threshold k), in chunks of at most 65535 positions (a uint16 counter never wraps). A chunk whose largest magnitude
-// bits exceed infinity's holds NaN: exact(qb, qe) counts it again instead (float comparisons). counters: scratch
-// for the groups x K rows of 64 bytes word_tile stores. More channels than one tile take byte_sweep or float tiles: tiles that split a
-// row measured up to 1.9x slower from memory than those paths.
+// Counts groups <= kWordTile<K> vectors of kWordLanes channels from `base` over positions [q0, q1) into the int32
+// lane slots of float vectors 0.. (slot j * nslots + 2g + h holds the h-th half of word vector g; j = 0 valid,
+// 1 + k above threshold k), in chunks of at most 65535 positions (a uint16 counter never wraps). A chunk whose
+// largest magnitude bits exceed infinity's holds NaN: exact(qb, qe) counts it again instead (float comparisons).
+// counters: scratch for the groups x K vectors word_tile stores. More channels than one tile take byte_sweep or
+// float tiles: tiles that split a row measured up to 1.9x slower from memory than those paths (AVX-512).
 template <int K, bool kKey, class I, class Exact>
 void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, int64_t stride, int64_t q0, int64_t q1,
                 I* slots, int64_t nslots, uint8_t* counters, Exact&& exact) {
-  __m512i t[K];
-  for (int k = 0; k < K; ++k) t[k] = _mm512_set1_epi16(static_cast<short>(wt.bits[k]));
-  const __m512i inf = _mm512_set1_epi16(static_cast<short>(wt.inf));
+  static_assert(sizeof(I) == sizeof(WordVec), "a word vector's halves widen to two float vectors' slots");
+  WordVec t[K];
+  for (int k = 0; k < K; ++k) t[k] = WordOps::splat(wt.bits[k]);
+  const WordVec inf = WordOps::splat(wt.inf);
   for (int64_t cb = q0; cb < q1; cb += 65535) {
     const int64_t ce = std::min(q1, cb + 65535);
-    const __m512i top = word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters);
-    if (_mm512_cmpgt_epu16_mask(top, inf) != 0) {  // NaN in the chunk
+    const WordVec top = word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters);
+    if (WordOps::any_above(top, inf)) {  // NaN in the chunk
       exact(cb, ce);
       continue;
     }
@@ -1565,9 +1608,9 @@ void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, 
       slots[2 * g] += positions;
       slots[2 * g + 1] += positions;
       for (int k = 0; k < K; ++k) {
-        const __m512i c = _mm512_loadu_si512(counters + 64 * (g * K + k));
-        const __m512i lo = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(c, 0));
-        const __m512i hi = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(c, 1));
+        WordVec c;
+        std::memcpy(&c, counters + sizeof(WordVec) * (g * K + k), sizeof c);
+        const WordVec lo = WordOps::low(c), hi = WordOps::high(c);
         I w;
         std::memcpy(&w, &lo, sizeof w);
         slots[(1 + k) * nslots + 2 * g] += w;
@@ -1649,10 +1692,10 @@ void run_channels(const Job<S>& job) {
   // (channels_last 7x7 maps of 512 and 1280 channels).
   const bool row_sweep = (kVecBytes == 64 || kFromMemory) && ceil_div(p.chans / W, R) >= 3;
 #if defined(NEP_WORD_LANES)
-  // float16/bfloat16 without ties, one or two thresholds, 32 to 32 * kWordTile<K> channels per item (one tile):
-  // groups of 32 channels in word lanes (word_sweep).
+  // float16/bfloat16 without ties, one or two thresholds, kWordLanes to kWordLanes * kWordTile<K> channels per
+  // item (one tile): groups of kWordLanes channels in word lanes (word_sweep).
   constexpr bool kWords = sizeof(S) == 2 && !kTies && K <= 2;
-  const bool words = kWords && p.chans >= 32 && p.chans / 32 <= kWordTile<std::min(K, 2)>;
+  const bool words = kWords && p.chans >= kWordLanes && p.chans / kWordLanes <= kWordTile<std::min(K, 2)>;
 #else
   constexpr bool kWords = false;
   const bool words = false;
@@ -1685,7 +1728,7 @@ void run_channels(const Job<S>& job) {
     for (int r = 0; r < R; ++r) ctr[r] = Ctr(job.th);
 #if defined(NEP_WORD_LANES)
     const auto word_th = word_thresholds_if<kWords, S>(job.th);
-    std::vector<uint8_t> word_counters(words ? static_cast<size_t>(64 * K * (p.chans / 32)) : 0);
+    std::vector<uint8_t> word_counters(words ? sizeof(WordVec) * K * static_cast<size_t>(p.chans / kWordLanes) : 0);
 #endif
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
@@ -1703,7 +1746,7 @@ void run_channels(const Job<S>& job) {
         if (words) {
           const WordThresholds& wt = word_th;
           const auto* first = reinterpret_cast<const uint16_t*>(base);
-          const int64_t groups = n / 32;
+          const int64_t groups = n / kWordLanes;
           auto exact = [&](int64_t qb, int64_t qe) {
             for (int64_t u = 0; u < 2 * groups; ++u) {
               sweep_tile<1>(ctr, base + u * W, v.s_inner, qb, qe, slots.data(), nslots, u);
