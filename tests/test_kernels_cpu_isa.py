@@ -9,20 +9,16 @@ them against this CPU before ``_cpu`` is imported. The oracle for "this CPU has 
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
-import importlib.util
 import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from cpu_variants import build_cpu_variant
 
 from nepenthe.kernels import cpu_backend
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # __builtin_cpu_supports name (as in build_isa) -> the Linux /proc/cpuinfo flag of the same extension
 CPUINFO_FLAG = {
@@ -74,22 +70,7 @@ def foreign_isa(tmp_path_factory) -> ModuleType:
     """nepenthe._cpu_isa built with -march=sapphirerapids (CMake, about 10 s), loaded under another name."""
     if shutil.which("cmake") is None:
         pytest.skip("cmake not found")
-    import pybind11
-
-    build, out = tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("out")
-    configure = [
-        "cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-        f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-        f"-DNEPENTHE_OUTPUT_DIR={out}", "-DNEPENTHE_BUILD_CUDA=OFF", f"-DNEPENTHE_CPU_ARCH={FOREIGN_ARCH}",
-    ]  # fmt: skip
-    subprocess.run(configure, check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "_cpu_isa"], check=True, capture_output=True)
-    (path,) = out.glob("_cpu_isa*.so")
-    loader = importlib.machinery.ExtensionFileLoader("nepenthe_foreign._cpu_isa", str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return build_cpu_variant("_cpu_isa", FOREIGN_ARCH, tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("out"))
 
 
 @needs_x86_linux

@@ -11,10 +11,7 @@ each on 2 cores), loaded beside the installed one, and checked against the torch
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import shutil
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -23,6 +20,7 @@ from types import ModuleType
 import pytest
 import torch
 import torch.nn.functional as F
+from cpu_variants import build_cpu_variant
 from test_kernels_count import activation_values, random_values
 from test_kernels_fused import _assert_bit_equal
 
@@ -31,9 +29,6 @@ from nepenthe.kernels.jobs import CountJob
 from nepenthe.kernels.layout import readable_view
 from nepenthe.kernels.reference import count_states_reference
 from nepenthe.kernels.thresholds import kernel_thresholds
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # -march value -> the /proc/cpuinfo flag this machine needs to run that build
 ARCHS = {"x86-64-v3": "avx2", "x86-64-v4": "avx512bw"}
@@ -51,22 +46,7 @@ def portable_ext(request, tmp_path_factory) -> ModuleType:
     arch = request.param
     if sys.platform != "linux" or not _has_flag(ARCHS[arch]) or shutil.which("cmake") is None:
         pytest.skip(f"needs Linux on an x86 CPU with {ARCHS[arch]}, and cmake")
-    import pybind11
-
-    build, out = tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("out")
-    configure = [
-        "cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-        f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-        f"-DNEPENTHE_OUTPUT_DIR={out}", "-DNEPENTHE_BUILD_CUDA=OFF", f"-DNEPENTHE_CPU_ARCH={arch}",
-    ]  # fmt: skip
-    subprocess.run(configure, check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "_cpu"], check=True, capture_output=True)
-    (path,) = out.glob("_cpu*.so")
-    loader = importlib.machinery.ExtensionFileLoader(f"nepenthe_{arch.replace('-', '_')}._cpu", str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return build_cpu_variant("_cpu", arch, tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("out"))
 
 
 def _job(x: torch.Tensor, thresholds: tuple[float, ...], ignore_ties: bool) -> CountJob:
