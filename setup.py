@@ -3,8 +3,10 @@
 ``nepenthe._cpu`` (C++/OpenMP, with ``nepenthe._cpu_isa``, which checks this CPU against it) is always built;
 ``nepenthe._cuda`` is built when ``nvcc`` is found. Environment:
 
-- ``NEPENTHE_BUILD_CPU=0``: skip the CPU extension (a GPU machine's quick check needs only the CUDA one; the
-  ``cpu`` backend then reports itself not built and CPU tensors count with the torch reference);
+- ``NEPENTHE_BUILD_CPU=0|1``: skip the CPU extension (a GPU machine's quick check needs only the CUDA one; the
+  ``cpu`` backend then reports itself not built and CPU tensors count with the torch reference), or force it.
+  On Linux (x86-64 and Arm, where it is tested) a failed CPU build is an error; elsewhere (macOS without OpenMP,
+  Windows) it only warns unless forced;
 - ``NEPENTHE_BUILD_CUDA=0|1``: skip, or force (a failure is then an error) the CUDA extension;
 - ``NEPENTHE_CUDA_ARCHS``: CUDA architectures, default ``"80;90"``;
 - ``NEPENTHE_CPU_ARCH``: ``-march`` for the CPU kernels, default ``native`` (empty for the compiler default).
@@ -98,9 +100,14 @@ class CMakeBuild(build_ext):
 
 
 def _extensions() -> list[CMakeExtension]:
-    skip_cpu = os.environ.get("NEPENTHE_BUILD_CPU", "").strip() == "0"
+    cpu_flag = os.environ.get("NEPENTHE_BUILD_CPU", "").strip()
+    skip_cpu = cpu_flag == "0"
+    cpu_optional = cpu_flag != "1" and not sys.platform.startswith("linux")
     # _cpu_isa: the check of this CPU against what _cpu was compiled for (csrc/cpu/isa.h)
-    cpu = [CMakeExtension("nepenthe._cpu_isa", "_cpu_isa"), CMakeExtension("nepenthe._cpu", "_cpu")]
+    cpu = [
+        CMakeExtension("nepenthe._cpu_isa", "_cpu_isa", optional=cpu_optional),
+        CMakeExtension("nepenthe._cpu", "_cpu", optional=cpu_optional),
+    ]
     exts = [] if skip_cpu else cpu
     build_cuda, forced, nvcc = _cuda_mode()
     if build_cuda:

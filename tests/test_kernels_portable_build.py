@@ -1,10 +1,11 @@
 """The CPU extension built for other x86 CPUs than this one counts exactly too.
 
 The default build uses ``-march=native``, so on this AVX-512 machine (with VBMI and VPOPCNTDQ) the suite never runs
-the code paths that most other x86 CPUs take. Two variants are built with CMake into temporary folders (about 15 s
+the code paths that most other x86 CPUs take. Three variants are built with CMake into temporary folders (about 15-35 s
 each on 2 cores), loaded beside the installed one, and checked against the torch reference:
 
-- ``x86-64-v3`` (AVX2, FMA, F16C): 256-bit vectors, no byte-lane path;
+- ``x86-64`` (SSE2 only, the compiler's baseline): 128-bit generic vectors, as on Arm (tests/test_kernels_cpu_arm.py);
+- ``x86-64-v3`` (AVX2, FMA, F16C): 256-bit vectors, word lanes and word bitmaps for 16-bit values, no byte lanes;
 - ``x86-64-v4`` (AVX-512 F/BW/CD/DQ/VL, as on Skylake-X): byte lanes and sign counting, but rows counted one by one
   and byte-lane counters put back in channel order without VBMI's byte permutation.
 """
@@ -31,7 +32,7 @@ from nepenthe.kernels.reference import count_states_reference
 from nepenthe.kernels.thresholds import kernel_thresholds
 
 # -march value -> the /proc/cpuinfo flag this machine needs to run that build
-ARCHS = {"x86-64-v3": "avx2", "x86-64-v4": "avx512bw"}
+ARCHS = {"x86-64": "sse2", "x86-64-v3": "avx2", "x86-64-v4": "avx512bw"}
 
 
 def _has_flag(flag: str) -> bool:

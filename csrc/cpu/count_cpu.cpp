@@ -42,6 +42,17 @@ struct BF16 {
   uint16_t bits;
 };
 
+// IEEE half precision: GCC's _Float16 on x86 (C++ since GCC 12), __fp16 on Arm (storage only: arithmetic and
+// conversions go through float, rounding to nearest even).
+#if defined(__aarch64__) || defined(__arm__)
+using Half = __fp16;
+#else
+using Half = _Float16;
+#endif
+
+// Prefetch the cache line at p into L1 (prefetcht0 on x86; whatever the target has elsewhere).
+inline void prefetch_line(const void* p) { __builtin_prefetch(p, 0, 3); }
+
 // Storage type S -> compute type T, and back for the fused output (round to nearest even, as torch does).
 template <class S>
 struct Traits;
@@ -61,10 +72,10 @@ struct Traits<double> {
 };
 
 template <>
-struct Traits<_Float16> {
+struct Traits<Half> {
   using T = float;
-  static T load(_Float16 v) { return static_cast<float>(v); }
-  static _Float16 store(float v) { return static_cast<_Float16>(v); }
+  static T load(Half v) { return static_cast<float>(v); }
+  static Half store(float v) { return static_cast<Half>(v); }
 };
 
 template <>
@@ -144,8 +155,8 @@ inline double gelu_tanh_gate(double x) {
 }
 
 // float32 -> float16 (round to nearest even) for n values: F16C/AVX-512 where the target has them, since GCC
-// finds no vector type for _Float16 stores without AVX512-FP16.
-inline void store_half(const float* v, int64_t n, _Float16* y, int64_t ys) {
+// finds no vector type for Half stores without AVX512-FP16.
+inline void store_half(const float* v, int64_t n, Half* y, int64_t ys) {
   int64_t i = 0;
 #if defined(__AVX512F__)
   if (ys == 1) {
@@ -162,12 +173,12 @@ inline void store_half(const float* v, int64_t n, _Float16* y, int64_t ys) {
     }
   }
 #endif
-  for (; i < n; ++i) y[i * ys] = static_cast<_Float16>(v[i]);
+  for (; i < n; ++i) y[i * ys] = static_cast<Half>(v[i]);
 }
 
 template <bool kUnit, class S, class T>
 void apply_activation_strided(const Act<T>& act, const T* __restrict v, int64_t n, S* __restrict y, int64_t ys) {
-  if constexpr (std::is_same_v<S, _Float16>) {  // n <= kChunk: compute in float32, then convert in bulk
+  if constexpr (std::is_same_v<S, Half>) {  // n <= kChunk: compute in float32, then convert in bulk
     T out[kChunk];
     apply_activation_strided<true>(act, v, n, out, int64_t{1});
     store_half(out, n, y, ys);
@@ -368,7 +379,7 @@ struct Counter {
     int64_t i = 0;
     if constexpr (kPrefetch && !std::is_same_v<S, double>) {  // about 4 KiB ahead
       for (; i + W <= n; i += W) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + i + 4096 / sizeof(S)), _MM_HINT_T0);
+        prefetch_line(reinterpret_cast<const char*>(p + i + 4096 / sizeof(S)));
         add_at(p + i);
       }
     }
@@ -504,7 +515,7 @@ inline void store_vec(V r, S* y) {
     const U32xW out = (bits & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
     const U16xW narrow = __builtin_convertvector(out, U16xW);
     std::memcpy(y, &narrow, sizeof narrow);
-  } else if constexpr (std::is_same_v<S, _Float16>) {
+  } else if constexpr (std::is_same_v<S, Half>) {
 #if defined(__AVX512F__)
     if constexpr (sizeof(V) == 64) {
       __m512 f;
@@ -522,7 +533,7 @@ inline void store_vec(V r, S* y) {
       return;
     }
 #endif
-    for (size_t l = 0; l < sizeof(V) / sizeof(r[0]); ++l) y[l] = static_cast<_Float16>(r[l]);
+    for (size_t l = 0; l < sizeof(V) / sizeof(r[0]); ++l) y[l] = static_cast<Half>(r[l]);
   } else {
     std::memcpy(y, &r, sizeof r);
   }
@@ -654,8 +665,8 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     if constexpr (kPrefetch) {
-      _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p + i + 1040), _MM_HINT_T0);
+      prefetch_line(reinterpret_cast<const char*>(p + i + 1024));
+      prefetch_line(reinterpret_cast<const char*>(p + i + 1040));
     }
     add32(_mm256_loadu_ps(p + i), _mm256_loadu_ps(p + i + 8), _mm256_loadu_ps(p + i + 16),
           _mm256_loadu_ps(p + i + 24));
@@ -707,8 +718,8 @@ struct WordThresholds {
     std::memcpy(&f, &w, sizeof f);
     return f;
   }
-  static float value(uint16_t b, _Float16) {
-    _Float16 h;
+  static float value(uint16_t b, Half) {
+    Half h;
     std::memcpy(&h, &b, sizeof h);
     return static_cast<float>(h);
   }
@@ -722,7 +733,7 @@ struct WordThresholds {
       std::memcpy(&w, &t, sizeof w);
       b = static_cast<uint16_t>(w >> 16);  // toward zero
     } else {
-      const _Float16 h = static_cast<_Float16>(t);  // nearest; beyond the largest finite value, infinity
+      const Half h = static_cast<Half>(t);  // nearest; beyond the largest finite value, infinity
       std::memcpy(&b, &h, sizeof b);
     }
     if (value(b, S{}) > t) b = (b & 0x7fff) == 0 ? 0x8001 : (b & 0x8000) ? b + 1 : b - 1;
@@ -782,7 +793,7 @@ bool count_row_words(const uint16_t* p, int64_t n, const WordThresholds& wt, int
     for (; i + 2 * L <= end; i += 2 * L) {
       if constexpr (kPrefetch) {  // about 4 KiB ahead, each cache line of the step
         for (int b = 0; b < 2 * kVecBytes; b += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(p + i) + 4096 + b, _MM_HINT_T0);
+          prefetch_line(reinterpret_cast<const char*>(p + i) + 4096 + b);
         }
       }
       I16xV x0, x1;
@@ -1422,7 +1433,7 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
         for (int64_t g = 0; g < groups; ++g) {
           if constexpr (decltype(prefetching)::value) {
             for (int64_t b = 0; b < 64 * static_cast<int64_t>(sizeof(S)); b += 64) {
-              _mm_prefetch(reinterpret_cast<const char*>(row + 64 * g + ahead) + b, _MM_HINT_T0);
+              prefetch_line(reinterpret_cast<const char*>(row + 64 * g + ahead) + b);
             }
           }
           const __m512 x0 = lanes(row + 64 * g), x1 = lanes(row + 64 * g + 16);
@@ -1604,7 +1615,7 @@ __attribute__((noinline)) WordVec word_tile(const WordVec* t, const uint16_t* fi
     const uint16_t* row = first + q * stride;
     for (int g = 0; g < G; ++g) {
       if (sizeof(WordVec) == 64 || g % 2 == 0) {  // each cache line of the row once
-        _mm_prefetch(reinterpret_cast<const char*>(row + kWordLanes * g + ahead), _MM_HINT_T0);
+        prefetch_line(reinterpret_cast<const char*>(row + kWordLanes * g + ahead));
       }
       const WordVec x = WordOps::load(row + kWordLanes * g);
       top[g % kTops] = WordOps::max(top[g % kTops], WordOps::magnitude(x));
@@ -1681,7 +1692,7 @@ inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int
     const S* row = first + q * stride;
     for (int r = 0; r < R; ++r) {
       if constexpr (Ctr::kPrefetch && !std::is_same_v<S, double>) {  // about 4 KiB ahead
-        _mm_prefetch(reinterpret_cast<const char*>(row + r * Ctr::W + ahead), _MM_HINT_T0);
+        prefetch_line(reinterpret_cast<const char*>(row + r * Ctr::W + ahead));
       }
       ctr[r].add_at(row + r * Ctr::W);
     }
@@ -2009,7 +2020,7 @@ void count_cpu(const CountRequest& r) {
       run<float>(r);
       break;
     case kFloat16:
-      run<_Float16>(r);
+      run<Half>(r);
       break;
     case kBFloat16:
       run<BF16>(r);
