@@ -741,7 +741,6 @@ struct WordThresholds {
   }
 };
 
-
 // The word-lane thresholds of a job, where kOn (16-bit storage takes the word path); else a placeholder.
 template <bool kOn, class S, class T>
 auto word_thresholds_if(const Thresholds<T>& th) {
@@ -751,6 +750,58 @@ auto word_thresholds_if(const Thresholds<T>& th) {
     return char{};
   }
 }
+
+#if defined(__AVX512BW__) || (defined(__AVX2__) && !defined(__AVX512F__))
+#define NEP_WORD_LANES 1
+// Word-lane channel counters (channel path, float16/bfloat16 storage, AVX-512BW or AVX2, no ties, K <= 2):
+// WordOps::kLanes channels per vector compared in their own 16 bits, with no widening to float32 (WordThresholds
+// explains the comparison). Counters are uint16 lanes in registers over chunks of at most 65535 positions; valid
+// counts are the chunk's positions.
+#if defined(__AVX512BW__)
+struct WordOps {
+  using V = __m512i;
+  static constexpr int kLanes = 32;
+  static constexpr int kTileCounters = 8;  // G x K counters per tile held in registers (12 / K spilled)
+  static V splat(uint16_t b) { return _mm512_set1_epi16(static_cast<short>(b)); }
+  static V zero() { return _mm512_setzero_si512(); }
+  static V load(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static void store(uint8_t* p, V v) { _mm512_storeu_si512(p, v); }
+  static V max(V a, V b) { return _mm512_max_epu16(a, b); }
+  static V magnitude(V x) { return _mm512_and_si512(x, _mm512_set1_epi16(0x7fff)); }
+  // the magnitude bits of negative values flipped (their sign spread by an arithmetic shift)
+  static V key(V x) { return _mm512_xor_si512(x, magnitude(_mm512_srai_epi16(x, 15))); }
+  static V count_above(V c, V x, V t) {  // c + 1 in the lanes where x > t (signed)
+    return _mm512_mask_sub_epi16(c, _mm512_cmpgt_epi16_mask(x, t), c, _mm512_set1_epi16(-1));
+  }
+  static bool any_above(V top, V inf) { return _mm512_cmpgt_epu16_mask(top, inf) != 0; }
+  // the two halves of uint16 lanes widened to int32 lanes (float vectors' slots)
+  static __m512i low(V c) { return _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(c, 0)); }
+  static __m512i high(V c) { return _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(c, 1)); }
+};
+#else
+struct WordOps {
+  using V = __m256i;
+  static constexpr int kLanes = 16;
+  static constexpr int kTileCounters = 12;  // 16 registers: MobileNet-V2's 96 channels with two thresholds, spilled
+  static V splat(uint16_t b) { return _mm256_set1_epi16(static_cast<short>(b)); }
+  static V zero() { return _mm256_setzero_si256(); }
+  static V load(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static void store(uint8_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static V max(V a, V b) { return _mm256_max_epu16(a, b); }
+  static V magnitude(V x) { return _mm256_and_si256(x, _mm256_set1_epi16(0x7fff)); }
+  static V key(V x) { return _mm256_xor_si256(x, magnitude(_mm256_srai_epi16(x, 15))); }
+  static V count_above(V c, V x, V t) { return _mm256_sub_epi16(c, _mm256_cmpgt_epi16(x, t)); }
+  static bool any_above(V top, V inf) {  // magnitudes are <= 0x7fff: a signed compare is exact
+    return _mm256_movemask_epi8(_mm256_cmpgt_epi16(top, inf)) != 0;
+  }
+  static __m256i low(V c) { return _mm256_cvtepu16_epi32(_mm256_castsi256_si128(c)); }
+  static __m256i high(V c) { return _mm256_cvtepu16_epi32(_mm256_extracti128_si256(c, 1)); }
+};
+#endif
+using WordVec = WordOps::V;
+constexpr int kWordLanes = WordOps::kLanes;
+
+#endif
 
 // Row path, float16/bfloat16 with one or two thresholds, no ties: a row's values compared as words
 // (WordThresholds), kVecBytes / 2 per vector in uint16 lane counters, two vectors a step. Per 16 values that is a
@@ -1165,7 +1216,7 @@ inline Lanes::Vec load_lanes_partial(const S* p, int64_t m) {
   return reinterpret_cast<const Lanes::Vec&>(v);
 }
 
-#if !defined(__AVX512F__)
+#if defined(NEP_WORD_LANES) && !defined(__AVX512F__)
 #define NEP_WORD_BITMAPS 1
 // Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds, AVX2: 32 values a step
 // compared in their own 16 bits (WordThresholds), each comparison's two word masks packed into one 32-bit mask,
@@ -1190,14 +1241,12 @@ struct WordMasks {
   }
   template <bool kKey>
   bool fill_as(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
-    const __m256i magnitude = _mm256_set1_epi16(0x7fff);
-    __m256i top = _mm256_setzero_si256();
+    __m256i top = WordOps::zero();
     auto step = [&](__m256i x0, __m256i x1, int64_t g) {
-      const __m256i m0 = _mm256_and_si256(x0, magnitude), m1 = _mm256_and_si256(x1, magnitude);
-      top = _mm256_max_epu16(top, _mm256_max_epu16(m0, m1));
-      if constexpr (kKey) {  // the magnitude bits of negative values flipped
-        x0 = _mm256_xor_si256(x0, _mm256_and_si256(_mm256_srai_epi16(x0, 15), magnitude));
-        x1 = _mm256_xor_si256(x1, _mm256_and_si256(_mm256_srai_epi16(x1, 15), magnitude));
+      top = WordOps::max(top, WordOps::max(WordOps::magnitude(x0), WordOps::magnitude(x1)));
+      if constexpr (kKey) {
+        x0 = WordOps::key(x0);
+        x1 = WordOps::key(x1);
       }
       for (int k = 0; k < K; ++k) {
         // packing works within 128-bit lanes: bytes [x0 0-7, x1 0-7 | x0 8-15, x1 8-15], put back in order
@@ -1207,17 +1256,14 @@ struct WordMasks {
       }
     };
     int64_t g = 0;
-    for (; 32 * g + 32 <= m; ++g) {
-      step(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * g)),
-           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * g + 16)), g);
-    }
+    for (; 32 * g + 32 <= m; ++g) step(WordOps::load(p + 32 * g), WordOps::load(p + 32 * g + 16), g);
     if (32 * g < m) {
       alignas(32) uint16_t tail[32] = {};
       std::memcpy(tail, p + 32 * g, static_cast<size_t>(m - 32 * g) * sizeof(uint16_t));
       step(_mm256_load_si256(reinterpret_cast<const __m256i*>(tail)),
            _mm256_load_si256(reinterpret_cast<const __m256i*>(tail + 16)), g);
     }
-    return _mm256_movemask_epi8(_mm256_cmpgt_epi16(top, inf)) == 0;  // magnitudes are <= 0x7fff: signed is fine
+    return !WordOps::any_above(top, inf);
   }
 };
 
@@ -1544,56 +1590,7 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
 }
 #endif
 
-#if defined(__AVX512BW__) || (defined(__AVX2__) && !defined(__AVX512F__))
-#define NEP_WORD_LANES 1
-// Word-lane channel counters (channel path, float16/bfloat16 storage, AVX-512BW or AVX2, no ties, K <= 2):
-// WordOps::kLanes channels per vector compared in their own 16 bits, with no widening to float32 (WordThresholds
-// explains the comparison). Counters are uint16 lanes in registers over chunks of at most 65535 positions; valid
-// counts are the chunk's positions.
-#if defined(__AVX512BW__)
-struct WordOps {
-  using V = __m512i;
-  static constexpr int kLanes = 32;
-  static constexpr int kTileCounters = 8;  // G x K counters per tile held in registers (12 / K spilled)
-  static V splat(uint16_t b) { return _mm512_set1_epi16(static_cast<short>(b)); }
-  static V zero() { return _mm512_setzero_si512(); }
-  static V load(const uint16_t* p) { return _mm512_loadu_si512(p); }
-  static void store(uint8_t* p, V v) { _mm512_storeu_si512(p, v); }
-  static V max(V a, V b) { return _mm512_max_epu16(a, b); }
-  static V magnitude(V x) { return _mm512_and_si512(x, _mm512_set1_epi16(0x7fff)); }
-  // the magnitude bits of negative values flipped (their sign spread by an arithmetic shift)
-  static V key(V x) { return _mm512_xor_si512(x, magnitude(_mm512_srai_epi16(x, 15))); }
-  static V count_above(V c, V x, V t) {  // c + 1 in the lanes where x > t (signed)
-    return _mm512_mask_sub_epi16(c, _mm512_cmpgt_epi16_mask(x, t), c, _mm512_set1_epi16(-1));
-  }
-  static bool any_above(V top, V inf) { return _mm512_cmpgt_epu16_mask(top, inf) != 0; }
-  // the two halves of uint16 lanes widened to int32 lanes (float vectors' slots)
-  static __m512i low(V c) { return _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(c, 0)); }
-  static __m512i high(V c) { return _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(c, 1)); }
-};
-#else
-struct WordOps {
-  using V = __m256i;
-  static constexpr int kLanes = 16;
-  static constexpr int kTileCounters = 12;  // 16 registers: MobileNet-V2's 96 channels with two thresholds, spilled
-  static V splat(uint16_t b) { return _mm256_set1_epi16(static_cast<short>(b)); }
-  static V zero() { return _mm256_setzero_si256(); }
-  static V load(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static void store(uint8_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
-  static V max(V a, V b) { return _mm256_max_epu16(a, b); }
-  static V magnitude(V x) { return _mm256_and_si256(x, _mm256_set1_epi16(0x7fff)); }
-  static V key(V x) { return _mm256_xor_si256(x, magnitude(_mm256_srai_epi16(x, 15))); }
-  static V count_above(V c, V x, V t) { return _mm256_sub_epi16(c, _mm256_cmpgt_epi16(x, t)); }
-  static bool any_above(V top, V inf) {  // magnitudes are <= 0x7fff: a signed compare is exact
-    return _mm256_movemask_epi8(_mm256_cmpgt_epi16(top, inf)) != 0;
-  }
-  static __m256i low(V c) { return _mm256_cvtepu16_epi32(_mm256_castsi256_si128(c)); }
-  static __m256i high(V c) { return _mm256_cvtepu16_epi32(_mm256_extracti128_si256(c, 1)); }
-};
-#endif
-using WordVec = WordOps::V;
-constexpr int kWordLanes = WordOps::kLanes;
-
+#if defined(NEP_WORD_LANES)
 // Counts the comparisons of G vectors of kWordLanes channels from `first` over positions [q0, q1) (at most 65535)
 // into uint16 counters, kept in registers and then stored as G x K rows of one vector at `counters` (K per
 // vector); returns the largest magnitude bits seen. Each row is prefetched about 4 KiB ahead (from memory,
