@@ -28,7 +28,7 @@ def test_arm_build_counts_exactly_under_qemu(tmp_path):
         pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt-get install g++-aarch64-linux-gnu qemu-user)")
     exe = tmp_path / "check_count_cpu"
     build = [
-        cxx, "-std=c++17", "-O3", "-fno-math-errno", "-fopenmp", "-static",
+        cxx, "-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-static",
         f"-I{ROOT / 'csrc' / 'cpu'}", f"-I{ROOT / 'csrc' / 'common'}",
         str(ROOT / "tests" / "native" / "check_count_cpu.cpp"), str(ROOT / "csrc" / "cpu" / "count_cpu.cpp"),
         "-o", str(exe),

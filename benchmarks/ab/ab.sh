@@ -17,7 +17,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-flags=(-std=c++17 -O3 -fno-math-errno "-march=${MARCH:-native}" -fopenmp -I"$root/csrc/cpu" -I"$root/csrc/common" ${EXTRA_FLAGS:-})
+flags=(-std=c++17 -O3 -fno-math-errno -fno-trapping-math "-march=${MARCH:-native}" -fopenmp -I"$root/csrc/cpu" -I"$root/csrc/common" ${EXTRA_FLAGS:-})
 g++ "${flags[@]}" -Dnepenthe=nepA -c "$1" -o "$out/a.o"
 g++ "${flags[@]}" -Dnepenthe=nepB -c "$2" -o "$out/b.o"
 g++ "${flags[@]}" "$here/ab_count_cpu.cpp" "$out/a.o" "$out/b.o" -o "$out/ab"
