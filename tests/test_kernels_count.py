@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import zlib
 from collections.abc import Callable
 
 import pytest
 import torch
+from cuda_toolkit import find_nvcc
 
 from nepenthe.kernels import backend_status, count_states
 from nepenthe.kernels.reference import count_states_reference
@@ -389,7 +389,7 @@ def test_cuda_extension_compiled():
 
     Importing it needs no GPU: the CUDA runtime is linked statically and only looks for a driver when called.
     """
-    if os.environ.get("NEPENTHE_BUILD_CUDA") == "0" or (shutil.which("nvcc") is None and not _cuda_home_nvcc()):
+    if os.environ.get("NEPENTHE_BUILD_CUDA") == "0" or find_nvcc() is None:
         pytest.skip("the CUDA extension is not built here (no nvcc, or NEPENTHE_BUILD_CUDA=0)")
     try:
         import nepenthe._cuda as ext
@@ -397,11 +397,6 @@ def test_cuda_extension_compiled():
         pytest.fail(f"nvcc is here but nepenthe._cuda was not built ({err}); rebuild with `pip install -e .`")
     assert ext.runtime_version() >= 11000
     assert callable(ext.count) and callable(ext.fused)
-
-
-def _cuda_home_nvcc() -> bool:
-    homes = (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda")
-    return any(h and os.path.isfile(os.path.join(h, "bin", "nvcc")) for h in homes)
 
 
 @pytest.mark.parametrize("shape,channel_dim", [((2, 600_000), 1), ((600_000, 3), 0)], ids=str)

@@ -9,37 +9,26 @@ the build does, here to PTX only) and checks, for every counting instantiation: 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from cuda_toolkit import ROOT, find_nvcc
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "csrc" / "cuda" / "count_cuda.cu"
 DTYPES = ("f", "d", "6__half", "13__nv_bfloat16")  # mangled float, double, __half, __nv_bfloat16
 # kernel name, element type, then the NT and kFused template arguments where the kernel has them
 MANGLED = re.compile(r"(rows_kernel|channels_vec_kernel|channels_kernel)I(\w+?)(?:Li(\d)E)?(?:Lb(\d)E)?EEvN")
 
 
-def _nvcc() -> str | None:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").is_file():
-            return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory) -> dict[str, str]:
-    """PTX body of each kernel entry, by short name such as ``rows_kernel<f,1,false>``."""
-    nvcc = _nvcc()
+def _compile_ptx(arch: str, out: Path) -> dict[str, str]:
+    """PTX body of each kernel entry for ``arch``, by short name such as ``rows_kernel<f,1,false>``."""
+    nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    out = tmp_path_factory.mktemp("ptx") / "count_cuda.ptx"
     proc = subprocess.run(
-        [nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-ptx", str(SOURCE), "-o", str(out)],
+        [nvcc, "-std=c++17", "-O3", f"-arch={arch}", "-ptx", str(SOURCE), "-o", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -57,6 +46,16 @@ def kernels(tmp_path_factory) -> dict[str, str]:
         args = [dtype] + ([nt] if nt is not None else []) + ([("false", "true")[int(fused)]] if fused else [])
         bodies[f"{kernel}<{','.join(args)}>"] = chunk
     return bodies
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory) -> dict[str, str]:
+    return _compile_ptx("sm_90", tmp_path_factory.mktemp("ptx") / "count_cuda_sm90.ptx")
+
+
+@pytest.fixture(scope="module")
+def kernels_sm80(tmp_path_factory) -> dict[str, str]:
+    return _compile_ptx("sm_80", tmp_path_factory.mktemp("ptx") / "count_cuda_sm80.ptx")
 
 
 def _counting_kernels(kernels: dict[str, str]) -> list[str]:
@@ -82,3 +81,43 @@ def test_counting_kernels_keep_four_vector_loads_in_flight(kernels):
 def test_counting_kernels_use_no_local_memory(kernels):
     for name in _counting_kernels(kernels):
         assert not re.search(r"\b(ld|st)\.local\b", kernels[name]), name
+
+
+# Thresholds known at compile time (NT 1 or 2), counting alone: the kernels that compare 16-bit values in pairs.
+PAIRED = [
+    f"{kernel}<{dtype},{nt}{suffix}>"
+    for kernel, suffix in (("rows_kernel", ",false"), ("channels_vec_kernel", ""))
+    for dtype in ("6__half", "13__nv_bfloat16")
+    for nt in ("1", "2")
+]
+
+
+def test_16bit_counting_compares_two_values_per_instruction_on_sm90(kernels):
+    # Each loop iteration reads kUnroll (4) vectors of 4 words: at least 16 packed compares per threshold, plus
+    # 16 for NaN. Widening each value to float32 first took 8 conversions and 16 compares per vector.
+    for name in PAIRED:
+        pair = "f16x2" if "__half" in name else "bf16x2"
+        nt = int(name.split(",")[1].rstrip(">"))
+        body = kernels[name]
+        assert len(re.findall(rf"set\.gt\.u32\.{pair}\b", body)) >= 16 * nt, name
+        assert len(re.findall(rf"set\.eq\.u32\.{pair}\b", body)) >= 16, name
+
+
+def test_sm80_pairs_float16_only(kernels_sm80):
+    # sm_80 has no bfloat16 pair compare (cuda_bf16 would emulate it one value at a time): bfloat16 is widened.
+    for name in PAIRED:
+        body = kernels_sm80[name]
+        if "__half" in name:
+            assert re.search(r"set\.gt\.u32\.f16x2\b", body), name
+        else:
+            assert not re.search(r"bf16x2", body), name
+
+
+def test_comparisons_are_a_predicate_and_a_predicated_add(kernels):
+    # `acc += x > t` compiles to a compare, an add and a select; compare_ops.cuh adds under the predicate.
+    for name in _counting_kernels(kernels):
+        if name.startswith("channels_vec_kernel") and name in PAIRED:
+            continue  # no value is compared on its own there
+        body = kernels[name]
+        assert re.search(r"setp\.num\.f(32|64)", body), name
+        assert not re.search(r"selp\.(b|u|s)32\s+%r\d+, 1, 0", body), name

@@ -9,6 +9,8 @@
 //   keeps one set of counts per channel of its group.
 // - channels_kernel (channel stride 1 otherwise, and fused): consecutive threads read consecutive channels, one
 //   element each.
+// Comparisons are compare_ops.cuh's: a predicate and a predicated add per value and threshold, and, when counting
+// alone with ReLU's or ReLU6's thresholds, float16 (bfloat16 from sm_90) two values per packed compare.
 // Each thread keeps its comparison counts in registers (uint32); a block reduces them into shared-memory
 // counters and adds each item's exact per-state counts into the int64 counts with atomicAdd. Grids hold as many
 // blocks as fit on the device at once, each walking about kItemsPerBlock items, so no SM idles while a last
@@ -21,7 +23,9 @@
 #include <atomic>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
+#include "compare_ops.cuh"
 #include "count_cuda.h"
 
 namespace nepenthe {
@@ -70,9 +74,21 @@ struct Dev<__nv_bfloat16> {
 template <class T>
 struct Params {
   Thresholds<T> th;
+  uint32_t pair[kMaxThresholds];  // 16-bit inputs: th.greater as pair_threshold, for count_pair
   int act;
   T lo, hi, slope;
 };
+
+// Whether 16-bit S values are compared two at a time (count_pair) on the architecture being compiled for:
+// set.*.f16x2 exists from sm_53 on, set.*.bf16x2 from sm_90 (cuda_bf16 emulates it one value at a time before).
+template <class S>
+__device__ constexpr bool paired() {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<S, __half>) return true;
+  if constexpr (std::is_same_v<S, __nv_bfloat16>) return __CUDA_ARCH__ >= 900;
+#endif
+  return false;
+}
 
 // NT > 0: exactly NT thresholds and no ties, known at compile time (ReLU 1, ReLU6 2), so the comparisons unroll
 // without run-time guards and only 1 + NT counters live. NT == 0: th.k and th.ignore_ties read at run time.
@@ -83,19 +99,19 @@ __host__ __device__ constexpr int counters() {
 
 template <int NT, class T>
 __device__ __forceinline__ void count_value(T x, const Thresholds<T>& th, uint32_t* acc) {
-  acc[0] += x == x;
+  add_if_number(acc[0], x);
   if constexpr (NT > 0) {
 #pragma unroll
-    for (int k = 0; k < NT; ++k) acc[1 + k] += x > th.greater[k];
+    for (int k = 0; k < NT; ++k) add_if_greater(acc[1 + k], x, th.greater[k]);
   } else {
 #pragma unroll
     for (int k = 0; k < kMaxThresholds; ++k) {
-      if (k < th.k) acc[1 + k] += x > th.greater[k];
+      if (k < th.k) add_if_greater(acc[1 + k], x, th.greater[k]);
     }
     if (th.ignore_ties) {
 #pragma unroll
       for (int k = 0; k < kMaxThresholds; ++k) {
-        if (k < th.k) acc[kTie0 + k] += x == th.tie[k];
+        if (k < th.k) add_if_equal(acc[kTie0 + k], x, th.tie[k]);
       }
     }
   }
@@ -142,6 +158,23 @@ template <int NT, class S, class T = typename Dev<S>::T>
 __device__ __forceinline__ void count_vector(uint4 raw, const Thresholds<T>& th, uint32_t* acc) {
 #pragma unroll
   for (int e = 0; e < 16 / static_cast<int>(sizeof(S)); ++e) count_value<NT>(lane<S>(raw, e), th, acc);
+}
+
+// A vector read past the end of its row: NaN in every dtype, so it counts in no state.
+__device__ __forceinline__ uint4 nan_vector() { return make_uint4(~0u, ~0u, ~0u, ~0u); }
+
+// raw[u] = v[u * stride] where u * step < limit, NaN vectors after. The unguarded form when all kUnroll are in
+// range issues every load before the first is used: with a single guarded form ptxas schedules the first
+// vector's compares between the loads and waits on it with only two loads in flight.
+__device__ __forceinline__ void load_vectors(const uint4* v, int64_t stride, int64_t step, int64_t limit,
+                                             uint4 (&raw)[kUnroll]) {
+  if ((kUnroll - 1) * step < limit) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) raw[u] = __ldg(v + u * stride);
+  } else {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) raw[u] = u * step < limit ? __ldg(v + u * stride) : nan_vector();
+  }
 }
 
 // Bit-exact with torch's CUDA kernels for relu/hardtanh/leaky_relu: NaN propagates, and a value at or below the
@@ -191,6 +224,10 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
   using T = typename Dev<S>::T;
   constexpr int kVec = 16 / sizeof(S);
   constexpr int kN = counters<NT>();
+  // Counting alone with thresholds known at compile time counts 16-bit vectors two values at a time, into packed
+  // counters decoded into acc once per item (per lane at most kMaxItem / 2 < 2^16 values, see compare_ops.cuh).
+  constexpr bool kPairs = NT > 0 && !kFused && paired<S>();
+  static_assert(kMaxItem / 2 < (1 << 16), "packed 16-bit counters would overflow");
   __shared__ uint32_t shared[kAcc];
   const int tid = threadIdx.x, lane = tid & 31;
   const int k = NT > 0 ? NT : p.th.k;
@@ -205,9 +242,9 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
     const int64_t rb = item / (a.inner_blocks * a.v.channels);
     const int64_t o0 = rb * a.rows, o1 = min(a.v.outer, o0 + a.rows);
     const int64_t i0 = ib * a.inner, i1 = min(a.v.inner, i0 + a.inner), len = i1 - i0;
-    uint32_t acc[kN];
+    uint32_t acc[kN], packed[kN];
 #pragma unroll
-    for (int j = 0; j < kN; ++j) acc[j] = 0;
+    for (int j = 0; j < kN; ++j) acc[j] = packed[j] = 0;
     if (len >= kThreads) {
       for (int64_t o = o0; o < o1; ++o) {
         const int64_t xbase = o * a.v.s_outer + c * a.v.s_channel + i0 * a.v.s_inner;
@@ -236,13 +273,15 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
           const uint4* vx = reinterpret_cast<const uint4*>(a.x + vbase);
           for (int64_t q = tid; q < nvec; q += kUnroll * kThreads) {
             uint4 raw[kUnroll];
+            load_vectors(vx + q, kThreads, kThreads, nvec - q, raw);
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
-              raw[u] = q + u * kThreads < nvec ? __ldg(vx + q + u * kThreads) : make_uint4(0, 0, 0, 0);
-            }
+              if constexpr (kPairs) {
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-              if (q + u * kThreads < nvec) count_vector<NT, S>(raw[u], p.th, acc);
+                for (int w = 0; w < 4; ++w) count_pair<S, NT>(word(raw[u], w), p.pair, packed);
+              } else {
+                count_vector<NT, S>(raw[u], p.th, acc);
+              }
             }
           }
         }
@@ -276,6 +315,10 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
           }
         }
       }
+    }
+    if constexpr (kPairs) {
+#pragma unroll
+      for (int j = 0; j < kN; ++j) acc[j] += pair_count(packed[j]);
     }
 #pragma unroll
     for (int j = 0; j < kN; ++j) {  // unrolled so that acc stays in registers
@@ -361,10 +404,12 @@ struct ChannelVecArgs {
 };
 
 template <class S, int NT>
-__global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S> a, Thresholds<typename Dev<S>::T> th) {
-  using T = typename Dev<S>::T;
+__global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S> a, Params<typename Dev<S>::T> p) {
   constexpr int kVec = 16 / sizeof(S);
   constexpr int kN = 1 + NT;
+  // 16-bit channels two at a time (count_pair): per lane at most a.positions <= kMaxItem / kVec < 2^16 values.
+  constexpr bool kPairs = paired<S>();
+  static_assert(kMaxItem / kVec < (1 << 16), "packed 16-bit counters would overflow");
   __shared__ uint32_t shared[kThreads * kVec * kN];  // [channel of the chunk][valid, gt_0..gt_{NT-1}]
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int64_t G = a.chunk_groups, per = nthreads / G, r = tid / G, g = tid % G;
@@ -377,26 +422,36 @@ __global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S
     const int64_t o = item / (a.chunks * a.pos_blocks);
     const int64_t g0 = cb * G, gn = min(G, a.groups - g0);
     const int64_t q0 = pb * a.positions, q1 = min(a.v.inner, q0 + a.positions);
-    uint32_t acc[kVec][kN];
+    uint32_t acc[kVec][kN], packed[4][kN];  // packed[w]: channels 2w (low half) and 2w + 1 of 16-bit words
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
 #pragma unroll
-      for (int j = 0; j < kN; ++j) acc[e][j] = 0;
+      for (int j = 0; j < kN; ++j) acc[e][j] = packed[e % 4][j] = 0;
     }
     if (g < gn) {
       const S* base = a.x + o * a.v.s_outer + (g0 + g) * kVec;
       for (int64_t q = q0 + r; q < q1; q += per * kUnroll) {
         uint4 raw[kUnroll];
+        const uint4* vx = reinterpret_cast<const uint4*>(base + q * a.v.s_inner);
+        load_vectors(vx, per * a.v.s_inner / kVec, per, q1 - q, raw);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int64_t qu = q + u * per;
-          raw[u] = qu < q1 ? __ldg(reinterpret_cast<const uint4*>(base + qu * a.v.s_inner)) : make_uint4(0, 0, 0, 0);
+          if constexpr (kPairs) {
+#pragma unroll
+            for (int w = 0; w < 4; ++w) count_pair<S, NT>(word(raw[u], w), p.pair, packed[w]);
+          } else {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) count_value<NT>(lane<S>(raw[u], e), p.th, acc[e]);
+          }
         }
+      }
+      if constexpr (kPairs) {
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          if (q + u * per < q1) {
+        for (int w = 0; w < 4; ++w) {
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) count_value<NT>(lane<S>(raw[u], e), th, acc[e]);
+          for (int j = 0; j < kN; ++j) {
+            acc[2 * w][j] = low_count(packed[w][j]);
+            acc[2 * w + 1][j] = high_count(packed[w][j]);
           }
         }
       }
@@ -512,8 +567,7 @@ bool vector_channels(const CountRequest& r, const View& v) {
 }
 
 template <class S, int NT>
-void launch_channels_vec(const CountRequest& r, View v, const Thresholds<typename Dev<S>::T>& th,
-                         cudaStream_t stream) {
+void launch_channels_vec(const CountRequest& r, View v, const Params<typename Dev<S>::T>& p, cudaStream_t stream) {
   constexpr int64_t kVec = 16 / sizeof(S);
   // One position axis where the outer index allows: (N, C) rows, or outer blocks that follow each other.
   if (v.outer > 1 && v.inner == 1) {
@@ -536,7 +590,7 @@ void launch_channels_vec(const CountRequest& r, View v, const Thresholds<typenam
   a.positions = clamp64(item_elements(v, slots) / (a.chunk_groups * kVec), 1, v.inner);
   a.pos_blocks = ceil_div(v.inner, a.positions);
   const int64_t blocks = std::min(v.outer * a.chunks * a.pos_blocks, slots);
-  kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(a, th);
+  kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(a, p);
   check_launch("nepenthe channels_vec_kernel launch");
 }
 
@@ -549,6 +603,7 @@ void run(const CountRequest& r) {
   for (int k = 0; k < r.num_thresholds; ++k) {
     p.th.greater[k] = static_cast<T>(r.greater[k]);
     p.th.tie[k] = static_cast<T>(r.tie[k]);
+    if constexpr (sizeof(S) == 2) p.pair[k] = pair_threshold<S>(static_cast<float>(r.greater[k]));
   }
   const bool fused = r.y != nullptr;
   p.act = fused ? r.activation.kind : kNone;
@@ -563,9 +618,9 @@ void run(const CountRequest& r) {
   if (v.s_inner != 1 && v.s_channel == 1) {
     if (!fused && (nt == 1 || nt == 2) && vector_channels<S>(r, v)) {
       if (nt == 1) {
-        launch_channels_vec<S, 1>(r, v, p.th, stream);
+        launch_channels_vec<S, 1>(r, v, p, stream);
       } else {
-        launch_channels_vec<S, 2>(r, v, p.th, stream);
+        launch_channels_vec<S, 2>(r, v, p, stream);
       }
     } else {
       launch_channels<S>(r, v, yv, p, stream);
