@@ -120,10 +120,11 @@ def _count_states_kernel(
             y_c = tl.multiple_of(y_c, [ALIGN_YC, ALIGN_YC])
     acc = tl.full([BLOCK_C, BLOCK_I], 0, dtype=ACC)
     one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
-    for j in range(tl.minimum(iters, total_tiles - first)):
-        t = first + j
-        o = t // n_itiles
-        i = (t - o * n_itiles) * BLOCK_I + i_loc
+    # The first tile's outer index and inner tile; later tiles step through them without a division per tile.
+    o = first // n_itiles
+    itile = first - o * n_itiles
+    for _ in range(tl.minimum(iters, total_tiles - first)):
+        i = itile * BLOCK_I + i_loc
         i_ok = i < inner
         if ALIGN_I > 1:
             i_ok = tl.max_constancy(i_ok, ALIGN_I)
@@ -134,13 +135,14 @@ def _count_states_kernel(
         x_i = i[None, :] * s_inner
         if ALIGN_XI > 1:
             x_i = tl.multiple_of(x_i, [ALIGN_XI, ALIGN_XI])
-        raw = tl.load(x_ptr + (x_o + x_c + x_i), mask=mask, other=0.0)
+        # Outside the tensor reads NaN, which counts in no state: no mask in the counting below.
+        raw = tl.load(x_ptr + (x_o + x_c + x_i), mask=mask, other=float("nan"))
         if BF16:
             # bfloat16 is the top half of a float32: widen the bits (exact; the interpreter's cast is not).
             v = (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
         else:
             v = raw.to(COMPUTE)
-        valid = mask & (v == v)
+        valid = v == v
         state = tl.full([BLOCK_C, BLOCK_I], 0, dtype=tl.int32)
         for k in tl.static_range(K - 1):
             state += (v > tl.load(consts_ptr + k)).to(tl.int32)
@@ -185,6 +187,10 @@ def _count_states_kernel(
                 tl.store(y_ptr + y_off, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
             else:
                 tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=mask)
+        itile += 1
+        wrap = itile == n_itiles
+        o = tl.where(wrap, o + 1, o)
+        itile = tl.where(wrap, 0, itile)
     for k in tl.static_range(K):
         n = tl.reduce((acc >> (k * FIELD_BITS)) & FIELD_MASK, 1, tl.standard._sum_combine).to(tl.int64)
         tl.atomic_add(counts_ptr + c * K + k, n, mask=c_ok & (n > 0))
