@@ -21,7 +21,8 @@
 namespace nepenthe {
 
 // acc += (a > b), acc += (a == b), acc += (a is a number): a compare into a predicate, then a predicated add.
-#if defined(__CUDACC__)
+// Host code (tests/native/cuda_emulation.h runs the kernels on the CPU) gets the same counts in plain C++.
+#if defined(__CUDA_ARCH__)
 __device__ __forceinline__ void add_if_greater(uint32_t& acc, float a, float b) {
   asm("{ .reg .pred p; setp.gt.f32 p, %1, %2; @p add.u32 %0, %0, 1; }" : "+r"(acc) : "f"(a), "f"(b));
 }
@@ -39,6 +40,19 @@ __device__ __forceinline__ void add_if_number(uint32_t& acc, float a) {
 }
 __device__ __forceinline__ void add_if_number(uint32_t& acc, double a) {
   asm("{ .reg .pred p; setp.num.f64 p, %1, %1; @p add.u32 %0, %0, 1; }" : "+r"(acc) : "d"(a));
+}
+#else
+template <class T>
+inline void add_if_greater(uint32_t& acc, T a, T b) {
+  acc += a > b;
+}
+template <class T>
+inline void add_if_equal(uint32_t& acc, T a, T b) {
+  acc += a == b;
+}
+template <class T>
+inline void add_if_number(uint32_t& acc, T a) {
+  acc += a == a;
 }
 #endif
 

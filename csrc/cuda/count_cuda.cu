@@ -81,12 +81,18 @@ struct Params {
 
 // Whether 16-bit S values are compared two at a time (count_pair) on the architecture being compiled for:
 // set.*.f16x2 exists from sm_53 on, set.*.bf16x2 from sm_90 (cuda_bf16 emulates it one value at a time before).
+// NEPENTHE_EMULATED_ARCH: the architecture tests/native/cuda_emulation.h emulates on the host.
 template <class S>
 __device__ constexpr bool paired() {
 #if defined(__CUDA_ARCH__)
-  if constexpr (std::is_same_v<S, __half>) return true;
-  if constexpr (std::is_same_v<S, __nv_bfloat16>) return __CUDA_ARCH__ >= 900;
+  constexpr int arch = __CUDA_ARCH__;
+#elif defined(NEPENTHE_EMULATED_ARCH)
+  constexpr int arch = NEPENTHE_EMULATED_ARCH;
+#else
+  constexpr int arch = 0;
 #endif
+  if constexpr (std::is_same_v<S, __half>) return arch >= 530;
+  if constexpr (std::is_same_v<S, __nv_bfloat16>) return arch >= 900;
   return false;
 }
 
@@ -195,6 +201,17 @@ __device__ __forceinline__ T activation(T x, const Params<T>& p) {
     default:
       return x;
   }
+}
+
+// The sum of v over the warp, in lane 0 (the other lanes hold partial sums). tests/native/cuda_emulation.h sums
+// the warp's values in one step, which saves its thread switches.
+__device__ __forceinline__ uint32_t warp_sum(uint32_t v) {
+#if defined(NEPENTHE_CUDA_EMULATION)
+  return emulation::warp_sum(v);
+#else
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;
+#endif
 }
 
 // Per-state count s of the comparison counts c (fixed positions).
@@ -323,8 +340,7 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
 #pragma unroll
     for (int j = 0; j < kN; ++j) {  // unrolled so that acc stays in registers
       if (j < nacc) {
-        uint32_t s = acc[j];
-        for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+        const uint32_t s = warp_sum(acc[j]);
         if (lane == 0 && s != 0) atomicAdd(&shared[j], s);
       }
     }
@@ -477,7 +493,17 @@ __global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S
   }
 }
 
-void check_launch(const char* what) {
+// Launches kernel(args...) on `blocks` blocks of `threads` threads on the stream, and reports a failed launch.
+// Under tests/native/cuda_emulation.h (NEPENTHE_CUDA_EMULATION), the kernel runs on the host instead.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), int64_t blocks, int threads, cudaStream_t stream, const char* what,
+            const Args&... args) {
+#if defined(NEPENTHE_CUDA_EMULATION)
+  (void)stream;
+  emulation::launch(kernel, blocks, threads, args...);
+#else
+  kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(args...);
+#endif
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
@@ -539,8 +565,7 @@ void launch_rows(const CountRequest& r, const View& v, const View& yv, const Par
   a.row_blocks = ceil_div(v.outer, a.rows);
   a.inner_blocks = ceil_div(v.inner, a.inner);
   const int64_t blocks = std::min(v.channels * a.row_blocks * a.inner_blocks, slots);
-  kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, p);
-  check_launch("nepenthe rows_kernel launch");
+  launch(kernel, blocks, kThreads, stream, "nepenthe rows_kernel launch", a, p);
 }
 
 template <class S>
@@ -553,8 +578,7 @@ void launch_channels(const CountRequest& r, const View& v, const View& yv, const
                    plan_channels(v, item_elements(v, slots), max_chans),
                    reinterpret_cast<unsigned long long*>(r.counts)};
   const int64_t blocks = std::min(a.plan.items(v.outer), slots);
-  channels_kernel<S><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, p);
-  check_launch("nepenthe channels_kernel launch");
+  launch(channels_kernel<S>, blocks, kThreads, stream, "nepenthe channels_kernel launch", a, p);
 }
 
 // Whether channels_vec_kernel can read v: channel stride 1, whole 16-byte channel groups, aligned positions.
@@ -590,8 +614,7 @@ void launch_channels_vec(const CountRequest& r, View v, const Params<typename De
   a.positions = clamp64(item_elements(v, slots) / (a.chunk_groups * kVec), 1, v.inner);
   a.pos_blocks = ceil_div(v.inner, a.positions);
   const int64_t blocks = std::min(v.outer * a.chunks * a.pos_blocks, slots);
-  kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(a, p);
-  check_launch("nepenthe channels_vec_kernel launch");
+  launch(kernel, blocks, block, stream, "nepenthe channels_vec_kernel launch", a, p);
 }
 
 template <class S>
