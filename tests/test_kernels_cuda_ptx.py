@@ -59,7 +59,7 @@ def kernels_sm80(tmp_path_factory) -> dict[str, str]:
 
 
 def _counting_kernels(kernels: dict[str, str]) -> list[str]:
-    return [name for name in kernels if name.startswith("channels_vec_kernel") or name.endswith(",false>")]
+    return [name for name in kernels if name.endswith(",false>")]
 
 
 def test_every_dtype_and_threshold_variant_is_compiled(kernels):
@@ -86,7 +86,7 @@ def test_counting_kernels_use_no_local_memory(kernels):
 # Thresholds known at compile time (NT 1 or 2), counting alone: the kernels that compare 16-bit values in pairs.
 PAIRED = [
     f"{kernel}<{dtype},{nt}{suffix}>"
-    for kernel, suffix in (("rows_kernel", ",false"), ("channels_vec_kernel", ""))
+    for kernel, suffix in (("rows_kernel", ",false"), ("channels_vec_kernel", ",false"))
     for dtype in ("6__half", "13__nv_bfloat16")
     for nt in ("1", "2")
 ]
@@ -121,3 +121,12 @@ def test_comparisons_are_a_predicate_and_a_predicated_add(kernels):
         body = kernels[name]
         assert re.search(r"setp\.num\.f(32|64)", body), name
         assert not re.search(r"selp\.(b|u|s)32\s+%r\d+, 1, 0", body), name
+
+
+def test_fused_kernels_load_and_store_vectors(kernels):
+    """The fused variants read four 16-byte vectors at a time and write their activations as 16-byte vectors."""
+    fused = [name for name in kernels if name.endswith(",true>")]
+    assert len(fused) >= 20, sorted(kernels)
+    for name in fused:
+        assert len(re.findall(r"ld\.global\.nc\.v4\.\w+", kernels[name])) >= 4, name
+        assert re.search(r"st\.global(\.wb)?\.v4\.\w+", kernels[name]), name

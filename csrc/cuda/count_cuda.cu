@@ -2,13 +2,13 @@
 //
 // Three kernels, chosen by layout:
 // - rows_kernel (inner stride 1, or any strides): a work item is one channel over a block of rows and inner
-//   positions, read with 16-byte vector loads where a row is aligned. Counting alone keeps kUnroll loads in
-//   flight per thread (the fused variant, which also stores, reads one vector at a time).
-// - channels_vec_kernel (channel stride 1, counting alone, 1 or 2 thresholds without ties, 16-byte aligned
-//   positions): each thread reads one 16-byte group of consecutive channels at kUnroll positions at a time and
-//   keeps one set of counts per channel of its group.
-// - channels_kernel (channel stride 1 otherwise, and fused): consecutive threads read consecutive channels, one
-//   element each.
+//   positions, read with 16-byte vector loads where a row is aligned, kUnroll loads in flight per thread; the
+//   fused variant stores 16-byte vectors where the output row is contiguous and aligned.
+// - channels_vec_kernel (channel stride 1, 1 or 2 thresholds without ties, 16-byte aligned positions; fused: the
+//   output laid out like the input): each thread reads one 16-byte group of consecutive channels at kUnroll
+//   positions at a time and keeps one set of counts per channel of its group.
+// - channels_kernel (channel stride 1 otherwise): consecutive threads read consecutive channels, one element
+//   each.
 // Comparisons are compare_ops.cuh's: a predicate and a predicated add per value and threshold, and, when counting
 // alone with ReLU's or ReLU6's thresholds, float16 (bfloat16 from sm_90) two values per packed compare.
 // Each thread keeps its comparison counts in registers (uint32); a block reduces them into shared-memory
@@ -183,6 +183,34 @@ __device__ __forceinline__ void load_vectors(const uint4* v, int64_t stride, int
   }
 }
 
+// The 16-byte vector holding kVec values (the inverse of lane()), built from 32-bit words in registers.
+__device__ __forceinline__ uint32_t pair(unsigned short lo, unsigned short hi) {
+  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+}
+
+__device__ __forceinline__ uint4 pack(const float* v) {
+  return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+}
+
+__device__ __forceinline__ uint4 pack(const double* v) {
+  return make_uint4(static_cast<uint32_t>(__double2loint(v[0])), static_cast<uint32_t>(__double2hiint(v[0])),
+                    static_cast<uint32_t>(__double2loint(v[1])), static_cast<uint32_t>(__double2hiint(v[1])));
+}
+
+__device__ __forceinline__ uint4 pack(const __half* v) {
+  return make_uint4(pair(__half_as_ushort(v[0]), __half_as_ushort(v[1])),
+                    pair(__half_as_ushort(v[2]), __half_as_ushort(v[3])),
+                    pair(__half_as_ushort(v[4]), __half_as_ushort(v[5])),
+                    pair(__half_as_ushort(v[6]), __half_as_ushort(v[7])));
+}
+
+__device__ __forceinline__ uint4 pack(const __nv_bfloat16* v) {
+  return make_uint4(pair(__bfloat16_as_ushort(v[0]), __bfloat16_as_ushort(v[1])),
+                    pair(__bfloat16_as_ushort(v[2]), __bfloat16_as_ushort(v[3])),
+                    pair(__bfloat16_as_ushort(v[4]), __bfloat16_as_ushort(v[5])),
+                    pair(__bfloat16_as_ushort(v[6]), __bfloat16_as_ushort(v[7])));
+}
+
 // Bit-exact with torch's CUDA kernels for relu/hardtanh/leaky_relu: NaN propagates, and a value at or below the
 // lower bound becomes the bound, so relu(-0.0) is +0.0 as on torch's GPU (its CPU kernels keep -0.0). GELU in T.
 template <class T>
@@ -212,6 +240,20 @@ __device__ __forceinline__ uint32_t warp_sum(uint32_t v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
   return v;
 #endif
+}
+
+// Count one 16-byte vector and return the vector of its activations (fused kernels).
+template <int NT, class S, class T = typename Dev<S>::T>
+__device__ __forceinline__ uint4 count_activate(uint4 raw, const Params<T>& p, uint32_t* acc) {
+  constexpr int kVec = 16 / sizeof(S);
+  S out[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) {
+    const T v = lane<S>(raw, e);
+    count_value<NT>(v, p.th, acc);
+    out[e] = Dev<S>::store(activation(v, p));
+  }
+  return pack(out);
 }
 
 // Per-state count s of the comparison counts c (fixed positions).
@@ -276,14 +318,27 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
         }
         const int64_t vbase = xbase + head;  // 16-byte aligned when nvec > 0
         if constexpr (kFused) {
-          for (int64_t q = tid; q < nvec; q += kThreads) {
-            Vec16<S> u;
-            u.raw = *reinterpret_cast<const uint4*>(a.x + vbase + q * kVec);
+          // The activations go out as 16-byte vectors where y's row is contiguous and aligned like x's.
+          const bool y_vectors =
+              a.yv.s_inner == 1 && reinterpret_cast<uintptr_t>(a.y + ybase + head) % 16 == 0;
+          const uint4* vx = reinterpret_cast<const uint4*>(a.x + vbase);
+          for (int64_t q = tid; q < nvec; q += kUnroll * kThreads) {
+            uint4 raw[kUnroll];
+            load_vectors(vx + q, kThreads, kThreads, nvec - q, raw);
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) {
-              const T v = Dev<S>::load(u.s[e]);
-              count_value<NT>(v, p.th, acc);
-              a.y[ybase + (head + q * kVec + e) * a.yv.s_inner] = Dev<S>::store(activation(v, p));
+            for (int u = 0; u < kUnroll; ++u) {
+              const int64_t qu = q + u * kThreads;
+              if (qu < nvec) {
+                const uint4 out = count_activate<NT, S>(raw[u], p, acc);
+                if (y_vectors) {
+                  reinterpret_cast<uint4*>(a.y + ybase + head)[qu] = out;
+                } else {
+                  Vec16<S> o;
+                  o.raw = out;
+#pragma unroll
+                  for (int e = 0; e < kVec; ++e) a.y[ybase + (head + qu * kVec + e) * a.yv.s_inner] = o.s[e];
+                }
+              }
             }
           }
         } else {
@@ -410,6 +465,7 @@ __global__ void __launch_bounds__(kThreads) channels_kernel(ChannelArgs<S> a, Pa
 template <class S>
 struct ChannelVecArgs {
   const S* x;
+  S* y;                       // fused: the activation, laid out exactly as x (unused when only counting)
   View v;                     // channel stride 1; position (inner) and outer strides keep 16-byte alignment
   int64_t groups;             // 16-byte channel groups: C / kVec
   int64_t chunk_groups;       // groups per channel chunk: one thread each per position (<= kThreads)
@@ -419,13 +475,14 @@ struct ChannelVecArgs {
   unsigned long long* counts;
 };
 
-template <class S, int NT>
+template <class S, int NT, bool kFused>
 __global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S> a, Params<typename Dev<S>::T> p) {
+  using T = typename Dev<S>::T;
   constexpr int kVec = 16 / sizeof(S);
   constexpr int kN = 1 + NT;
-  // 16-bit channels two at a time (count_pair): per lane at most a.positions <= kMaxItem / kVec < 2^16 values.
-  constexpr bool kPairs = paired<S>();
-  static_assert(kMaxItem / kVec < (1 << 16), "packed 16-bit counters would overflow");
+  // Counting alone, 16-bit channels two at a time (count_pair): per lane at most a.positions values, which
+  // launch_channels_vec keeps below 2^16.
+  constexpr bool kPairs = !kFused && paired<S>();
   __shared__ uint32_t shared[kThreads * kVec * kN];  // [channel of the chunk][valid, gt_0..gt_{NT-1}]
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int64_t G = a.chunk_groups, per = nthreads / G, r = tid / G, g = tid % G;
@@ -445,14 +502,27 @@ __global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S
       for (int j = 0; j < kN; ++j) acc[e][j] = packed[e % 4][j] = 0;
     }
     if (g < gn) {
-      const S* base = a.x + o * a.v.s_outer + (g0 + g) * kVec;
+      const int64_t base = o * a.v.s_outer + (g0 + g) * kVec;  // element offset of this group at position 0
       for (int64_t q = q0 + r; q < q1; q += per * kUnroll) {
         uint4 raw[kUnroll];
-        const uint4* vx = reinterpret_cast<const uint4*>(base + q * a.v.s_inner);
+        const uint4* vx = reinterpret_cast<const uint4*>(a.x + base + q * a.v.s_inner);
         load_vectors(vx, per * a.v.s_inner / kVec, per, q1 - q, raw);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          if constexpr (kPairs) {
+          const int64_t qu = q + u * per;
+          if constexpr (kFused) {
+            if (qu < q1) {
+              S out[kVec];
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) {
+                const T v = lane<S>(raw[u], e);
+                count_value<NT>(v, p.th, acc[e]);
+                out[e] = Dev<S>::store(activation(v, p));
+              }
+              uint4* y = reinterpret_cast<uint4*>(a.y + base + qu * a.v.s_inner);
+              __stwb(y, pack(out));  // one 16-byte store (a plain assignment here came out as four 4-byte stores)
+            }
+          } else if constexpr (kPairs) {
 #pragma unroll
             for (int w = 0; w < 4; ++w) count_pair<S, NT>(word(raw[u], w), p.pair, packed[w]);
           } else {
@@ -590,7 +660,10 @@ bool vector_channels(const CountRequest& r, const View& v) {
          aligned(v.s_inner) && (v.outer == 1 || aligned(v.s_outer));
 }
 
-template <class S, int NT>
+// Positions each thread reads per work item, at least: a few rounds of kUnroll loads between the block's flushes.
+constexpr int64_t kMinRounds = 4;
+
+template <class S, int NT, bool kFused>
 void launch_channels_vec(const CountRequest& r, View v, const Params<typename Dev<S>::T>& p, cudaStream_t stream) {
   constexpr int64_t kVec = 16 / sizeof(S);
   // One position axis where the outer index allows: (N, C) rows, or outer blocks that follow each other.
@@ -604,17 +677,31 @@ void launch_channels_vec(const CountRequest& r, View v, const Params<typename De
     v.outer = 1;
     v.s_outer = 0;
   }
-  ChannelVecArgs<S> a{static_cast<const S*>(r.x), v, v.channels / kVec, 1, 1, 1, 1,
+  ChannelVecArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, v.channels / kVec, 1, 1, 1, 1,
                       reinterpret_cast<unsigned long long*>(r.counts)};
   a.chunks = ceil_div(a.groups, kThreads);
   a.chunk_groups = ceil_div(a.groups, a.chunks);
-  const int block = static_cast<int>((kThreads / a.chunk_groups) * a.chunk_groups);
-  constexpr auto kernel = channels_vec_kernel<S, NT>;
+  const int64_t per = kThreads / a.chunk_groups;
+  const int block = static_cast<int>(per * a.chunk_groups);
+  constexpr auto kernel = channels_vec_kernel<S, NT, kFused>;
   const int64_t slots = resident_blocks<kernel>(block);
-  a.positions = clamp64(item_elements(v, slots) / (a.chunk_groups * kVec), 1, v.inner);
+  const int64_t positions = std::max(item_elements(v, slots) / (a.chunk_groups * kVec), per * kUnroll * kMinRounds);
+  a.positions = clamp64(positions, 1, v.inner);
+  static_assert(std::max(kMaxItem / kVec, kThreads * kUnroll * kMinRounds) < (1 << 16),
+                "channels_vec_kernel's packed 16-bit counters would overflow");
   a.pos_blocks = ceil_div(v.inner, a.positions);
   const int64_t blocks = std::min(v.outer * a.chunks * a.pos_blocks, slots);
   launch(kernel, blocks, block, stream, "nepenthe channels_vec_kernel launch", a, p);
+}
+
+template <class S, int NT>
+void launch_channels_vec(const CountRequest& r, const View& v, const Params<typename Dev<S>::T>& p, bool fused,
+                         cudaStream_t stream) {
+  if (fused) {
+    launch_channels_vec<S, NT, true>(r, v, p, stream);
+  } else {
+    launch_channels_vec<S, NT, false>(r, v, p, stream);
+  }
 }
 
 template <class S>
@@ -639,17 +726,26 @@ void run(const CountRequest& r) {
   const auto stream = reinterpret_cast<cudaStream_t>(r.stream);
   const int nt = r.ignore_ties ? 0 : r.num_thresholds;  // thresholds known at compile time (0: read at run time)
   if (v.s_inner != 1 && v.s_channel == 1) {
-    if (!fused && (nt == 1 || nt == 2) && vector_channels<S>(r, v)) {
+    // A fused output goes out through the same vector offsets, so it must be laid out (and aligned) like x.
+    const bool y_like_x = !fused || (yv.s_outer == v.s_outer && yv.s_channel == v.s_channel &&
+                                     yv.s_inner == v.s_inner && reinterpret_cast<uintptr_t>(r.y) % 16 == 0);
+    if ((nt == 1 || nt == 2) && y_like_x && vector_channels<S>(r, v)) {
       if (nt == 1) {
-        launch_channels_vec<S, 1>(r, v, p, stream);
+        launch_channels_vec<S, 1>(r, v, p, fused, stream);
       } else {
-        launch_channels_vec<S, 2>(r, v, p, stream);
+        launch_channels_vec<S, 2>(r, v, p, fused, stream);
       }
     } else {
       launch_channels<S>(r, v, yv, p, stream);
     }
   } else if (fused) {
-    launch_rows<S, 0, true>(r, v, yv, p, stream);
+    if (nt == 1) {
+      launch_rows<S, 1, true>(r, v, yv, p, stream);
+    } else if (nt == 2) {
+      launch_rows<S, 2, true>(r, v, yv, p, stream);
+    } else {
+      launch_rows<S, 0, true>(r, v, yv, p, stream);
+    }
   } else if (nt == 1) {
     launch_rows<S, 1, false>(r, v, yv, p, stream);
   } else if (nt == 2) {
