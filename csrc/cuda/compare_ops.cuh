@@ -91,6 +91,18 @@ inline uint32_t pair_threshold<__nv_bfloat16>(float t) {
   return bits * 0x10001u;
 }
 
+// v rounded to nearest S, in both halves of a word.
+template <class S>
+inline uint32_t pair_value(float v);
+template <>
+inline uint32_t pair_value<__half>(float v) {
+  return __half_as_ushort(__float2half_rn(v)) * 0x10001u;
+}
+template <>
+inline uint32_t pair_value<__nv_bfloat16>(float v) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(v)) * 0x10001u;
+}
+
 // Counts the two S values in word w into NT + 1 packed counters: [values that are numbers, v > thresholds[k]...]
 // (thresholds from pair_threshold).
 template <class S, int NT>

@@ -39,12 +39,13 @@ int main(int argc, char** argv) {
         for (const auto& th : sets) {
           for (bool ties : {false, true}) run(Case{dtype, s.n, s.c, s.h, layout, th, ties});
         }
-        // Fused: relu, relu6, hardtanh(-0.3, 2.7) and leaky_relu(0.01), each with its own thresholds.
+        // Fused: relu, relu6, hardtanh(-0.9, 2.9) and leaky_relu(0.01), each with its own thresholds. float16 and
+        // bfloat16 round both hardtanh bounds up to nearest, so rounding them down for the output would show.
         const nepenthe::ActivationArgs relu{nepenthe::kRelu, 0.0, 0.0}, relu6{nepenthe::kHardtanh, 0.0, 6.0},
-            hardtanh{nepenthe::kHardtanh, -0.3, 2.7}, leaky{nepenthe::kLeakyRelu, 0.01, 0.0};
+            hardtanh{nepenthe::kHardtanh, -0.9, 2.9}, leaky{nepenthe::kLeakyRelu, 0.01, 0.0};
         run(Case{dtype, s.n, s.c, s.h, layout, {0.0}, false, relu});
-        run(Case{dtype, s.n, s.c, s.h, layout, {0.0, 6.0}, false, relu6});
-        run(Case{dtype, s.n, s.c, s.h, layout, {-0.3, 2.7}, true, hardtanh});
+        run(Case{dtype, s.n, s.c, s.h, layout, {0.0, 6.0}, true, relu6});  // ties: thresholds read at run time
+        run(Case{dtype, s.n, s.c, s.h, layout, {-0.9, 2.9}, false, hardtanh});
         run(Case{dtype, s.n, s.c, s.h, layout, {0.0}, false, leaky});
       }
     }
