@@ -3,15 +3,18 @@
 A test that takes ``device_backend`` runs once per ``(device, backend)`` pair whose compiled or Triton
 backend can run here (the torch reference is what they are compared with). CUDA pairs carry the ``gpu``
 mark; without a GPU a single placeholder CUDA pair is collected and skipped, so a run says what it did not
-cover. Triton is listed for CPU tensors only under ``TRITON_INTERPRET=1``.
+cover. Triton is listed for CPU tensors only under ``TRITON_INTERPRET=1``. Where nvcc is installed, the pair
+``("cpu", "cuda")`` (id ``cpu-cuda_emulated``) runs the CUDA kernels on CPU tensors through an emulation
+(tests/cuda_emulated.py): during those tests the dispatcher's ``cuda`` backend is the emulated one.
 """
 
 from __future__ import annotations
 
+import cuda_emulated
 import pytest
 import torch
 
-from nepenthe.kernels import available_backends
+from nepenthe.kernels import available_backends, dispatch
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,12 +36,35 @@ def _device_backends() -> list[object]:
         for name in available_backends(device):
             if name != "torch":
                 params.append(pytest.param((device, name), marks=marks, id=f"{device}-{name}"))
+    if cuda_emulated.available():
+        params.append(pytest.param(cuda_emulated.PAIR, id=cuda_emulated.PAIR_ID))
     return params
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "device_backend" in metafunc.fixturenames:
         metafunc.parametrize("device_backend", _device_backends())
+
+
+@pytest.fixture(scope="session")
+def emulated_cuda_backend(tmp_path_factory):
+    """The CUDA kernels built as host code, as a dispatcher backend for CPU tensors (built once per session)."""
+    return cuda_emulated.backend(cuda_emulated.build_extension(tmp_path_factory.mktemp("cuda_emulated")))
+
+
+@pytest.fixture(autouse=True)
+def _dispatch_emulated_cuda(request):
+    """For the ``cpu-cuda_emulated`` pair, the dispatcher's ``cuda`` backend is the emulation during the test."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("device_backend") != cuda_emulated.PAIR:
+        yield
+        return
+    saved = dispatch._loaded
+    dispatch._loaded = {**saved, "cuda": request.getfixturevalue("emulated_cuda_backend")}
+    try:
+        yield
+    finally:
+        dispatch._loaded = saved
 
 
 @pytest.fixture(scope="module")

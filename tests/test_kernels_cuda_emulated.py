@@ -9,6 +9,10 @@ items, rows off a 16-byte boundary), channels_last with whole and partial 16-byt
 gather, one to seven thresholds with and without ties. It is built twice: as on sm_90 (float16 and bfloat16
 compared in pairs) and as on sm_80 (bfloat16 widened to float32); the three runs go in parallel (about 30 s).
 
+The same emulation also runs as the ``cpu-cuda_emulated`` pair of every ``device_backend`` test
+(``tests/conftest.py``, ``tests/cuda_emulated.py``): the count and fused test suites, with their permuted,
+expanded, sliced and token layouts, through the real binding and launch code, in about a minute.
+
 What it cannot see: the PTX instructions themselves (``test_kernels_cuda_ptx.py`` checks those), memory
 coalescing and timing, and races between blocks (blocks run one after another). The gpu tests cover those on a GPU.
 Mutations it catches: a tail counted twice, the low and high halves of a packed counter swapped, relu(-0.0) kept

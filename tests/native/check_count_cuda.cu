@@ -5,10 +5,9 @@
 // Compiled by nvcc as host code, with NEPENTHE_EMULATED_ARCH 800 or 900 (which 16-bit compares run in pairs).
 // Arguments: the dtypes to check (0 float32, 1 float16, 2 bfloat16, 3 float64; all without arguments).
 // Prints one line per mismatch and "checked N cases, M mismatched"; exits 1 on any mismatch.
-#include "cuda_emulation.h"
+#include "count_cuda_emulated.cu"
 // (the emulation must come first)
 #include "count_cases.h"
-#include "count_cuda.cu"
 
 int main(int argc, char** argv) {
   using nepenthe_check::Case;
