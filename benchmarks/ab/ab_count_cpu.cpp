@@ -4,9 +4,7 @@
 // linked here; each round times a hand-written OpenMP float sum of the same bytes, then A and B in alternating
 // order, so a slow spell of the shared machine hits all three. Prints min and median per build and B/A.
 //
-// Arguments: N C HW layout dtype K threads rounds
-//   layout: nchw (view (N, C, HW)) or cl (channels_last, read as the Python side reads it: (1, C, N*HW))
-//   dtype: 0 float32, 1 float16, 2 bfloat16; K: 1 (threshold 0) or 2 (thresholds 0 and 6)
+// Arguments: N C HW layout dtype K threads rounds (ab_case.h says what the first six mean).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -19,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "count_args.h"
+#include "ab_case.h"
 
 namespace nepA {
 struct CountRequest;
@@ -76,12 +74,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s N C HW nchw|cl dtype(0 f32, 1 f16, 2 bf16) K(1|2) threads rounds\n", argv[0]);
     return 2;
   }
-  const int64_t n_batch = std::atol(argv[1]), channels = std::atol(argv[2]), hw = std::atol(argv[3]);
-  const bool channels_last = std::string(argv[4]) == "cl";
-  const int dtype = std::atoi(argv[5]), k = std::atoi(argv[6]), threads = std::atoi(argv[7]);
-  const int rounds = std::atoi(argv[8]);
-  const int64_t n = n_batch * channels * hw;
-  const size_t elem = dtype == 0 ? 4 : 2;
+  const AbCase ab = AbCase::parse(argv);
+  const int threads = std::atoi(argv[7]), rounds = std::atoi(argv[8]), dtype = ab.dtype;
+  const int64_t n = ab.elements();
+  const size_t elem = ab.element_bytes();
 
   // Activation-like values: Gaussian with 30% exact zeros, no NaN (the kernels' fast paths run).
   std::vector<float> xf(n);
@@ -101,19 +97,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  nepenthe::CountRequest r{};
-  r.x = dtype == 0 ? static_cast<const void*>(xf.data()) : static_cast<const void*>(x16.data());
-  r.dtype = dtype;
-  r.view = channels_last ? nepenthe::View{1, channels, n_batch * hw, 0, 1, channels}
-                         : nepenthe::View{n_batch, channels, hw, channels * hw, hw, 1};
-  r.num_thresholds = k;
-  r.greater[0] = r.tie[0] = 0.0;
-  if (k > 1) r.greater[1] = r.tie[1] = 6.0;
-  std::vector<int64_t> counts(channels * (k + 1));
-  r.counts = counts.data();
-  r.y = nullptr;
-  r.y_view = r.view;
-  r.activation = {nepenthe::kNone, 0.0, 0.0};
+  std::vector<int64_t> counts(ab.channels * (ab.k + 1));
+  nepenthe::CountRequest r = ab.request(dtype == 0 ? static_cast<const void*>(xf.data()) : x16.data(), counts.data());
   r.threads = threads;
 
   std::vector<double> ta, tb, ts;
@@ -140,10 +125,9 @@ int main(int argc, char** argv) {
       run_a();
     }
   }
-  std::printf("%-4s N%ld C%ld HW%ld dtype%d K%d threads%d: min A %.1f B %.1f B/A %.3f | median A %.1f B %.1f B/A %.3f"
-              " | sum min %.1f us, B/sum %.2f\n",
-              argv[4], static_cast<long>(n_batch), static_cast<long>(channels), static_cast<long>(hw), dtype, k,
-              threads, min_us(ta), min_us(tb), min_us(tb) / min_us(ta), median_us(ta), median_us(tb),
-              median_us(tb) / median_us(ta), min_us(ts), min_us(tb) / min_us(ts));
+  std::printf("%s threads%d: min A %.1f B %.1f B/A %.3f | median A %.1f B %.1f B/A %.3f | sum min %.1f us, B/sum "
+              "%.2f\n",
+              ab.label().c_str(), threads, min_us(ta), min_us(tb), min_us(tb) / min_us(ta), median_us(ta),
+              median_us(tb), median_us(tb) / median_us(ta), min_us(ts), min_us(tb) / min_us(ts));
   return 0;
 }

@@ -6,9 +6,7 @@
 // CUDA events, divided by reps. Before timing, one launch of each build is checked against a count made on the
 // host from the same values (so a GPU session also gets an independent check of both builds' counts).
 //
-// Arguments: N C HW layout dtype K rounds
-//   layout: nchw (view (N, C, HW)) or cl (channels_last, read as the Python side reads it: (1, C, N*HW))
-//   dtype: 0 float32, 1 float16, 2 bfloat16; K: 1 (threshold 0, ReLU) or 2 (thresholds 0 and 6, ReLU6)
+// Arguments: N C HW layout dtype K rounds (ab_case.h says what the first six mean).
 // Prints one line per case; exits 1 if a build's counts differ from the host's.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "count_args.h"
+#include "ab_case.h"
 
 namespace nepA {
 struct CountRequest;
@@ -135,11 +133,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s N C HW nchw|cl dtype(0 f32, 1 f16, 2 bf16) K(1|2) rounds\n", argv[0]);
     return 2;
   }
-  const int64_t n_batch = std::atol(argv[1]), channels = std::atol(argv[2]), hw = std::atol(argv[3]);
-  const bool channels_last = std::string(argv[4]) == "cl";
-  const int dtype = std::atoi(argv[5]), k = std::atoi(argv[6]), rounds = std::atoi(argv[7]);
-  const int64_t n = n_batch * channels * hw;
-  const size_t elem = dtype == 0 ? 4 : 2, bytes = n * elem;
+  const AbCase ab = AbCase::parse(argv);
+  const int rounds = std::atoi(argv[7]), dtype = ab.dtype, k = ab.k;
+  const int64_t n = ab.elements(), channels = ab.channels;
+  const size_t bytes = n * ab.element_bytes();
 
   void* x = nullptr;
   int64_t* counts = nullptr;
@@ -150,18 +147,7 @@ int main(int argc, char** argv) {
   fill<<<1024, 256>>>(x, dtype, n);
   check(cudaDeviceSynchronize(), "fill");
 
-  nepenthe::CountRequest r{};
-  r.x = x;
-  r.dtype = dtype;
-  r.view = channels_last ? nepenthe::View{1, channels, n_batch * hw, 0, 1, channels}
-                         : nepenthe::View{n_batch, channels, hw, channels * hw, hw, 1};
-  r.num_thresholds = k;
-  r.greater[0] = r.tie[0] = 0.0;
-  if (k > 1) r.greater[1] = r.tie[1] = 6.0;
-  r.counts = counts;
-  r.y = nullptr;
-  r.y_view = r.view;
-  r.activation = {nepenthe::kNone, 0.0, 0.0};
+  nepenthe::CountRequest r = ab.request(x, counts);
   r.stream = 0;
   auto run_a = [&] { nepA::count_cuda(reinterpret_cast<const nepA::CountRequest&>(r)); };
   auto run_b = [&] { nepB::count_cuda(reinterpret_cast<const nepB::CountRequest&>(r)); };
@@ -173,7 +159,7 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < n; ++i) {
     const double v = widen(host, dtype, i);
     if (std::isnan(v)) continue;
-    const int64_t c = channels_last ? i % channels : (i / hw) % channels;
+    const int64_t c = ab.channels_last ? i % channels : (i / ab.hw) % channels;
     want[c * (k + 1) + (v > 0.0) + (k > 1 && v > 6.0)] += 1;
   }
   bool exact = true;
@@ -205,10 +191,9 @@ int main(int argc, char** argv) {
     }
   }
   const double ma = median(ta), mb = median(tb), ms = median(ts);
-  std::printf("%-4s N%ld C%ld HW%ld dtype%d K%d (%.0f MB): median A %.1f B %.1f us, B/A %.3f | read %.1f us "
-              "(%.0f GB/s), A/read %.2f B/read %.2f | %s\n",
-              argv[4], static_cast<long>(n_batch), static_cast<long>(channels), static_cast<long>(hw), dtype, k,
-              bytes / 1e6, ma, mb, mb / ma, ms, bytes / ms / 1e3, ma / ms, mb / ms,
+  std::printf("%s (%.0f MB): median A %.1f B %.1f us, B/A %.3f | read %.1f us (%.0f GB/s), A/read %.2f B/read %.2f"
+              " | %s\n",
+              ab.label().c_str(), bytes / 1e6, ma, mb, mb / ma, ms, bytes / ms / 1e3, ma / ms, mb / ms,
               exact ? "counts exact" : "COUNTS WRONG");
   return exact ? 0 : 1;
 }

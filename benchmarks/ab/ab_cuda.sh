@@ -16,7 +16,7 @@ root="$(cd "$here/../.." && pwd)"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 nvcc="$(command -v nvcc || echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc")"
-flags=(-std=c++17 -O3 "-arch=${ARCH:-native}" -I"$root/csrc/cuda" -I"$root/csrc/common")
+flags=(-std=c++17 -O3 "-arch=${ARCH:-native}" -I"$root/csrc/cuda" -I"$root/csrc/common" -I"$here")
 "$nvcc" "${flags[@]}" -Dnepenthe=nepA -c "$1" -o "$out/a.o"
 "$nvcc" "${flags[@]}" -Dnepenthe=nepB -c "$2" -o "$out/b.o"
 "$nvcc" "${flags[@]}" "$here/ab_count_cuda.cu" "$out/a.o" "$out/b.o" -o "$out/ab"
