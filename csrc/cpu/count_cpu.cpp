@@ -539,12 +539,19 @@ inline void store_vec(V r, S* y) {
   }
 }
 
+template <class S>
+int64_t activate_words(const Act<float>& act, const S* x, int64_t n, S* y);
+
 // The piecewise-linear activations of n contiguous values, a vector at a time from load to store (no buffers);
 // returns how many values it wrote (whole vectors only; GELU and the tail go through apply_activation).
+// float16/bfloat16 relu and hardtanh stay in their own 16 bits (activate_words).
 template <class S, class T>
 inline int64_t activate_contiguous(const Act<T>& act, const S* x, int64_t n, S* y) {
   using V = typename Simd<T>::V;
   constexpr int W = Simd<T>::kWidth;
+  if constexpr (sizeof(S) == 2) {
+    if (act.kind == kRelu || act.kind == kHardtanh) return activate_words(act, x, n, y);
+  }
   if (act.kind != kRelu && act.kind != kHardtanh && act.kind != kLeakyRelu) return 0;
   const V zero = V{}, lo = act.lo - V{}, hi = act.hi - V{}, slope = act.slope - V{};
   int64_t i = 0;
@@ -740,6 +747,43 @@ struct WordThresholds {
     return b;
   }
 };
+
+// relu and hardtanh of n contiguous float16/bfloat16 values compared in their own 16 bits, as keys
+// (WordThresholds), with no widening to float32 and no rounding back: a value below the lower bound becomes the
+// bound (rounded to nearest, as torch rounds it), one above the upper bound that bound, and NaN and -0.0 stay
+// (bit-exact with torch's CPU kernels). x < lo exactly when key(x) <= key of the largest 16-bit value below lo;
+// x > hi exactly when key(x) > key of the largest at or below hi; NaN is neither. Whole vectors only; returns how
+// many values it wrote.
+template <class S>
+int64_t activate_words(const Act<float>& act, const S* x, int64_t n, S* y) {
+  typedef int16_t I16 __attribute__((vector_size(kVecBytes)));
+  constexpr int L = kVecBytes / 2;
+  const float lo = act.kind == kRelu ? 0.0f : act.lo, hi = act.kind == kRelu ? INFINITY : act.hi;
+  uint16_t below = WordThresholds::at_or_below<S>(lo);
+  if (WordThresholds::value(below, S{}) == lo) {  // the largest value strictly below lo (-0.0 equals +0.0)
+    below = (below & 0x7fff) == 0 ? 0x8001 : (below & 0x8000) ? below + 1 : below - 1;
+  }
+  const auto as_bits = [](float v) {
+    const S s = Traits<S>::store(v);  // rounded to nearest even, as the float path stores it
+    uint16_t b;
+    std::memcpy(&b, &s, sizeof b);
+    return static_cast<int16_t>(b);
+  };
+  const int16_t inf = std::is_same_v<S, BF16> ? 0x7f80 : 0x7c00;
+  const int16_t lo_key = static_cast<int16_t>(WordThresholds::key_of(below));
+  const int16_t hi_key = static_cast<int16_t>(WordThresholds::key_of(WordThresholds::at_or_below<S>(hi)));
+  const I16 lo_bits = as_bits(lo) - I16{}, hi_bits = as_bits(hi) - I16{};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    I16 b;
+    std::memcpy(&b, x + i, sizeof b);
+    const I16 key = b ^ ((b >> 15) & 0x7fff);
+    const I16 number = (b & 0x7fff) <= inf;
+    const I16 out = (number & (key <= lo_key)) ? lo_bits : ((number & (key > hi_key)) ? hi_bits : b);
+    std::memcpy(y + i, &out, sizeof out);
+  }
+  return i;
+}
 
 // The word-lane thresholds of a job, where kOn (16-bit storage takes the word path); else a placeholder.
 template <bool kOn, class S, class T>
