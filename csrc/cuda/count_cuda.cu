@@ -316,8 +316,8 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
   using T = typename Dev<S>::T;
   constexpr int kVec = 16 / sizeof(S);
   constexpr int kN = counters<NT>();
-  // Counting alone with thresholds known at compile time counts 16-bit vectors two values at a time, into packed
-  // counters decoded into acc once per item (per lane at most kMaxItem / 2 < 2^16 values, see compare_ops.cuh).
+  // With thresholds known at compile time, 16-bit vectors are counted two values at a time (fused or not), into
+  // packed counters decoded into acc once per item (per lane at most kMaxItem / 2 < 2^16 values, compare_ops.cuh).
   constexpr bool kPairs = NT > 0 && paired<S>();
   static_assert(kMaxItem / 2 < (1 << 16), "packed 16-bit counters would overflow");
   __shared__ uint32_t shared[kAcc];
@@ -520,8 +520,8 @@ __global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S
   using T = typename Dev<S>::T;
   constexpr int kVec = 16 / sizeof(S);
   constexpr int kN = 1 + NT;
-  // Counting alone, 16-bit channels two at a time (count_pair): per lane at most a.positions values, which
-  // launch_channels_vec keeps below 2^16.
+  // 16-bit channels are counted two at a time (count_pair), fused or not: per lane at most a.positions values,
+  // which launch_channels_vec keeps below 2^16.
   constexpr bool kPairs = paired<S>();
   __shared__ uint32_t shared[kThreads * kVec * kN];  // [channel of the chunk][valid, gt_0..gt_{NT-1}]
   const int tid = threadIdx.x, nthreads = blockDim.x;
