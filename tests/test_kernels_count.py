@@ -405,8 +405,5 @@ def test_counts_more_channels_than_thread_tables_hold(device_backend, shape, cha
     device, backend = device_backend
     if backend == "triton" and device == "cpu":
         pytest.skip("too large for the Triton interpreter")
-    if (device, backend) == ("cpu", "cuda") and channel_dim == 0:
-        # One work item, with its block reduction, per channel of 3 values: 600k of them take minutes to emulate.
-        pytest.skip("too slow in the CUDA emulation (one block reduction per 3-value channel)")
     x = random_values(shape, torch.float32, _seed("many channels", shape), device)
     _check(x, THRESHOLD_SETS[-1], channel_dim, ignore_ties=True, backend=backend)

@@ -781,7 +781,11 @@ void run(const CountRequest& r) {
   if (yv.inner == 1) yv.s_inner = 0;
   const auto stream = reinterpret_cast<cudaStream_t>(r.stream);
   const int nt = r.ignore_ties ? 0 : r.num_thresholds;  // thresholds known at compile time (0: read at run time)
-  if (v.s_inner != 1 && v.s_channel == 1) {
+  // Channels of fewer values than an eighth of a block ((C, 3) read along C, or one image of tiny maps) go to
+  // channels_kernel, a block of channels per work item: rows_kernel would run a block reduction for each channel
+  // with most of its threads idle (600k channels of 3 values took minutes in the CUDA emulation).
+  const bool few_per_channel = v.outer * v.inner < kThreads / 8;
+  if ((v.s_inner != 1 && v.s_channel == 1) || few_per_channel) {
     // A fused output goes out through the same vector offsets, so it must be laid out (and aligned) like x.
     const bool y_like_x = !fused || (yv.s_outer == v.s_outer && yv.s_channel == v.s_channel &&
                                      yv.s_inner == v.s_inner && reinterpret_cast<uintptr_t>(r.y) % 16 == 0);
