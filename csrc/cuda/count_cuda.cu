@@ -7,10 +7,10 @@
 // - channels_vec_kernel (channel stride 1, 1 or 2 thresholds without ties, 16-byte aligned positions; fused: the
 //   output laid out like the input): each thread reads one 16-byte group of consecutive channels at kUnroll
 //   positions at a time and keeps one set of counts per channel of its group.
-// - channels_kernel (channel stride 1 otherwise): consecutive threads read consecutive channels, one element
-//   each.
-// Comparisons are compare_ops.cuh's: a predicate and a predicated add per value and threshold, and, when counting
-// alone with ReLU's or ReLU6's thresholds, float16 (bfloat16 from sm_90) two values per packed compare.
+// - channels_kernel (channel stride 1 otherwise, and channels of fewer than 32 values in any layout):
+//   consecutive threads read consecutive channels, one element each.
+// Comparisons are compare_ops.cuh's: a predicate and a predicated add per value and threshold, and, with ReLU's
+// or ReLU6's thresholds, float16 (bfloat16 from sm_90) two values per packed compare, fused or not.
 // Each thread keeps its comparison counts in registers (uint32); a block reduces them into shared-memory
 // counters and adds each item's exact per-state counts into the int64 counts with atomicAdd. Grids hold as many
 // blocks as fit on the device at once, each walking about kItemsPerBlock items, so no SM idles while a last
