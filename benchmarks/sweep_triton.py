@@ -1,4 +1,4 @@
-"""Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps and programs per SM.
+"""Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM and loop unrolling.
 
 For activation tensors larger than the L2 cache, in NCHW, channels_last and token layouts, it times the counting
 kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, and GPU-only
@@ -9,7 +9,7 @@ measured.
 Usage::
 
     python benchmarks/sweep_triton.py                     # all tensors and settings
-    python benchmarks/sweep_triton.py --tiles 8192 --warps 8 --per-sm 16   # one setting
+    python benchmarks/sweep_triton.py --tiles 8192 --warps 8 --per-sm 16 --unroll 2   # one setting
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype) -> torch.Tenso
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiles", type=int, nargs="+", default=[8192, 16384, 32768], help="TILE_BYTES values")
+    parser.add_argument("--tiles", type=int, nargs="+", default=[8192, 16384], help="TILE_BYTES values")
     parser.add_argument("--warps", type=int, nargs="+", default=[4, 8], help="warps per program (both tile axes)")
     parser.add_argument("--per-sm", type=int, nargs="+", default=[8, 16], help="programs per SM")
+    parser.add_argument("--unroll", type=int, nargs="+", default=[1, 2], help="tiles per unrolled loop step")
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args(argv)
     props = torch.cuda.get_device_properties(0)
@@ -55,11 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     time_it = timer("cuda", args.reps)
     print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
     print(
-        "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | time (us) | / sum | GPU-only (us) "
-        "| GPU GB/s | GPU / sum | counts |"
+        "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | time (us) | / sum "
+        "| GPU-only (us) | GPU GB/s | GPU / sum | counts |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    names = ("TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    names = ("TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "TILE_UNROLL")
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
         for name, shape, channel_dim, layout, dtype, thresholds in TENSORS:
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
             reference = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
             read = time_it(lambda x=x: x.sum())
             read_gpu = gpu_time(lambda x=x: x.sum(), args.reps)
-            for tile, warps, per_sm in itertools.product(args.tiles, args.warps, args.per_sm):
+            for tile, warps, per_sm, unroll in itertools.product(args.tiles, args.warps, args.per_sm, args.unroll):
                 triton_count.TILE_BYTES = tile
+                triton_count.TILE_UNROLL = unroll
                 triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
                 triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                     else (f"| {tg * 1e6:.1f} | {gigabytes / tg:.0f} | {tg / read_gpu:.2f} ")
                 )
                 print(
-                    f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {tile} | {warps} | {per_sm} | {t * 1e6:.1f} "
+                    f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {tile} | {warps} | {per_sm} | {unroll} "
+                    f"| {t * 1e6:.1f} "
                     f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,
                 )

@@ -52,6 +52,10 @@ ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XO", "ALIGN_XC", "ALIGN_XI", "ALIGN_
 # setting or within 13% of it, and 1.1-2.0x faster than the earlier 16 KiB / 8 warps / 16 per SM everywhere.
 TILE_BYTES = 8192
 ROW_BYTES = 512
+# Tiles per unrolled step of a program's loop. Unrolled twice, ptxas issues both tiles' loads before counting
+# either (sm_90 SASS: 4 16-byte loads per thread in flight on float16 NCHW tiles, where it issued one at a time);
+# not yet timed on a GPU: benchmarks/sweep_triton.py sweeps it.
+TILE_UNROLL = 2
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 4
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 8
 
@@ -90,6 +94,7 @@ def _count_states_kernel(
     ALIGN_YO: tl.constexpr,
     ALIGN_YC: tl.constexpr,
     ALIGN_YI: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     # 64-bit from the start: tile and element offsets of tensors over 2^31 elements overflow int32.
     pid = tl.program_id(0).to(tl.int64)
@@ -123,7 +128,7 @@ def _count_states_kernel(
     # The first tile's outer index and inner tile; later tiles step through them without a division per tile.
     o = first // n_itiles
     itile = first - o * n_itiles
-    for _ in range(tl.minimum(iters, total_tiles - first)):
+    for _ in tl.range(tl.minimum(iters, total_tiles - first), loop_unroll_factor=UNROLL):
         i = itile * BLOCK_I + i_loc
         i_ok = i < inner
         if ALIGN_I > 1:
@@ -356,6 +361,7 @@ def _static_launch(
         ACC=tl.int32 if num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
+        UNROLL=TILE_UNROLL,
         # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
