@@ -23,7 +23,8 @@ def test_pair_counts_match_a_per_value_oracle(tmp_path):
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     exe = tmp_path / "check_pairs_cuda"
     source = ROOT / "tests" / "native" / "check_pairs_cuda.cu"
-    build = [nvcc, "-std=c++17", "-O2", f"-I{ROOT / 'csrc' / 'cuda'}", str(source), "-o", str(exe)]
+    includes = [f"-I{ROOT / 'csrc' / d}" for d in ("cuda", "common")]
+    build = [nvcc, "-std=c++17", "-O2", *includes, str(source), "-o", str(exe)]
     proc = subprocess.run(build, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, check=False)

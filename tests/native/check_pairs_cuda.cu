@@ -17,26 +17,12 @@
 #include <vector>
 
 #include "compare_ops.cuh"
+#include "count_cases.h"
 
 namespace {
 
 constexpr int kMaxNT = 2;
 constexpr uint32_t kWordsPerDecode = 65535;  // a lane's count must stay below 2^16 until it is decoded
-
-double from_half(uint16_t h) {
-  const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  const double s = (h & 0x8000) ? -1.0 : 1.0;
-  if (e == 0x1f) return m ? NAN : s * INFINITY;
-  if (e == 0) return s * std::ldexp(m, -24);
-  return s * std::ldexp(1024 + m, e - 25);
-}
-
-double from_bfloat16(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 struct Counts {
   uint64_t valid[2] = {0, 0};       // [low half, high half]
@@ -134,8 +120,8 @@ int main() {
       -inf,           -1e30f,       -65504.0f, -1.0f,       -0.1f,     -1e-7f,     -0.0f,       0.0f,
       1e-45f,         5.9604645e-8f, 1e-7f,    6.1035156e-5f, 0.1f,    0.5f,       1.0f,        1.0009766f,
       3.0f,           6.0f,         65504.0f,  65519.0f,   65520.0f,  1e30f,      3.3895314e38f, inf};
-  check_dtype<__half>("float16", from_half, thresholds);
-  check_dtype<__nv_bfloat16>("bfloat16", from_bfloat16, thresholds);
+  check_dtype<__half>("float16", nepenthe_check::from_half, thresholds);
+  check_dtype<__nv_bfloat16>("bfloat16", nepenthe_check::from_bf16, thresholds);
   std::printf("checked %d cases, %d mismatched\n", cases, mismatched);
   return mismatched == 0 ? 0 : 1;
 }
