@@ -1,0 +1,256 @@
+// The channel path (run_channels): channel stride 1 (channels_last, token tensors), counted across each
+// position's channel vector, one channel per SIMD lane, in register tiles (sweep_tile), or in word lanes
+// (cpu_word_lanes.h) and byte lanes (cpu_byte_lanes.h) where those apply.
+//
+// Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
+// is in an anonymous namespace).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "../common/count_args.h"
+#include "cpu_bitmaps.h"
+#include "cpu_byte_lanes.h"
+#include "cpu_counter.h"
+#include "cpu_fused_output.h"
+#include "cpu_job.h"
+#include "cpu_simd.h"
+#include "cpu_storage.h"
+#include "cpu_thread_tables.h"
+#include "cpu_tuning.h"
+#include "cpu_word_lanes.h"
+#include "cpu_words.h"
+
+namespace nepenthe {
+namespace {
+
+// Adds R vectors of channels over positions [q0, q1) into the lane counters slots[vi..vi+R) (see run_channels).
+template <int R, class S, class Ctr>
+inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int64_t q1, typename Ctr::I* slots,
+                       int64_t nslots, int64_t vi) {
+  const int64_t ahead = rows_ahead(stride, sizeof(S));
+  for (int64_t q = q0; q < q1; ++q) {
+    const S* row = first + q * stride;
+    for (int r = 0; r < R; ++r) {
+      if constexpr (Ctr::kPrefetch && !std::is_same_v<S, double>) {  // about 4 KiB ahead
+        prefetch_line(reinterpret_cast<const char*>(row + r * Ctr::W + ahead));
+      }
+      ctr[r].add_at(row + r * Ctr::W);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < Ctr::kAcc; ++j) slots[j * nslots + vi + r] += ctr[r].total(j);
+    ctr[r].clear();
+  }
+}
+
+// sweep_tile with m < R vectors (m known only at run time).
+template <int M, class S, class Ctr>
+inline void sweep_narrow(int m, Ctr* ctr, const S* first, int64_t stride, int64_t q0, int64_t q1,
+                         typename Ctr::I* slots, int64_t nslots, int64_t vi) {
+  if constexpr (M >= 1) {
+    if (m == M) {
+      sweep_tile<M>(ctr, first, stride, q0, q1, slots, nslots, vi);
+    } else {
+      sweep_narrow<M - 1>(m, ctr, first, stride, q0, q1, slots, nslots, vi);
+    }
+  }
+}
+
+// Channel path: channel stride 1 (channels_last, (N, L, C)). Each lane of a vector counter is one channel. An
+// item (a block of positions x up to kMaxItemChans channels) is read in L1-sized blocks of positions; within a
+// block, tiles of R vectors of channels keep their counters in registers while they sweep its positions, then
+// add them to per-item int32 lane counters, which become per-state counts once per item.
+template <class S, int K, bool kTies, bool kFromMemory>
+void run_channels(const Job<S>& job) {
+  using T = typename Traits<S>::T;
+  using Ctr = Counter<T, K, kTies, kFromMemory>;
+  using I = typename Ctr::I;
+  using Lane = decltype(I{}[0] + 0);
+  constexpr int W = Ctr::W;
+  // Vectors per register tile. With AVX-512's 32 vector registers a tile can hold 18 int32 lane counters:
+  // MobileNet-V2's 96 channels with two thresholds in one tile (16-bit storage 30% faster than tiles of 16
+  // counters; float32 2-11%).
+#if defined(__AVX512F__)
+  constexpr int R = std::max(1, (sizeof(S) <= 4 ? 18 : 16) / Ctr::kAcc);
+#else
+  constexpr int R = std::max(1, 16 / Ctr::kAcc);
+#endif
+  const View& v = job.v;
+  ChannelPlan p = plan_channels(v, kChanTarget, kMaxItemChans);
+  // Few positions per item make the per-channel flush (a few hundred ns per 16 channels) rival the counting
+  // when there are many channels: keep items long, yet split the positions evenly among the threads.
+  const int64_t min_pos = std::min(kMinPositions, ceil_div(v.inner, std::max(1, job.threads)));
+  if (p.positions < min_pos) {
+    p.pos_blocks = ceil_div(v.inner, min_pos);
+    p.positions = ceil_div(v.inner, p.pos_blocks);
+  }
+  const int64_t block = clamp64(kL1Bytes / (p.chans * static_cast<int64_t>(sizeof(S))), 8, p.positions);
+  const int64_t nslots = ceil_div(p.chans, W);
+  // Many tiles per position (measured: 3 or more) re-read each block too often; counting each vector into the
+  // per-item lane counters in L1 instead (a load and a store per counter) then costs less. AVX2 builds do so only
+  // from memory, where tiles' short strided reads measured 1.5x slower (Swin-T's 384 channels). From the caches,
+  // AVX2's 8-lane vectors make those loads and stores twice as many per value, and tiles measured 1.4-2.4x faster
+  // (channels_last 7x7 maps of 512 and 1280 channels).
+  const bool row_sweep = (kVecBytes == 64 || kFromMemory) && ceil_div(p.chans / W, R) >= 3;
+#if defined(NEP_WORD_LANES)
+  // float16/bfloat16 without ties, one or two thresholds, kWordLanes to kWordLanes * kWordTile<K> channels per
+  // item (one tile): groups of kWordLanes channels in word lanes (word_sweep).
+  constexpr bool kWords = sizeof(S) == 2 && !kTies && K <= 2;
+  constexpr int64_t kTile = kWordTile<std::min(K, 2)>;  // word vectors per tile
+  // AVX2 builds also take more channels than one tile holds, tile after tile, when the tensor stays in the
+  // caches (channels_last 7x7 maps of 512 and 1280 channels measured 1.3-1.6x faster than float tiles).
+  const bool word_tiles = kVecBytes == 32 && !kFromMemory;
+  const bool words = kWords && p.chans >= kWordLanes &&
+                     (word_tiles || p.chans / kWordLanes <= kTile);
+#else
+  constexpr bool kWords = false;
+  const bool words = false;
+#endif
+#if defined(__AVX512F__)
+  // Float compute with many channels: groups of 64 channels go through byte-lane counters (byte_sweep).
+  constexpr bool kBytes = std::is_same_v<T, float>;
+  const MaskSet<K, kTies> ms(job.th);
+  const bool sign_zero = job.th.greater[0] == 0;  // threshold 0 is 0.0: byte_sweep counts it from signs
+  // Exactly 64 channels with threshold 0.0 (ResNet stage 1, ReLU): one group of byte lanes held in registers. With
+  // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
+  const bool bytes = kBytes && !words && (row_sweep || (sign_zero && p.chans == 64));
+#else
+  const bool bytes = false;
+#endif
+  const int64_t items = p.items(v.outer);
+  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const int threads = parallel ? job.threads : 1;
+  using Tables = ThreadTables<K, kTies>;
+  static_assert(Tables::kAcc == Ctr::kAcc, "tables hold the counter's comparisons");
+  const bool use_tables = Tables::fits(v.channels, threads);
+  Tables tables(use_tables ? v.channels : 0, threads);
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    std::vector<T> buf(kChunk);
+    std::vector<I> slots(static_cast<size_t>(Ctr::kAcc * nslots));
+    int64_t* table = use_tables ? tables.mine() : nullptr;
+    std::vector<uint8_t> byte_counters(bytes ? static_cast<size_t>(64 * Ctr::kAcc * (p.chans / 64)) : 0);
+    Ctr ctr[R];
+    for (int r = 0; r < R; ++r) ctr[r] = Ctr(job.th);
+#if defined(NEP_WORD_LANES)
+    const auto word_th = word_thresholds_if<kWords, S>(job.th);
+    const int64_t word_groups = std::min(p.chans / kWordLanes, kTile);
+    std::vector<uint8_t> word_counters(words ? sizeof(WordVec) * K * static_cast<size_t>(word_groups) : 0);
+#endif
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t cb = item % p.chan_blocks;
+      const int64_t pb = (item / p.chan_blocks) % p.pos_blocks;
+      const int64_t o = item / (p.chan_blocks * p.pos_blocks);
+      const int64_t c0 = cb * p.chans, n = std::min(v.channels, c0 + p.chans) - c0;
+      const int64_t q0 = pb * p.positions, q1 = std::min(v.inner, q0 + p.positions);
+      const int64_t full = n / W, tail = n - full * W;
+      const S* base = job.x + o * v.s_outer + c0;
+      std::fill(slots.begin(), slots.end(), I{});
+      int64_t v0 = 0;  // vectors of channels before v0 are counted by word_sweep or byte_sweep
+#if defined(NEP_WORD_LANES)
+      if constexpr (kWords) {
+        if (words) {
+          const WordThresholds& wt = word_th;
+          const auto* first = reinterpret_cast<const uint16_t*>(base);
+          const int64_t groups = n / kWordLanes;
+          uint8_t* counters = word_counters.data();
+          // one tile of groups [g0, g0 + gs) at a time (several only in AVX2 builds, word_tiles)
+          for (int64_t g0 = 0; g0 < groups; g0 += kTile) {
+            const int64_t gs = std::min(groups - g0, kTile);
+            auto exact = [&](int64_t qb, int64_t qe) {
+              for (int64_t u = 2 * g0; u < 2 * (g0 + gs); ++u) {
+                sweep_tile<1>(ctr, base + u * W, v.s_inner, qb, qe, slots.data(), nslots, u);
+              }
+            };
+            const uint16_t* tile = first + g0 * kWordLanes;
+            I* tile_slots = slots.data() + 2 * g0;
+            if (wt.key) {
+              word_sweep<K, true>(gs, wt, tile, v.s_inner, q0, q1, tile_slots, nslots, counters, exact);
+            } else {
+              word_sweep<K, false>(gs, wt, tile, v.s_inner, q0, q1, tile_slots, nslots, counters, exact);
+            }
+          }
+          v0 = 2 * groups;
+        }
+      }
+#endif
+#if defined(__AVX512F__)
+      if constexpr (kBytes) {
+        if (bytes) {
+          if (sign_zero) {
+            byte_sweep<S, K, kTies, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
+                                          byte_counters.data(), kFromMemory);
+          } else {
+            byte_sweep<S, K, kTies, false>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
+                                           byte_counters.data(), kFromMemory);
+          }
+          v0 = 4 * (n / 64);
+        }
+      }
+#endif
+      for (int64_t qb = q0; qb < q1 && (v0 < full || tail != 0); qb += block) {
+        const int64_t qe = std::min(q1, qb + block);
+        int64_t vi = v0;
+        if (row_sweep) {
+          for (int64_t q = qb; q < qe; ++q) {
+            const S* row = base + q * v.s_inner;
+            for (int64_t u = v0; u < full; ++u) {
+              const typename Ctr::V x = load_vec<S>(row + u * W);
+              I* sl = slots.data() + u;
+              sl[0] -= (x == x);
+              for (int k = 0; k < K; ++k) sl[(1 + k) * nslots] -= (x > ctr[0].g[k]);
+              if constexpr (kTies) {
+                for (int k = 0; k < K; ++k) sl[(1 + K + k) * nslots] -= (x == ctr[0].t[k]);
+              }
+            }
+          }
+          vi = full;
+        }
+        for (; vi + R <= full; vi += R) sweep_tile<R>(ctr, base + vi * W, v.s_inner, qb, qe, slots.data(), nslots, vi);
+        if (vi < full) {
+          sweep_narrow<R - 1>(static_cast<int>(full - vi), ctr, base + vi * W, v.s_inner, qb, qe, slots.data(),
+                              nslots, vi);
+        }
+        if (tail != 0) {  // the last channels: an overlapping masked vector, or NaN-padded when n < W
+          if (n >= W) {
+            const I keep = lane_index<I>() >= static_cast<Lane>(W - tail);
+            for (int64_t q = qb; q < qe; ++q) ctr[0].add(load_vec<S>(base + q * v.s_inner + n - W), keep);
+          } else {
+            for (int64_t q = qb; q < qe; ++q) ctr[0].add(load_partial<S>(base + q * v.s_inner, tail));
+          }
+          for (int j = 0; j < Ctr::kAcc; ++j) slots[j * nslots + full] += ctr[0].total(j);
+          ctr[0].clear();
+        }
+      }
+      for (int64_t vi = 0; vi < nslots; ++vi) {
+        // slot vi holds channels c0 + first + l for lanes l in [lo, W)
+        const bool last_masked = vi == full && n >= W;
+        const int64_t first = last_masked ? n - W : vi * W;
+        const int lo = last_masked ? static_cast<int>(W - tail) : 0;
+        const int hi = vi == full ? (last_masked ? W : static_cast<int>(tail)) : W;
+        for (int l = lo; l < hi; ++l) {
+          if (table != nullptr) {
+            int64_t* t = table + (c0 + first + l) * Ctr::kAcc;
+            for (int j = 0; j < Ctr::kAcc; ++j) t[j] += slots[j * nslots + vi][l];
+          } else {
+            int64_t sums[Ctr::kAcc];
+            for (int j = 0; j < Ctr::kAcc; ++j) sums[j] = slots[j * nslots + vi][l];
+            Ctr::add_states(job.counts + (c0 + first + l) * (K + 1), sums, job.th.ignore_ties);
+          }
+        }
+      }
+      if (job.y != nullptr) {
+        for (int64_t q = q0; q < q1; ++q) write_activation(job, o, c0, q, n, true, buf.data());
+      }
+    }
+    if (use_tables) tables.write_states(job.counts);
+  }
+}
+
+}  // namespace
+}  // namespace nepenthe

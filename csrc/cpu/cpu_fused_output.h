@@ -1,0 +1,121 @@
+// A job's fused output (write_activation), written while the values just counted are still in cache: contiguous
+// runs a vector at a time from load to store, anything else through a buffer in compute precision. activate_words
+// (16-bit relu and hardtanh), declared here, is defined in cpu_words.h.
+//
+// Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
+// is in an anonymous namespace).
+#pragma once
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../common/count_args.h"
+#include "cpu_activation.h"
+#include "cpu_job.h"
+#include "cpu_simd.h"
+#include "cpu_storage.h"
+#include "cpu_tuning.h"
+
+namespace nepenthe {
+namespace {
+
+// Stores one vector of float results as W values of S (float16/bfloat16 rounded to nearest even, as torch does).
+template <class S, class V>
+inline void store_vec(V r, S* y) {
+  if constexpr (std::is_same_v<S, BF16>) {
+    static_assert(sizeof(V) == sizeof(U32xW), "bfloat16 computes in float vectors of kWidth lanes");
+    U32xW bits;
+    std::memcpy(&bits, &r, sizeof bits);
+    const U32xW rounded = (bits + (0x7fffu + ((bits >> 16) & 1u))) >> 16;
+    const U32xW quiet = (bits >> 16) | 0x40u;  // NaN: keep the payload, set the quiet bit (Traits<BF16>::store)
+    const U32xW out = (bits & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
+    const U16xW narrow = __builtin_convertvector(out, U16xW);
+    std::memcpy(y, &narrow, sizeof narrow);
+  } else if constexpr (std::is_same_v<S, Half>) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(V) == 64) {
+      __m512 f;
+      std::memcpy(&f, &r, sizeof f);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y),
+                          _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      return;
+    }
+#elif defined(__F16C__)
+    if constexpr (sizeof(V) == 32) {
+      __m256 f;
+      std::memcpy(&f, &r, sizeof f);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y),
+                       _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      return;
+    }
+#endif
+    for (size_t l = 0; l < sizeof(V) / sizeof(r[0]); ++l) y[l] = static_cast<Half>(r[l]);
+  } else {
+    std::memcpy(y, &r, sizeof r);
+  }
+}
+
+template <class S>
+int64_t activate_words(const Act<float>& act, const S* x, int64_t n, S* y);
+
+// The piecewise-linear activations of n contiguous values, a vector at a time from load to store (no buffers);
+// returns how many values it wrote (whole vectors only; GELU and the tail go through apply_activation).
+// float16/bfloat16 relu and hardtanh stay in their own 16 bits (activate_words).
+template <class S, class T>
+inline int64_t activate_contiguous(const Act<T>& act, const S* x, int64_t n, S* y) {
+  using V = typename Simd<T>::V;
+  constexpr int W = Simd<T>::kWidth;
+  if constexpr (sizeof(S) == 2) {
+    if (act.kind == kRelu || act.kind == kHardtanh) return activate_words(act, x, n, y);
+  }
+  if (act.kind != kRelu && act.kind != kHardtanh && act.kind != kLeakyRelu) return 0;
+  const V zero = V{}, lo = act.lo - V{}, hi = act.hi - V{}, slope = act.slope - V{};
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const V v = load_vec<S>(x + i);
+    V r;
+    if (act.kind == kRelu) {
+      r = v < zero ? zero : v;
+    } else if (act.kind == kHardtanh) {
+      r = v < lo ? lo : (v > hi ? hi : v);
+    } else {
+      r = v > zero ? v : v * slope;
+    }
+    store_vec(r, y + i);
+  }
+  return i;
+}
+
+// Fused output of the values at (o, c, i0..i0+n) of x's view: read again while they are still in cache.
+template <class S, class T = typename Traits<S>::T>
+inline void write_activation(const Job<S>& job, int64_t o, int64_t c, int64_t i0, int64_t n, bool along_c,
+                             T* buf) {
+  const View &v = job.v, &yv = job.yv;
+  const int64_t xs = along_c ? v.s_channel : v.s_inner, ys = along_c ? yv.s_channel : yv.s_inner;
+  const S* xp = job.x + o * v.s_outer + c * v.s_channel + i0 * v.s_inner;
+  S* yp = job.y + o * yv.s_outer + c * yv.s_channel + i0 * yv.s_inner;
+  if (xs == 1 && ys == 1) {
+    const int64_t done = activate_contiguous(job.act, xp, n, yp);
+    xp += done;
+    yp += done;
+    n -= done;
+  }
+  for (int64_t done = 0; done < n; done += kChunk) {
+    const int64_t m = std::min(kChunk, n - done);
+    const T* vals = buf;
+    if constexpr (std::is_same_v<S, T>) {
+      if (xs == 1) vals = xp + done;
+    }
+    if (vals == buf) load_values(xp + done * xs, xs, m, buf);
+    apply_activation(job.act, vals, m, yp + done * ys, ys);
+  }
+}
+
+}  // namespace
+}  // namespace nepenthe

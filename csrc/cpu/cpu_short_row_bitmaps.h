@@ -1,0 +1,223 @@
+// The short-row bitmap path (run_short_rows_bitmap): contiguous NCHW rows of up to kSmallInner values (7x7 maps)
+// counted through comparison bitmaps, a block of whole rows at a time, the fused output written after each block
+// while it is in L1. AVX2 builds fill the bitmaps of float16/bfloat16 values from their own bits (WordMasks).
+//
+// Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
+// is in an anonymous namespace).
+#pragma once
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../common/count_args.h"
+#include "cpu_bitmaps.h"
+#include "cpu_fused_output.h"
+#include "cpu_job.h"
+#include "cpu_storage.h"
+#include "cpu_thread_tables.h"
+#include "cpu_tuning.h"
+#include "cpu_words.h"
+
+namespace nepenthe {
+namespace {
+
+#if defined(NEP_BITMAPS)  // cpu_bitmaps.h: AVX-512 or AVX2
+
+#if defined(NEP_WORD_LANES) && !defined(__AVX512F__)
+#define NEP_WORD_BITMAPS 1
+// Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds, AVX2: 32 values a step
+// compared in their own 16 bits (WordThresholds), each comparison's two word masks packed into one 32-bit mask,
+// instead of four widenings, compares and mask moves per comparison.
+template <int K>
+struct WordMasks {
+  __m256i t[K];
+  __m256i inf;
+  bool key;
+  template <class S>
+  WordMasks(const Thresholds<float>& th, S) {
+    const WordThresholds wt(th, S{});
+    for (int k = 0; k < K; ++k) t[k] = _mm256_set1_epi16(static_cast<short>(wt.bits[k]));
+    inf = _mm256_set1_epi16(static_cast<short>(wt.inf));
+    key = wt.key;
+  }
+  // The comparison masks of values [0, m) from p (m <= kBitBlock; words past m read as +0) into bitmaps 1..K of
+  // `maps` (bitmap j at j * map_bytes, bit i of a bitmap is value i); false if a value is NaN (then the bitmaps
+  // are not usable: NaN would compare above every threshold).
+  bool fill(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
+    return key ? fill_as<true>(p, m, maps, map_bytes) : fill_as<false>(p, m, maps, map_bytes);
+  }
+  template <bool kKey>
+  bool fill_as(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
+    __m256i top = WordOps::zero();
+    auto step = [&](__m256i x0, __m256i x1, int64_t g) {
+      top = WordOps::max(top, WordOps::max(WordOps::magnitude(x0), WordOps::magnitude(x1)));
+      if constexpr (kKey) {
+        x0 = WordOps::key(x0);
+        x1 = WordOps::key(x1);
+      }
+      for (int k = 0; k < K; ++k) {
+        // packing works within 128-bit lanes: bytes [x0 0-7, x1 0-7 | x0 8-15, x1 8-15], put back in order
+        const __m256i b = _mm256_packs_epi16(_mm256_cmpgt_epi16(x0, t[k]), _mm256_cmpgt_epi16(x1, t[k]));
+        const auto bits = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_permute4x64_epi64(b, 0xD8)));
+        std::memcpy(maps + (1 + k) * map_bytes + 4 * g, &bits, sizeof bits);
+      }
+    };
+    int64_t g = 0;
+    for (; 32 * g + 32 <= m; ++g) step(WordOps::load(p + 32 * g), WordOps::load(p + 32 * g + 16), g);
+    if (32 * g < m) {
+      alignas(32) uint16_t tail[32] = {};
+      std::memcpy(tail, p + 32 * g, static_cast<size_t>(m - 32 * g) * sizeof(uint16_t));
+      step(_mm256_load_si256(reinterpret_cast<const __m256i*>(tail)),
+           _mm256_load_si256(reinterpret_cast<const __m256i*>(tail + 16)), g);
+    }
+    return !WordOps::any_above(top, inf);
+  }
+};
+
+// The WordMasks of a job, where kOn (16-bit storage takes word bitmaps); else a placeholder.
+template <bool kOn, class S, int K, class T>
+auto word_masks_if(const Thresholds<T>& th) {
+  if constexpr (kOn) {
+    return WordMasks<K>(th, S{});
+  } else {
+    return std::nullptr_t{};
+  }
+}
+#endif
+
+// Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
+// per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
+// 64 bytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row (its
+// bits are never counted), except at the end of the run, which is read partially. `windows`: the RowWindows of
+// `inner` where rows are counted eight at a time. after_block(r0, values) runs once each block of rows from r0
+// is counted (the fused activation of its values, while they are in L1). words: a WordMasks that fills a block's
+// bitmaps from 16-bit values in their own bits (the float comparisons count a block that holds NaN), or nullptr.
+template <class S, int K, bool kTies, bool kOneRead, class Words, class AfterBlock>
+void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
+                 int64_t stride_j, Lanes::Mask* maps, const void* windows, const Words* words,
+                 AfterBlock&& after_block) {
+  constexpr int A = MaskSet<K, kTies>::kAcc;
+  constexpr int N = Lanes::N;
+  const int64_t len = n * inner;
+  const int64_t fit = kBitBlock / inner;
+  const int64_t block_rows = fit >= 8 ? fit & ~int64_t{7} : std::max<int64_t>(1, fit);  // whole groups of 8
+  for (int64_t r0 = 0; r0 < n; r0 += block_rows) {
+    const int64_t r1 = std::min(n, r0 + block_rows);
+    const S* p = base + r0 * inner;
+    const int64_t span = (r1 - r0) * inner, avail = len - r0 * inner;
+    const int64_t full = std::min(span + N - 1, avail) / N;  // vectors that lie inside the run
+    const int64_t part = avail - N * full;  // values of a last, partial vector (its padding is NaN)
+    const auto real = static_cast<Lanes::Mask>((1u << std::min<int64_t>(part, N)) - 1);
+    constexpr int64_t kMapBytes = kMapWords * static_cast<int64_t>(sizeof(Lanes::Mask));
+    bool nan = false;
+    bool filled = false;  // by words, NaN-free
+    if constexpr (!std::is_same_v<Words, std::nullptr_t>) {
+      filled = words->fill(reinterpret_cast<const uint16_t*>(p), span, reinterpret_cast<uint8_t*>(maps), kMapBytes);
+    }
+    if (!filled) {
+      // NaN guard: a float sum of the block's values per lane (two chains) is NaN or infinite if any value is NaN
+      // (or infinite, or the sum overflows: then the exact NaN count below finds none). An add costs less than a
+      // comparison and a mask move per vector.
+      Lanes::Vec sum0 = Lanes::zero(), sum1 = Lanes::zero();
+      int64_t w = 0;
+      for (; w + 2 <= full; w += 2) {
+        const Lanes::Vec x0 = load_lanes(p + N * w), x1 = load_lanes(p + N * w + N);
+        ms.store(x0, maps, kMapWords, w);
+        ms.store(x1, maps, kMapWords, w + 1);
+        sum0 = Lanes::add(sum0, x0);
+        sum1 = Lanes::add(sum1, x1);
+      }
+      if (w < full) {
+        const Lanes::Vec x = load_lanes(p + N * w);
+        ms.store(x, maps, kMapWords, w);
+        sum0 = Lanes::add(sum0, x);
+      }
+      nan = !Lanes::finite(Lanes::add(sum0, sum1));
+      if (N * full < span) {
+        const Lanes::Vec x = load_lanes_partial(p + N * full, part);
+        ms.store(x, maps, kMapWords, full);
+        nan = nan || (Lanes::unord(x) & real) != 0;
+      }
+    }
+    const uint8_t* bits = reinterpret_cast<const uint8_t*>(maps);
+    for (int j = 1; j < A; ++j) {
+      count_rows<kOneRead>(bits + j * kMapBytes, r1 - r0, inner, table + j * stride_j + r0, windows);
+    }
+    if (nan) {  // rare: the block holds NaN (or the vector after it does); count them row by row
+      for (int64_t v = 0; v < full; ++v) maps[v] = Lanes::unord(load_lanes(p + N * v));
+      if (N * full < span) maps[full] = Lanes::unord(load_lanes_partial(p + N * full, part)) & real;
+      count_rows<kOneRead>(bits, r1 - r0, inner, table + r0, windows);
+    }
+    after_block(r0, span);
+  }
+}
+
+template <class S, int K, bool kTies>
+void run_short_rows_bitmap(const Job<S>& job) {
+  constexpr int A = MaskSet<K, kTies>::kAcc;
+  const View& v = job.v;
+  const bool parallel = job.threads > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const int threads = parallel ? job.threads : 1;
+  // One block of outer indices per thread; with fewer outer indices than threads, split the channels too.
+  const int64_t chan_blocks = std::min<int64_t>(v.channels, ceil_div(threads, v.outer));
+  const int64_t chans = ceil_div(v.channels, chan_blocks);
+  const int64_t row_blocks = std::min<int64_t>(v.outer, ceil_div(threads, chan_blocks) * 4);
+  const int64_t rows = ceil_div(v.outer, row_blocks);
+  const int64_t items = ceil_div(v.outer, rows) * chan_blocks;
+  ThreadTables<K, kTies> tables(v.channels, threads, /*by_comparison=*/true);
+  static_assert(decltype(tables)::kAcc == A, "tables hold the bitmaps' comparisons");
+  const MaskSet<K, kTies> ms(job.th);
+#if defined(NEP_WORD_BITMAPS)
+  // float16/bfloat16 without ties, 1-2 thresholds: bitmaps filled from the values' own bits
+  constexpr bool kWordBits = sizeof(S) == 2 && !kTies && K <= 2;
+  const auto word_masks = word_masks_if<kWordBits, S, K>(job.th);
+  const auto* words = kWordBits ? &word_masks : nullptr;
+#else
+  const std::nullptr_t* words = nullptr;
+#endif
+  const bool one_read = v.inner <= 57;
+#if defined(NEP_ROW_WINDOWS)
+  const RowWindows row_windows(one_read ? v.inner : 1);
+  const void* windows = &row_windows;
+#else
+  const void* windows = nullptr;
+#endif
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    int64_t* table = tables.mine();
+    std::vector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords + 64 / sizeof(Lanes::Mask)));
+    std::vector<typename Traits<S>::T> buf(job.y != nullptr ? kChunk : 0);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t cb = item % chan_blocks, rb = item / chan_blocks;
+      const int64_t c0 = cb * chans, n = std::min(v.channels, c0 + chans) - c0;
+      const int64_t o0 = rb * rows, o1 = std::min(v.outer, o0 + rows);
+      for (int64_t o = o0; o < o1; ++o) {
+        const S* base = job.x + o * v.s_outer + c0 * v.s_channel;
+        // Fused: y's rows lie back to back like x's (run_k checks), so a block's values are one run of y.
+        auto after_block = [&](int64_t r0, int64_t values) {
+          if (job.y != nullptr) write_activation(job, o, c0 + r0, 0, values, false, buf.data());
+        };
+        if (one_read) {
+          bitmap_slab<S, K, kTies, true>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows, words,
+                                         after_block);
+        } else {
+          bitmap_slab<S, K, kTies, false>(ms, base, n, v.inner, table + c0, v.channels, maps.data(), windows, words,
+                                          after_block);
+        }
+      }
+    }
+    tables.write_states(job.counts, v.outer * v.inner);
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace nepenthe
