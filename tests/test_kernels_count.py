@@ -148,7 +148,7 @@ def test_counts_short_rows(device_backend, shape, dtype):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced_rows"])
 def test_float32_larger_than_the_cache_limit(device_backend, layout):
     """Tensors of 24 MiB and more are read from memory: the CPU kernel's row, tile and short-row loops take their
-    prefetching variants (csrc/cpu: kMemoryBytes), which these 34-37 MB float32 inputs exercise."""
+    prefetching variants (csrc/cpu/cpu_simd.h: kMemoryBytes), which these 34-37 MB float32 inputs exercise."""
     device, backend = device_backend
     if backend == "triton" and device == "cpu":
         pytest.skip("too large for the Triton interpreter; tests/test_kernels_triton.py covers it with small tiles")
