@@ -8,8 +8,9 @@
 #   KERNELS_ONLY=1 bash benchmarks/gpu_check.sh   # skip the profiler and depth-reduction model benchmarks
 #   BATCH=128 SWEEP=1 bash benchmarks/gpu_check.sh # kernel benchmark at batch 128, then sweep the Triton launch constants
 #   NO_FUSED=1 bash benchmarks/gpu_check.sh        # kernel benchmark without the fused-activation table
-#   AB_OLD=results/old.cu bash benchmarks/gpu_check.sh  # also A/B the CUDA kernels against an older count_cuda.cu
-#     (from `git show COMMIT:csrc/cuda/count_cuda.cu`; results/ is ignored by git, so a device call carries it)
+#   AB_OLD=results/old bash benchmarks/gpu_check.sh  # also A/B the CUDA kernels against an older version: a git
+#     revision where the checkout has its history, else a folder holding its csrc/ (made by `mkdir -p results/old &&
+#     git archive COMMIT csrc | tar -x -C results/old`; results/ is ignored by git, so a device call carries it)
 #
 # Each step is cut off after STEP_TIMEOUT seconds (default 300), the sweep after SWEEP_TIMEOUT (default the
 # same). PYTHON names the interpreter (default python3, else python); the gpu tests run on JOBS pytest-xdist workers
@@ -73,8 +74,8 @@ if [ -z "${KERNELS_ONLY:-}" ]; then
 fi
 
 if [ -n "${AB_OLD:-}" ]; then
-  echo "== CUDA A/B: $AB_OLD (A) against csrc/cuda/count_cuda.cu (B)"
-  step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" csrc/cuda/count_cuda.cu 2>&1 | tee "$RESULTS/ab_cuda.txt"
+  echo "== CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
+  step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

@@ -1,8 +1,8 @@
 """The CUDA A/B harness (benchmarks/ab/ab_cuda.sh) builds, so that a GPU session can run it at once.
 
 It compiles two builds of csrc/cuda/count_cuda.cu with their namespaces renamed, and the harness that times and
-checks them, here for sm_90 without a GPU (about 10 s). Running it needs a GPU: ``bash benchmarks/ab/ab_cuda.sh
-OLD.cu NEW.cu``, or ``AB_OLD=OLD.cu bash benchmarks/gpu_check.sh``.
+checks them, here for sm_90 without a GPU (about 10 s). Running it needs a GPU: ``bash benchmarks/ab/ab_cuda.sh A
+B`` (each a git revision or a folder holding csrc/), or ``AB_OLD=A bash benchmarks/gpu_check.sh``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ def test_ab_harness_builds(tmp_path):
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    source = ROOT / "csrc" / "cuda" / "count_cuda.cu"
+    # A as a git revision where this checkout has its history (the last commit), B as a folder (the working tree)
+    old = "HEAD" if (ROOT / ".git").exists() else str(ROOT)
     path = f"{os.path.dirname(nvcc)}{os.pathsep}{os.environ['PATH']}"  # the nvcc found here comes first
     env = dict(os.environ, ARCH="sm_90", BUILD_ONLY="1", PATH=path)
     proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "ab" / "ab_cuda.sh"), str(source), str(source)],
+        ["bash", str(ROOT / "benchmarks" / "ab" / "ab_cuda.sh"), old, str(ROOT)],
         capture_output=True, text=True, env=env, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,25 +1,37 @@
 #!/bin/bash
-# A/B timing of two versions of csrc/cuda/count_cuda.cu in one process on one GPU (ab_count_cuda.cu says how),
-# with each build's counts checked against the host's first.
+# A/B timing of two versions of the CUDA kernels (csrc/cuda/count_cuda.cu and the headers it includes) in one
+# process on one GPU (ab_count_cuda.cu says how), with each build's counts checked against the host's first.
 #
-#   git show HEAD~1:csrc/cuda/count_cuda.cu > /tmp/old.cu        # its compare_ops.cuh, if any, must match
-#   bash benchmarks/ab/ab_cuda.sh /tmp/old.cu csrc/cuda/count_cuda.cu
+#   bash benchmarks/ab/ab_cuda.sh A B      # each a git revision of this checkout (HEAD~1, 0ba2282) or a folder
+#                                          # that holds a csrc/ tree (. for the working tree): versions.sh
+#   bash benchmarks/ab/ab_cuda.sh HEAD~1 . # e.g. the commit before the last (A) against the working tree (B)
 #
 # Environment: SHAPES ("N C HW layout dtype K" cases separated by ';'; the defaults are 100-300 MB, larger than
 # an H100's or H200's L2), ROUNDS (15), ARCH (native: the GPU of this machine; sm_90 to compile without one),
-# BUILD_ONLY=1 (compile and stop). Prints one line per case; B/A < 1 means NEW is faster; exits 1 if a build's
-# counts are wrong. Both files are compiled against this checkout's csrc/cuda and csrc/common headers.
+# BUILD_ONLY=1 (compile and stop). Prints one line per case; B/A < 1 means B is faster; exits 1 if a build's
+# counts are wrong. Each version is compiled from its own csrc/ (count_cuda.cu with -I its csrc/cuda and
+# csrc/common), the harness from this checkout's.
 set -euo pipefail
-if [ $# -ne 2 ]; then echo "usage: bash benchmarks/ab/ab_cuda.sh OLD.cu NEW.cu" >&2; exit 2; fi
+if [ $# -ne 2 ]; then
+  echo "usage: bash benchmarks/ab/ab_cuda.sh A B  (each a git revision or a folder holding csrc/)" >&2
+  exit 2
+fi
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+# shellcheck source=versions.sh
+source "$here/versions.sh"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
+a="$(ab_version "$root" "$1" "$out/a")"
+b="$(ab_version "$root" "$2" "$out/b")"
 nvcc="$(command -v nvcc || echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc")"
-flags=(-std=c++17 -O3 "-arch=${ARCH:-native}" -I"$root/csrc/cuda" -I"$root/csrc/common" -I"$here")
-"$nvcc" "${flags[@]}" -Dnepenthe=nepA -c "$1" -o "$out/a.o"
-"$nvcc" "${flags[@]}" -Dnepenthe=nepB -c "$2" -o "$out/b.o"
-"$nvcc" "${flags[@]}" "$here/ab_count_cuda.cu" "$out/a.o" "$out/b.o" -o "$out/ab"
+flags=(-std=c++17 -O3 "-arch=${ARCH:-native}")
+"$nvcc" "${flags[@]}" -I"$a/csrc/cuda" -I"$a/csrc/common" -Dnepenthe=nepA -c "$a/csrc/cuda/count_cuda.cu" \
+  -o "$out/a.o"
+"$nvcc" "${flags[@]}" -I"$b/csrc/cuda" -I"$b/csrc/common" -Dnepenthe=nepB -c "$b/csrc/cuda/count_cuda.cu" \
+  -o "$out/b.o"
+"$nvcc" "${flags[@]}" -I"$root/csrc/cuda" -I"$root/csrc/common" -I"$here" "$here/ab_count_cuda.cu" \
+  "$out/a.o" "$out/b.o" -o "$out/ab"
 if [ -n "${BUILD_ONLY:-}" ]; then echo "ab_cuda: built"; exit 0; fi
 default="128 64 3136 nchw 0 1;256 64 3136 nchw 1 1;256 64 3136 nchw 2 1;128 64 3136 cl 0 1;256 64 3136 cl 1 1"
 default+=";256 64 3136 cl 2 1;128 96 12544 cl 1 2;128 96 12544 nchw 2 2;128 96 3136 cl 0 1;128 96 3136 cl 2 1"
