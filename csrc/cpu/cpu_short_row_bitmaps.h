@@ -1,6 +1,6 @@
 // The short-row bitmap path (run_short_rows_bitmap): contiguous NCHW rows of up to kSmallInner values (7x7 maps)
 // counted through comparison bitmaps, a block of whole rows at a time, the fused output written after each block
-// while it is in L1. AVX2 builds fill the bitmaps of float16/bfloat16 values from their own bits (WordMasks).
+// while it is in L1. AVX2 builds fill the bitmaps 32 values a step (cpu_packed_masks.h) where they can.
 //
 // Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
 // is in an anonymous namespace).
@@ -20,6 +20,7 @@
 #include "cpu_bitmaps.h"
 #include "cpu_fused_output.h"
 #include "cpu_job.h"
+#include "cpu_packed_masks.h"
 #include "cpu_storage.h"
 #include "cpu_thread_tables.h"
 #include "cpu_tuning.h"
@@ -30,75 +31,14 @@ namespace {
 
 #if defined(NEP_BITMAPS)  // cpu_bitmaps.h: AVX-512 or AVX2
 
-#if defined(NEP_WORD_LANES) && !defined(__AVX512F__)
-#define NEP_WORD_BITMAPS 1
-// Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds, AVX2: 32 values a step
-// compared in their own 16 bits (WordThresholds), each comparison's two word masks packed into one 32-bit mask,
-// instead of four widenings, compares and mask moves per comparison.
-template <int K>
-struct WordMasks {
-  __m256i t[K];
-  __m256i inf;
-  bool key;
-  template <class S>
-  WordMasks(const Thresholds<float>& th, S) {
-    const WordThresholds wt(th, S{});
-    for (int k = 0; k < K; ++k) t[k] = _mm256_set1_epi16(static_cast<short>(wt.bits[k]));
-    inf = _mm256_set1_epi16(static_cast<short>(wt.inf));
-    key = wt.key;
-  }
-  // The comparison masks of values [0, m) from p (m <= kBitBlock; words past m read as +0) into bitmaps 1..K of
-  // `maps` (bitmap j at j * map_bytes, bit i of a bitmap is value i); false if a value is NaN (then the bitmaps
-  // are not usable: NaN would compare above every threshold).
-  bool fill(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
-    return key ? fill_as<true>(p, m, maps, map_bytes) : fill_as<false>(p, m, maps, map_bytes);
-  }
-  template <bool kKey>
-  bool fill_as(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
-    __m256i top = WordOps::zero();
-    auto step = [&](__m256i x0, __m256i x1, int64_t g) {
-      top = WordOps::max(top, WordOps::max(WordOps::magnitude(x0), WordOps::magnitude(x1)));
-      if constexpr (kKey) {
-        x0 = WordOps::key(x0);
-        x1 = WordOps::key(x1);
-      }
-      for (int k = 0; k < K; ++k) {
-        // packing works within 128-bit lanes: bytes [x0 0-7, x1 0-7 | x0 8-15, x1 8-15], put back in order
-        const __m256i b = _mm256_packs_epi16(_mm256_cmpgt_epi16(x0, t[k]), _mm256_cmpgt_epi16(x1, t[k]));
-        const auto bits = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_permute4x64_epi64(b, 0xD8)));
-        std::memcpy(maps + (1 + k) * map_bytes + 4 * g, &bits, sizeof bits);
-      }
-    };
-    int64_t g = 0;
-    for (; 32 * g + 32 <= m; ++g) step(WordOps::load(p + 32 * g), WordOps::load(p + 32 * g + 16), g);
-    if (32 * g < m) {
-      alignas(32) uint16_t tail[32] = {};
-      std::memcpy(tail, p + 32 * g, static_cast<size_t>(m - 32 * g) * sizeof(uint16_t));
-      step(_mm256_load_si256(reinterpret_cast<const __m256i*>(tail)),
-           _mm256_load_si256(reinterpret_cast<const __m256i*>(tail + 16)), g);
-    }
-    return !WordOps::any_above(top, inf);
-  }
-};
-
-// The WordMasks of a job, where kOn (16-bit storage takes word bitmaps); else a placeholder.
-template <bool kOn, class S, int K, class T>
-auto word_masks_if(const Thresholds<T>& th) {
-  if constexpr (kOn) {
-    return WordMasks<K>(th, S{});
-  } else {
-    return std::nullptr_t{};
-  }
-}
-#endif
 
 // Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
 // per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
 // 64 bytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row (its
 // bits are never counted), except at the end of the run, which is read partially. `windows`: the RowWindows of
 // `inner` where rows are counted eight at a time. after_block(r0, values) runs once each block of rows from r0
-// is counted (the fused activation of its values, while they are in L1). words: a WordMasks that fills a block's
-// bitmaps from 16-bit values in their own bits (the float comparisons count a block that holds NaN), or nullptr.
+// is counted (the fused activation of its values, while they are in L1). words: a WordMasks or FloatMasks that
+// fills a block's bitmaps 32 values a step (the float comparisons count a block that holds NaN), or nullptr.
 template <class S, int K, bool kTies, bool kOneRead, class Words, class AfterBlock>
 void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
                  int64_t stride_j, Lanes::Mask* maps, const void* windows, const Words* words,
@@ -119,7 +59,7 @@ void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t 
     bool nan = false;
     bool filled = false;  // by words, NaN-free
     if constexpr (!std::is_same_v<Words, std::nullptr_t>) {
-      filled = words->fill(reinterpret_cast<const uint16_t*>(p), span, reinterpret_cast<uint8_t*>(maps), kMapBytes);
+      filled = words->fill(p, span, reinterpret_cast<uint8_t*>(maps), kMapBytes);
     }
     if (!filled) {
       // NaN guard: a float sum of the block's values per lane (two chains) is NaN or infinite if any value is NaN
@@ -174,11 +114,9 @@ void run_short_rows_bitmap(const Job<S>& job) {
   ThreadTables<K, kTies> tables(v.channels, threads, /*by_comparison=*/true);
   static_assert(decltype(tables)::kAcc == A, "tables hold the bitmaps' comparisons");
   const MaskSet<K, kTies> ms(job.th);
-#if defined(NEP_WORD_BITMAPS)
-  // float16/bfloat16 without ties, 1-2 thresholds: bitmaps filled from the values' own bits
-  constexpr bool kWordBits = sizeof(S) == 2 && !kTies && K <= 2;
-  const auto word_masks = word_masks_if<kWordBits, S, K>(job.th);
-  const auto* words = kWordBits ? &word_masks : nullptr;
+#if defined(NEP_PACKED_BITMAPS)
+  const auto packed_masks = packed_masks_if<S, K, kTies>(job.th);
+  const auto* words = std::is_same_v<decltype(packed_masks), const std::nullptr_t> ? nullptr : &packed_masks;
 #else
   const std::nullptr_t* words = nullptr;
 #endif
