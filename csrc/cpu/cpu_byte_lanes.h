@@ -74,7 +74,9 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
     const auto v = load_vec<S>(p);
     return reinterpret_cast<const __m512&>(v);
   };
-  const int64_t ahead = rows_ahead(stride, sizeof(S));
+  // 16 KiB ahead rather than 4: ResNet-18 layer1 channels_last float32 (51 MB, one group in registers) measured
+  // 14-16% faster in four A/B runs; float16/bfloat16 and the other layouts did not move.
+  const int64_t ahead = rows_ahead(stride, sizeof(S), 16 << 10);
   alignas(64) uint8_t order[64];  // channel ch of a sign-counted row sits at byte order[ch]
   for (int ch = 0; ch < 64; ++ch) order[ch] = static_cast<uint8_t>(16 * ((ch >> 2) & 3) + 4 * (ch >> 4) + (ch & 3));
   for (int64_t qb = q0; qb < q1; qb += 255) {
