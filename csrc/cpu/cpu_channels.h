@@ -31,11 +31,11 @@ namespace {
 template <int R, class S, class Ctr>
 inline void sweep_tile(Ctr* ctr, const S* first, int64_t stride, int64_t q0, int64_t q1, typename Ctr::I* slots,
                        int64_t nslots, int64_t vi) {
-  const int64_t ahead = rows_ahead(stride, sizeof(S));
+  const int64_t ahead = rows_ahead(stride, sizeof(S), kPrefetchBytes);
   for (int64_t q = q0; q < q1; ++q) {
     const S* row = first + q * stride;
     for (int r = 0; r < R; ++r) {
-      if constexpr (Ctr::kPrefetch && !std::is_same_v<S, double>) {  // about 4 KiB ahead
+      if constexpr (Ctr::kPrefetch && !std::is_same_v<S, double>) {  // kPrefetchBytes ahead
         prefetch_line(reinterpret_cast<const char*>(row + r * Ctr::W + ahead));
       }
       ctr[r].add_at(row + r * Ctr::W);

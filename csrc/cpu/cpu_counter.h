@@ -64,9 +64,9 @@ struct Counter {
   template <class S>
   inline void add_row(const S* p, int64_t n) {
     int64_t i = 0;
-    if constexpr (kPrefetch && !std::is_same_v<S, double>) {  // about 4 KiB ahead
+    if constexpr (kPrefetch && !std::is_same_v<S, double>) {  // kPrefetchBytes ahead
       for (; i + W <= n; i += W) {
-        prefetch_line(reinterpret_cast<const char*>(p + i + 4096 / sizeof(S)));
+        prefetch_line(reinterpret_cast<const char*>(p + i + kPrefetchBytes / sizeof(S)));
         add_at(p + i);
       }
     }

@@ -119,11 +119,18 @@ inline int64_t lane_sum(I v) {
 inline void prefetch_line(const void* p) { __builtin_prefetch(p, 0, 3); }
 
 // Tensors this large are read from memory rather than the caches (a 32 MiB L3): the row, tile and byte-lane loops
-// then prefetch about 4 KiB ahead (from memory 6-20% faster; from the caches up to 5% slower). With prefetching,
-// float32 counts through 512-bit compares everywhere: from memory as fast as the 256-bit compares into vector
-// registers that used to read memory-resident tensors (those measured 1.4x faster than 512-bit compares without
-// prefetching, in session 2), and 1.8x faster on an L2-resident stream (19-38% on a 19 MB map).
+// then prefetch ahead (4 KiB ahead measured 6-20% faster from memory, and up to 5% slower from the caches). With
+// prefetching, float32 counts through 512-bit compares everywhere: from memory as fast as the 256-bit compares
+// into vector registers that used to read memory-resident tensors (those measured 1.4x faster than 512-bit
+// compares without prefetching, in session 2), and 1.8x faster on an L2-resident stream (19-38% on a 19 MB map).
 constexpr int64_t kMemoryBytes = 24 << 20;
+
+// How far ahead the float row and tile loops prefetch from memory. This machine's memory runs at two speeds, for
+// minutes at a time (x.sum() of 154 MB in 1.5 ms or in 2.7 ms). In the fast spells 4 KiB ahead left MobileNet-V2
+// block1 float32 at 1.14-1.20x the sum (NCHW and channels_last); 8 KiB brought it to 0.99-1.04, and made no
+// difference in the slow spells. 16 KiB gained a little more in the fast spells but cost 3-7% in the slow ones
+// (benchmarks/ab/ab_torch.sh, 2026-11-26).
+constexpr int64_t kPrefetchBytes = 8 << 10;
 
 // Element offset of the row (of `stride` elements of `bytes` each) about `distance` bytes ahead (4 KiB unless
 // said), for prefetching; 0 for a stride of 0 (every position reads the same row: an expanded tensor, or a single
