@@ -28,7 +28,7 @@ i=0
 for spec in "$@"; do
   i=$((i + 1))
   src="$(ab_version "$root" "$spec" "$out/src$i")"
-  dest="$out/$i-$(basename "$spec" | tr -c 'A-Za-z0-9_.~-\n' '_')"
+  dest="$out/$i-$(basename "$spec" | tr -c 'A-Za-z0-9_.\n-' '_')"
   mkdir -p "$dest"
   g++ "${flags[@]}" -I"$src/csrc/cpu" -I"$src/csrc/common" "$src/csrc/cpu/bind_cpu.cpp" \
     "$src/csrc/cpu/count_cpu.cpp" -o "$dest/_cpu$suffix" &
