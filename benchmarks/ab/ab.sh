@@ -16,16 +16,10 @@
 # channels_last, 96 channels), twice in a row. There, EXTRA_FLAGS="-falign-loops=64 -falign-functions=64" brought
 # identical builds within 1%.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: bash benchmarks/ab/ab.sh A B  (each a git revision or a folder holding csrc/)" >&2
-  exit 2
-fi
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 # shellcheck source=versions.sh
 source "$here/versions.sh"
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+ab_begin ab.sh 2 2 "$@"
 a="$(ab_version "$root" "$1" "$out/a")"
 b="$(ab_version "$root" "$2" "$out/b")"
 flags=(-std=c++17 -O3 -fno-math-errno -fno-trapping-math "-march=${MARCH:-native}" -fopenmp ${EXTRA_FLAGS:-})

@@ -12,16 +12,10 @@
 # counts are wrong. Each version is compiled from its own csrc/ (count_cuda.cu with -I its csrc/cuda and
 # csrc/common), the harness from this checkout's.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: bash benchmarks/ab/ab_cuda.sh A B  (each a git revision or a folder holding csrc/)" >&2
-  exit 2
-fi
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 # shellcheck source=versions.sh
 source "$here/versions.sh"
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+ab_begin ab_cuda.sh 2 2 "$@"
 a="$(ab_version "$root" "$1" "$out/a")"
 b="$(ab_version "$root" "$2" "$out/b")"
 nvcc="$(command -v nvcc || echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc")"

@@ -10,16 +10,10 @@
 # headers; the installed nepenthe package supplies the Python side (views, thresholds, reference). Environment:
 # ROUNDS (30), MARCH (native), EXTRA_FLAGS, and ab_torch.py's DTYPES, CASES, BATCH, THREADS.
 set -euo pipefail
-if [ $# -lt 2 ]; then
-  echo "usage: bash benchmarks/ab/ab_torch.sh A B [C ...]  (each a git revision or a folder holding csrc/)" >&2
-  exit 2
-fi
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 # shellcheck source=versions.sh
 source "$here/versions.sh"
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+ab_begin ab_torch.sh 2 0 "$@"
 flags=(-std=c++17 -O3 -fno-math-errno -fno-trapping-math "-march=${MARCH:-native}" -fopenmp -shared -fPIC
        $(python -m pybind11 --includes) ${EXTRA_FLAGS:-})
 suffix="$(python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"

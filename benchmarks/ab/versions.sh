@@ -18,3 +18,19 @@ ab_version() {
     return 1
   fi
 }
+
+# ab_begin SCRIPT MIN MAX ARGS...: unless ARGS holds MIN to MAX versions (MAX 0: any number from MIN), prints
+# SCRIPT's usage and exits; else sets root (this checkout) and out (a temporary folder, removed on exit).
+ab_begin() {
+  local script="$1" min="$2" max="$3"
+  shift 3
+  if [ $# -lt "$min" ] || { [ "$max" -gt 0 ] && [ $# -gt "$max" ]; }; then
+    local more=""
+    [ "$max" -eq 0 ] && more=" [C ...]"
+    echo "usage: bash benchmarks/ab/$script A B$more  (each a git revision or a folder holding csrc/)" >&2
+    exit 2
+  fi
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+  out="$(mktemp -d)"
+  trap 'rm -rf "$out"' EXIT
+}
