@@ -1,8 +1,8 @@
 // Bitmaps of the short-row path filled 32 values a step (AVX2 builds): each comparison of 32 values becomes one
 // 32-bit mask, packed from vector comparisons, instead of a comparison, a mask move and a byte store per vector of
 // 8. float16/bfloat16 values are compared in their own 16 bits (WordMasks); float32 values through packed
-// comparisons, threshold 0.0 from their signs (FloatMasks). A block that holds NaN is not filled: bitmap_slab then
-// compares it as floats.
+// comparisons, threshold 0.0 from their signs (FloatMasks, packed as count_row_signs packs them). A block that
+// holds NaN is not filled: bitmap_slab then compares it as floats.
 //
 // Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
 // is in an anonymous namespace).
@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "../common/count_args.h"
+#include "cpu_row_signs.h"
 #include "cpu_words.h"
 
 namespace nepenthe {
@@ -96,13 +97,9 @@ struct FloatMasks {
   }
   template <bool kSign>
   bool fill_as(const float* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
-    // Packing works within 128-bit lanes: byte 16i + 4v + e holds value 8v + 4i + e of the four vectors v; one
-    // permutation of 32-bit groups puts the values back in order.
+    // packed_bytes leaves value 8v + 4i + e of the four vectors v at byte 16i + 4v + e; one permutation of 32-bit
+    // groups puts the values back in order.
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    auto packed = [&](__m256i a, __m256i b, __m256i c, __m256i d) {
-      const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
-      return _mm256_permutevar8x32_epi32(bytes, order);
-    };
     auto above = [](__m256 x, __m256 t) { return _mm256_castps_si256(_mm256_cmp_ps(x, t, _CMP_GT_OQ)); };
     auto doubled = [](__m256 x) { return _mm256_add_epi32(_mm256_castps_si256(x), _mm256_castps_si256(x)); };
     __m256i top = _mm256_setzero_si256();  // the largest bits << 1
@@ -110,15 +107,10 @@ struct FloatMasks {
       top = _mm256_max_epu32(top, _mm256_max_epu32(_mm256_max_epu32(doubled(x0), doubled(x1)),
                                                     _mm256_max_epu32(doubled(x2), doubled(x3))));
       for (int k = 0; k < K; ++k) {
-        __m256i bytes;
-        if (kSign && k == 0) {
-          bytes = _mm256_cmpgt_epi8(packed(_mm256_castps_si256(x0), _mm256_castps_si256(x1), _mm256_castps_si256(x2),
-                                           _mm256_castps_si256(x3)),
-                                    _mm256_setzero_si256());
-        } else {
-          bytes = packed(above(x0, t[k]), above(x1, t[k]), above(x2, t[k]), above(x3, t[k]));
-        }
-        const auto bits = static_cast<uint32_t>(_mm256_movemask_epi8(bytes));
+        const __m256i bytes = kSign && k == 0
+                                  ? positive_bytes(x0, x1, x2, x3)
+                                  : packed_bytes(above(x0, t[k]), above(x1, t[k]), above(x2, t[k]), above(x3, t[k]));
+        const auto bits = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_permutevar8x32_epi32(bytes, order)));
         std::memcpy(maps + (1 + k) * map_bytes + 4 * g, &bits, sizeof bits);
       }
     };

@@ -77,20 +77,30 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
 // signed bytes, compared with 0 into one 32-bit mask, popcounted (the packing's lane order does not matter to a
 // count). Per 32 values 15 instructions instead of 20 comparisons and subtractions: ResNet-18 layer1 NCHW float32
 // measured 1.15x faster, with kPrefetch (about 4 KiB ahead; 51 MB maps 4% faster, 8% slower without).
+// The 32-bit lanes of four vectors packed twice with signed saturation into 32 signed bytes, each keeping its
+// lane's sign and zero. Packing works within 128-bit lanes: byte 16i + 4v + e holds lane 4i + e of vector v.
+inline __m256i packed_bytes(__m256i a, __m256i b, __m256i c, __m256i d) {
+  return _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+}
+
+// Bytes set (-1) where packed_bytes of four float32 vectors' bits is > 0: the values > 0 (and NaN with a clear sign
+// bit), in packed_bytes' order.
+inline __m256i positive_bytes(__m256 x0, __m256 x1, __m256 x2, __m256 x3) {
+  const __m256i b = packed_bytes(_mm256_castps_si256(x0), _mm256_castps_si256(x1), _mm256_castps_si256(x2),
+                                 _mm256_castps_si256(x3));
+  return _mm256_cmpgt_epi8(b, _mm256_setzero_si256());
+}
+
 template <bool kPrefetch>
 inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& positive) {
   __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  const __m256i zero = _mm256_setzero_si256();
   int64_t pos = 0;
   auto add32 = [&](__m256 x0, __m256 x1, __m256 x2, __m256 x3) {
     s0 = _mm256_add_ps(s0, x0);
     s1 = _mm256_add_ps(s1, x1);
     s2 = _mm256_add_ps(s2, x2);
     s3 = _mm256_add_ps(s3, x3);
-    const __m256i w01 = _mm256_packs_epi32(_mm256_castps_si256(x0), _mm256_castps_si256(x1));
-    const __m256i w23 = _mm256_packs_epi32(_mm256_castps_si256(x2), _mm256_castps_si256(x3));
-    const __m256i b = _mm256_packs_epi16(w01, w23);
-    pos += __builtin_popcount(static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpgt_epi8(b, zero))));
+    pos += __builtin_popcount(static_cast<uint32_t>(_mm256_movemask_epi8(positive_bytes(x0, x1, x2, x3))));
   };
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {

@@ -24,13 +24,11 @@
 #include "cpu_storage.h"
 #include "cpu_thread_tables.h"
 #include "cpu_tuning.h"
-#include "cpu_words.h"
 
 namespace nepenthe {
 namespace {
 
 #if defined(NEP_BITMAPS)  // cpu_bitmaps.h: AVX-512 or AVX2
-
 
 // Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
 // per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
