@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import torch
-from cuda_toolkit import ROOT, find_nvcc
+from cuda_toolkit import HOST_WARNINGS, ROOT, find_nvcc
 
 from nepenthe.kernels import cpu_backend
 
@@ -37,7 +37,7 @@ def build_extension(out: Path) -> ModuleType:
     target = out / f"_cuda{suffix}"
     native = ROOT / "tests" / "native"
     command = [
-        nvcc, "-std=c++17", "-O2", "-shared", "-Xcompiler", "-fPIC", "-DNEPENTHE_CUDA_EMULATION",
+        nvcc, "-std=c++17", "-O2", "-shared", "-Xcompiler", "-fPIC", *HOST_WARNINGS, "-DNEPENTHE_CUDA_EMULATION",
         "-DNEPENTHE_EMULATED_ARCH=900", f"-I{ROOT / 'csrc' / 'cuda'}", f"-I{ROOT / 'csrc' / 'common'}",
         f"-I{native}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
         str(ROOT / "csrc" / "cuda" / "bind_cuda.cpp"), str(native / "count_cuda_emulated.cu"), "-o", str(target),

@@ -8,6 +8,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# nvcc options for the tests' host builds of CUDA code (the emulation, the pair checker): the host compiler's warnings
+# are errors there. `#pragma unroll` is for device code; the emulation compiles device code for the host, where GCC
+# ignores it with a warning.
+HOST_WARNINGS = ["-Xcompiler=-Wall,-Wextra,-Werror,-Wno-unknown-pragmas"]
+
 
 def find_nvcc() -> str | None:
     """Path of nvcc, or None where no CUDA toolkit is installed."""

@@ -30,11 +30,13 @@ def test_arm_build_counts_exactly_under_qemu(tmp_path):
     exe = tmp_path / "check_count_cpu"
     build = [
         cxx, "-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-static",
+        "-Wall", "-Wextra", "-Werror",
         f"-I{ROOT / 'csrc' / 'cpu'}", f"-I{ROOT / 'csrc' / 'common'}",
         str(ROOT / "tests" / "native" / "check_count_cpu.cpp"), str(ROOT / "csrc" / "cpu" / "count_cpu.cpp"),
         "-o", str(exe),
     ]  # fmt: skip
-    subprocess.run(build, check=True, capture_output=True)
+    built = subprocess.run(build, capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr[-6000:]
     run = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "checked 1008 cases, 0 mismatched" in run.stdout

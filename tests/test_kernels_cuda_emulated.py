@@ -24,14 +24,14 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from cuda_toolkit import ROOT, find_nvcc
+from cuda_toolkit import HOST_WARNINGS, ROOT, find_nvcc
 
 NATIVE = ROOT / "tests" / "native"
 
 
 def _build(nvcc: str, arch: int, exe) -> subprocess.Popen:
     return subprocess.Popen(
-        [nvcc, "-std=c++17", "-O2", "-DNEPENTHE_CUDA_EMULATION", f"-DNEPENTHE_EMULATED_ARCH={arch}",
+        [nvcc, "-std=c++17", "-O2", *HOST_WARNINGS, "-DNEPENTHE_CUDA_EMULATION", f"-DNEPENTHE_EMULATED_ARCH={arch}",
          f"-I{ROOT / 'csrc' / 'cuda'}", f"-I{ROOT / 'csrc' / 'common'}", f"-I{NATIVE}",
          str(NATIVE / "check_count_cuda.cu"), "-o", str(exe)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from cuda_toolkit import ROOT, find_nvcc
+from cuda_toolkit import HOST_WARNINGS, ROOT, find_nvcc
 
 
 def test_pair_counts_match_a_per_value_oracle(tmp_path):
@@ -24,7 +24,7 @@ def test_pair_counts_match_a_per_value_oracle(tmp_path):
     exe = tmp_path / "check_pairs_cuda"
     source = ROOT / "tests" / "native" / "check_pairs_cuda.cu"
     includes = [f"-I{ROOT / 'csrc' / d}" for d in ("cuda", "common")]
-    build = [nvcc, "-std=c++17", "-O2", *includes, str(source), "-o", str(exe)]
+    build = [nvcc, "-std=c++17", "-O2", *HOST_WARNINGS, *includes, str(source), "-o", str(exe)]
     proc = subprocess.run(build, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, check=False)

@@ -107,8 +107,8 @@ void run_channels(const Job<S>& job) {
   const bool words = kWords && p.chans >= kWordLanes &&
                      (word_tiles || p.chans / kWordLanes <= kTile);
 #else
-  constexpr bool kWords = false;
-  const bool words = false;
+  [[maybe_unused]] constexpr bool kWords = false;
+  [[maybe_unused]] const bool words = false;
 #endif
 #if defined(__AVX512F__)
   // Float compute with many channels: groups of 64 channels go through byte-lane counters (byte_sweep).

@@ -92,9 +92,11 @@ struct Counter {
     add_states(counts, sums, ignore_ties);
     clear();
   }
+  // sums holds kAcc comparison counts: ties are read only when the counter keeps them (kTies, which the dispatch
+  // sets from ignore_ties), so a tie-less counter's sums are never read past their end.
   static void add_states(int64_t* counts, const int64_t* sums, bool ignore_ties) {
     for (int s = 0; s <= K; ++s) {
-      const int64_t n = state_count(sums, K, ignore_ties, s);
+      const int64_t n = state_count(sums, K, kTies && ignore_ties, s);
       if (n != 0) __atomic_fetch_add(counts + s, n, __ATOMIC_RELAXED);
     }
   }

@@ -95,8 +95,7 @@ inline typename Simd<T>::V load_vec(const S* p) {
 // The first m < kWidth stored values, the other lanes NaN.
 template <class S, class T = typename Traits<S>::T>
 inline typename Simd<T>::V load_partial(const S* p, int64_t m) {
-  typename Simd<T>::V v;
-  for (int l = 0; l < Simd<T>::kWidth; ++l) v[l] = std::numeric_limits<T>::quiet_NaN();
+  typename Simd<T>::V v = typename Simd<T>::V{} + std::numeric_limits<T>::quiet_NaN();
   for (int64_t l = 0; l < m; ++l) v[l] = Traits<S>::load(p[l]);
   return v;
 }

@@ -71,7 +71,7 @@ struct PairOf<__nv_bfloat16> {
 template <class S>
 __host__ __device__ inline typename PairOf<S>::type pair_from_bits(uint32_t w) {
   typename PairOf<S>::type p;
-  memcpy(&p, &w, sizeof(w));
+  memcpy(static_cast<void*>(&p), &w, sizeof(w));  // __half2 has no trivial copy-assignment: bytes on purpose
   return p;
 }
 
@@ -109,7 +109,9 @@ template <class S, int NT>
 __host__ __device__ __forceinline__ void count_pair(uint32_t w, const uint32_t* thresholds, uint32_t* packed) {
   const auto v = pair_from_bits<S>(w);
   packed[0] -= __heq2_mask(v, v);  // NaN is unequal to itself
+#if defined(__CUDA_ARCH__)  // device code only: the host compiler (the emulation, the checkers) warns on it
 #pragma unroll
+#endif
   for (int k = 0; k < NT; ++k) packed[1 + k] -= __hgt2_mask(v, pair_from_bits<S>(thresholds[k]));
 }
 
