@@ -12,6 +12,7 @@ each on 2 cores), loaded beside the installed one, and checked against the torch
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import zlib
@@ -81,6 +82,36 @@ def test_portable_build_counts_equal_reference(portable_ext, shape, channels_las
         job = _job(x, thresholds, ignore_ties)
         portable_ext.count(*job_args(job), 2)
         assert torch.equal(job.counts, count_states_reference(x, thresholds, 1, ignore_ties))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced_rows"])
+@pytest.mark.parametrize("values", ["specials", "activations"])
+def test_portable_build_counts_tensors_read_from_memory(portable_ext, layout, values):
+    """Tensors of 24 MiB and more take the prefetching variants of the loops (kMemoryBytes), and AVX2 builds other
+    paths there: channels_last with three tiles or more counts across each position's channels (row sweep, valid
+    counts behind a NaN guard), NCHW rows against 0.0 from the values' signs. NaN-free activations take the
+    guarded fast paths; values full of NaN, infinities and ties their exact fallbacks."""
+    x, expected = _from_memory_case(layout, values)
+    assert x.numel() * 4 >= 24 << 20
+    for (thresholds, ignore_ties), counts in zip(FROM_MEMORY_THRESHOLDS, expected, strict=True):
+        job = _job(x, thresholds, ignore_ties)
+        portable_ext.count(*job_args(job), 2)
+        assert torch.equal(job.counts, counts)
+
+
+FROM_MEMORY_THRESHOLDS = [((0.0,), False), ((0.0, 6.0), False), ((-3.0, 3.0), True)]
+
+
+@functools.cache
+def _from_memory_case(layout: str, values: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A 37 MB float32 input and its reference counts, made once for the three builds."""
+    make = random_values if values == "specials" else activation_values
+    x = make((2, 96, 220, 220), torch.float32, zlib.crc32(repr(("from memory", layout, values)).encode()))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced_rows":
+        x = x[:, :, :, :200]  # rows of 200 values, not back to back
+    return x, [count_states_reference(x, t, 1, ties) for t, ties in FROM_MEMORY_THRESHOLDS]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
