@@ -49,7 +49,29 @@ struct Counter {
       for (int k = 0; k < K; ++k) acc[1 + K + k] -= (x == t[k]) & keep;
     }
   }
-  inline void add(V x) { add(x, I{} - 1); }
+  inline void add(V x) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      // Each comparison is a mask and a masked add (GCC spells `acc -= (x > g)` as a mask, a zeroing move and a
+      // subtraction: 10 instructions per vector with two thresholds instead of 7).
+      const __m512 v = (__m512)x;
+      const __m512i one = _mm512_set1_epi32(1);
+      auto count = [&](I& a, __mmask16 m) {
+        const __m512i c = (__m512i)a;
+        a = (I)_mm512_mask_add_epi32(c, m, c, one);
+      };
+      count(acc[0], _mm512_cmp_ps_mask(v, v, _CMP_EQ_OQ));
+      for (int k = 0; k < K; ++k) count(acc[1 + k], _mm512_cmp_ps_mask(v, (__m512)g[k], _CMP_GT_OQ));
+      if constexpr (kTies) {
+        for (int k = 0; k < K; ++k) {
+          count(acc[1 + K + k], _mm512_cmp_ps_mask(v, (__m512)t[k], _CMP_EQ_OQ));
+        }
+      }
+      return;
+    }
+#endif
+    add(x, I{} - 1);
+  }
 
   // The W stored values at p.
   template <class S>
