@@ -12,6 +12,7 @@ Prints markdown tables (time, GB/s, speed-up over naive, ratio to sum).
 Usage::
 
     python benchmarks/bench_kernels.py --device cpu --quick
+    python benchmarks/bench_kernels.py --device cpu --more-shapes --no-fused --dtypes fp32   # 7 more maps
     python benchmarks/bench_kernels.py --device cuda --out results/gpu/kernels.md
 """
 
@@ -72,6 +73,18 @@ CASES = [
     ),
     Case("Swin-T", "stage1 MLP GELU", (32, 56, 56, 384), -1, "gelu", {"approximate": "none"}, (0.0,), ("natural",)),
 ]
+RELU6 = {"min_val": 0.0, "max_val": 6.0}
+# --more-shapes: the other activation maps of ResNet-18 and MobileNet-V2 (the inverted-residual blocks' expanded
+# maps), whose sizes fall between the table's: NCHW rows of 196 and 784 values, 128-960 channels.
+MORE_CASES = [
+    Case("ResNet-18", "layer2 ReLU", (32, 128, 28, 28), 1, "relu", {}, (0.0,), ("nchw", "channels_last")),
+    Case("ResNet-18", "layer3 ReLU", (32, 256, 14, 14), 1, "relu", {}, (0.0,), ("nchw", "channels_last")),
+    *(
+        Case("MobileNet-V2", f"{c}x{h}x{h} ReLU6", (32, c, h, h), 1, "hardtanh", RELU6, (0.0, 6.0),
+             ("nchw", "channels_last"))
+        for c, h in [(144, 56), (192, 28), (384, 14), (576, 14), (960, 7)]
+    ),
+]  # fmt: skip
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -207,7 +220,9 @@ def gpu_time(fn: Callable[[], object], reps: int) -> float | None:
     return _median_event_seconds(graph.replay, reps) / calls
 
 
-def count_table(device: str, dtypes: list[str], batch: int, reps: int, min_seconds: float) -> list[str]:
+def count_table(
+    device: str, dtypes: list[str], batch: int, reps: int, min_seconds: float, cases: list[Case] = CASES
+) -> list[str]:
     time_together = timer_together(device, reps, min_seconds)
     time_naive = timer(device, min(reps, 5))  # slow, and far from the others: fewer runs suffice
     backends = [b for b in nepenthe.available_backends(device) if b != "torch"]
@@ -218,7 +233,7 @@ def count_table(device: str, dtypes: list[str], batch: int, reps: int, min_secon
         f"| / sum {gpu_header[0]}| target |",
         f"|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|{gpu_header[1]}---|",
     ]
-    for case in CASES:
+    for case in cases:
         for layout in case.layouts:
             for name in dtypes:
                 x = make_input(case, layout, DTYPES[name], device, batch)
@@ -296,7 +311,9 @@ def _activation(x: torch.Tensor, case: Case) -> torch.Tensor:
     return F.gelu(x, approximate=case.params["approximate"])
 
 
-def fused_table(device: str, dtypes: list[str], batch: int, reps: int, min_seconds: float) -> list[str]:
+def fused_table(
+    device: str, dtypes: list[str], batch: int, reps: int, min_seconds: float, cases: list[Case] = CASES
+) -> list[str]:
     time_it = timer(device, reps, min_seconds)
     backends = [b for b in nepenthe.available_backends(device) if b != "torch"]
     rows = [
@@ -304,7 +321,7 @@ def fused_table(device: str, dtypes: list[str], batch: int, reps: int, min_secon
         "| fused / act |",
         "|---|---|---|---|---|---|---:|---:|---:|---:|",
     ]
-    for case in CASES:
+    for case in cases:
         layout = case.layouts[0]
         for name in dtypes:
             x = make_input(case, layout, DTYPES[name], device, batch)
@@ -351,7 +368,11 @@ def main(argv: list[str] | None = None) -> None:
         help="CPU: short calls get more rounds, as many as fit in about this many seconds (default 0.2, 0.05 with "
         "--quick)",
     )
+    parser.add_argument(
+        "--more-shapes", action="store_true", help="also ResNet-18 layer2/3 and more MobileNet-V2 maps (MORE_CASES)"
+    )
     args = parser.parse_args(argv)
+    cases = CASES + MORE_CASES if args.more_shapes else CASES
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch or (8 if args.quick else 32)
@@ -377,11 +398,11 @@ def main(argv: list[str] | None = None) -> None:
             else ""
         ),
         "",
-        *count_table(args.device, dtypes, batch, reps, min_seconds),
+        *count_table(args.device, dtypes, batch, reps, min_seconds, cases),
     ]
     if not args.no_fused:
         lines += ["", "Fused activation + count against torch's activation alone:", ""]
-        lines += fused_table(args.device, dtypes, batch, reps, min_seconds)
+        lines += fused_table(args.device, dtypes, batch, reps, min_seconds, cases)
     text = "\n".join(lines)
     print(text)
     if args.out:

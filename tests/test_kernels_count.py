@@ -213,6 +213,8 @@ def activation_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, cha
         ((32, 1280, 7, 7), 1, True),  # MobileNet-V2's last activation, channels_last
         ((4, 96, 15, 17), 1, True),  # MobileNet-V2's 96 channels: register tiles
         ((4, 64, 23, 29), 1, True),  # ResNet stage 1's 64 channels: byte lanes in registers, 2668 positions
+        ((4, 192, 14, 14), 1, True),  # 3 groups of 64 channels, two register tiles: byte lanes from the caches
+        ((4, 256, 9, 9), 1, True),  # ResNet stage 3's 256 channels: the same, 4 groups
         ((2, 6, 57, 61), 1, False),  # long rows (row path, signs counted 64 at a time, a masked tail)
         ((3, 2000, 7, 7), 1, False),  # 7x7 maps: rows counted eight at a time
         ((2, 900, 3, 3), 1, False),
