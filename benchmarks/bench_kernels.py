@@ -48,6 +48,7 @@ class Case:
     layouts: tuple[str, ...]  # "nchw", "channels_last" or "natural" (token tensors)
 
 
+RELU6 = {"min_val": 0.0, "max_val": 6.0}  # hardtanh as ReLU6
 CASES = [
     Case("ResNet-18", "layer1 ReLU", (32, 64, 56, 56), 1, "relu", {}, (0.0,), ("nchw", "channels_last")),
     Case("ResNet-18", "layer4 ReLU", (32, 512, 7, 7), 1, "relu", {}, (0.0,), ("nchw", "channels_last")),
@@ -57,7 +58,7 @@ CASES = [
         (32, 96, 112, 112),
         1,
         "hardtanh",
-        {"min_val": 0.0, "max_val": 6.0},
+        RELU6,
         (0.0, 6.0),
         ("nchw", "channels_last"),
     ),
@@ -67,13 +68,12 @@ CASES = [
         (32, 1280, 7, 7),
         1,
         "hardtanh",
-        {"min_val": 0.0, "max_val": 6.0},
+        RELU6,
         (0.0, 6.0),
         ("nchw", "channels_last"),
     ),
     Case("Swin-T", "stage1 MLP GELU", (32, 56, 56, 384), -1, "gelu", {"approximate": "none"}, (0.0,), ("natural",)),
 ]
-RELU6 = {"min_val": 0.0, "max_val": 6.0}
 # --more-shapes: the other activation maps of ResNet-18 and MobileNet-V2 (the inverted-residual blocks' expanded
 # maps), whose sizes fall between the table's: NCHW rows of 196 and 784 values, 128-960 channels.
 MORE_CASES = [

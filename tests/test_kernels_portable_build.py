@@ -84,21 +84,6 @@ def test_portable_build_counts_equal_reference(portable_ext, shape, channels_las
         assert torch.equal(job.counts, count_states_reference(x, thresholds, 1, ignore_ties))
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced_rows"])
-@pytest.mark.parametrize("values", ["specials", "activations"])
-def test_portable_build_counts_tensors_read_from_memory(portable_ext, layout, values):
-    """Tensors of 24 MiB and more take the prefetching variants of the loops (kMemoryBytes), and AVX2 builds other
-    paths there: channels_last with three tiles or more counts across each position's channels (row sweep, valid
-    counts behind a NaN guard), NCHW rows against 0.0 from the values' signs. NaN-free activations take the
-    guarded fast paths; values full of NaN, infinities and ties their exact fallbacks."""
-    x, expected = _from_memory_case(layout, values)
-    assert x.numel() * 4 >= 24 << 20
-    for (thresholds, ignore_ties), counts in zip(FROM_MEMORY_THRESHOLDS, expected, strict=True):
-        job = _job(x, thresholds, ignore_ties)
-        portable_ext.count(*job_args(job), 2)
-        assert torch.equal(job.counts, counts)
-
-
 FROM_MEMORY_THRESHOLDS = [((0.0,), False), ((0.0, 6.0), False), ((-3.0, 3.0), True)]
 
 
@@ -112,6 +97,21 @@ def _from_memory_case(layout: str, values: str) -> tuple[torch.Tensor, list[torc
     elif layout == "sliced_rows":
         x = x[:, :, :, :200]  # rows of 200 values, not back to back
     return x, [count_states_reference(x, t, 1, ties) for t, ties in FROM_MEMORY_THRESHOLDS]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced_rows"])
+@pytest.mark.parametrize("values", ["specials", "activations"])
+def test_portable_build_counts_tensors_read_from_memory(portable_ext, layout, values):
+    """Tensors of 24 MiB and more take the prefetching variants of the loops (kMemoryBytes), and AVX2 builds other
+    paths there: channels_last with three tiles or more counts across each position's channels into lane counters
+    in L1 (row sweep), NCHW rows against 0.0 from the values' signs behind a NaN guard. NaN-free activations take
+    the guarded fast paths; values full of NaN, infinities and ties their exact fallbacks."""
+    x, expected = _from_memory_case(layout, values)
+    assert x.numel() * 4 >= 24 << 20
+    for (thresholds, ignore_ties), counts in zip(FROM_MEMORY_THRESHOLDS, expected, strict=True):
+        job = _job(x, thresholds, ignore_ties)
+        portable_ext.count(*job_args(job), 2)
+        assert torch.equal(job.counts, counts)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
