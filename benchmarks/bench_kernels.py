@@ -400,13 +400,18 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *count_table(args.device, dtypes, batch, reps, min_seconds, cases),
     ]
+    # Each table is printed (and written) as soon as it is done, so that a run cut short keeps the count table.
+    _report("\n".join(lines), args.out, "w")
     if not args.no_fused:
-        lines += ["", "Fused activation + count against torch's activation alone:", ""]
+        lines = ["", "Fused activation + count against torch's activation alone:", ""]
         lines += fused_table(args.device, dtypes, batch, reps, min_seconds, cases)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
+        _report("\n".join(lines), args.out, "a")
+
+
+def _report(text: str, out: str | None, mode: str) -> None:
+    print(text, flush=True)
+    if out:
+        with open(out, mode) as f:
             f.write(text + "\n")
 
 

@@ -7,21 +7,38 @@
 #   QUICK=1 bash benchmarks/gpu_check.sh    # batch 8, fewer repetitions
 #   KERNELS_ONLY=1 bash benchmarks/gpu_check.sh   # skip the profiler and depth-reduction model benchmarks
 #   BATCH=128 SWEEP=1 bash benchmarks/gpu_check.sh # kernel benchmark at batch 128, then sweep the Triton launch constants
+#     (SWEEP_ARGS="--unroll 1 2 --tiles 8192" passes options to benchmarks/sweep_triton.py)
 #   NO_FUSED=1 bash benchmarks/gpu_check.sh        # kernel benchmark without the fused-activation table
 #   AB_OLD=results/old bash benchmarks/gpu_check.sh  # also A/B the CUDA kernels against an older version: a git
 #     revision where the checkout has its history, else a folder holding its csrc/ (made by `mkdir -p results/old &&
 #     git archive COMMIT csrc | tar -x -C results/old`; results/ is ignored by git, so a device call carries it)
 #
 # Each step is cut off after STEP_TIMEOUT seconds (default 300), the sweep after SWEEP_TIMEOUT (default the
-# same). PYTHON names the interpreter (default python3, else python); the gpu tests run on JOBS pytest-xdist workers
-# (default 8) when pytest-xdist is installed. The results folder is also packed into results/<folder>.tgz, and that
+# same). DEADLINE=S (seconds from the start) also cuts every step off by then and skips those that would start
+# within 15 s of it, so that the script packs its results before a device call's own limit kills it. PYTHON names
+# the interpreter (default python3, else python); the gpu tests run on JOBS pytest-xdist workers (default 8) when
+# pytest-xdist is installed. The results folder is also packed into results/<folder>.tgz, and that
 # bundle is copied into $OUT when such a folder exists (the device tool's machines return what a command leaves
 # there). A CUDA-only build is quicker: NEPENTHE_BUILD_CPU=0 NEPENTHE_CUDA_ARCHS=90.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
-step() { timeout "$STEP_TIMEOUT" "$@"; }
+# step_within LIMIT CMD...: runs CMD, cut off after LIMIT seconds or at DEADLINE, whichever comes first.
+step_within() {
+  local limit="$1"
+  shift
+  if [ -n "${DEADLINE:-}" ]; then
+    local left=$((DEADLINE - SECONDS))
+    if [ "$left" -lt 15 ]; then
+      echo "skipped (${SECONDS} s gone, DEADLINE=${DEADLINE}): $*"
+      return 124
+    fi
+    [ "$left" -lt "$limit" ] && limit="$left"
+  fi
+  timeout "$limit" "$@"
+}
+step() { step_within "$STEP_TIMEOUT" "$@"; }
 RESULTS="results/gpu-$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$RESULTS"
 echo "gpu_check: writing results under $RESULTS"
@@ -36,7 +53,7 @@ status=0
 } >"$RESULTS/environment.txt" 2>&1
 cat "$RESULTS/environment.txt"
 
-echo "== build (pip install --no-build-isolation --no-deps -e .)"
+echo "[${SECONDS} s] == build (pip install --no-build-isolation --no-deps -e .)"
 "$PY" -c "import setuptools, pybind11, cmake, ninja" 2>/dev/null \
   || echo "warning: the build needs setuptools, pybind11, cmake and ninja installed (no network here)"
 if ! step "$PY" -m pip install --no-build-isolation --no-deps -e . >"$RESULTS/build.log" 2>&1; then
@@ -49,13 +66,13 @@ fi
   || "$PY" -c "import nepenthe; [print(s) for s in nepenthe.backend_status()]" >"$RESULTS/doctor.txt" 2>&1
 cat "$RESULTS/doctor.txt"
 
-echo "== gpu tests (pytest -m gpu)"
+echo "[${SECONDS} s] == gpu tests (pytest -m gpu)"
 XDIST=()
 "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${JOBS:-8}")
 step "$PY" -m pytest -m gpu -q -rs "${XDIST[@]}" tests/ --junitxml="$RESULTS/pytest-gpu.xml" 2>&1 | tee "$RESULTS/pytest-gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-echo "== kernel benchmark"
+echo "[${SECONDS} s] == kernel benchmark"
 BENCH_ARGS=(--device cuda --out "$RESULTS/bench_kernels.md")
 [ -n "${QUICK:-}" ] && BENCH_ARGS+=(--quick)
 [ -n "${BATCH:-}" ] && BENCH_ARGS+=(--batch "$BATCH")
@@ -64,24 +81,25 @@ step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$RESULTS/b
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 if [ -z "${KERNELS_ONLY:-}" ]; then
-  echo "== profiler overhead (batch 128, autocast bf16)"
+  echo "[${SECONDS} s] == profiler overhead (batch 128, autocast bf16)"
   step "$PY" benchmarks/bench_profiler.py --device cuda 2>&1 | tee "$RESULTS/bench_profiler.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-  echo "== depth reduction latency"
+  echo "[${SECONDS} s] == depth reduction latency"
   step "$PY" benchmarks/bench_shrink.py --device cuda --json "$RESULTS/bench_shrink.json" 2>&1 | tee "$RESULTS/bench_shrink.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if [ -n "${AB_OLD:-}" ]; then
-  echo "== CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
+  echo "[${SECONDS} s] == CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
   step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if [ -n "${SWEEP:-}" ]; then
-  echo "== Triton launch-constant sweep"
-  timeout "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py 2>&1 | tee "$RESULTS/sweep_triton.txt"
+  echo "[${SECONDS} s] == Triton launch-constant sweep"
+  # shellcheck disable=SC2086 # SWEEP_ARGS: the sweep's own options, split on spaces
+  step_within "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py ${SWEEP_ARGS:-} 2>&1 | tee "$RESULTS/sweep_triton.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
