@@ -80,16 +80,6 @@ BENCH_ARGS=(--device cuda --out "$RESULTS/bench_kernels.md")
 step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$RESULTS/bench_kernels.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-if [ -z "${KERNELS_ONLY:-}" ]; then
-  echo "[${SECONDS} s] == profiler overhead (batch 128, autocast bf16)"
-  step "$PY" benchmarks/bench_profiler.py --device cuda 2>&1 | tee "$RESULTS/bench_profiler.txt"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-
-  echo "[${SECONDS} s] == depth reduction latency"
-  step "$PY" benchmarks/bench_shrink.py --device cuda --json "$RESULTS/bench_shrink.json" 2>&1 | tee "$RESULTS/bench_shrink.txt"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-fi
-
 if [ -n "${AB_OLD:-}" ]; then
   echo "[${SECONDS} s] == CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
   step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
@@ -100,6 +90,16 @@ if [ -n "${SWEEP:-}" ]; then
   echo "[${SECONDS} s] == Triton launch-constant sweep"
   # shellcheck disable=SC2086 # SWEEP_ARGS: the sweep's own options, split on spaces
   step_within "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py ${SWEEP_ARGS:-} 2>&1 | tee "$RESULTS/sweep_triton.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [ -z "${KERNELS_ONLY:-}" ]; then
+  echo "[${SECONDS} s] == profiler overhead (batch 128, autocast bf16)"
+  step "$PY" benchmarks/bench_profiler.py --device cuda 2>&1 | tee "$RESULTS/bench_profiler.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+  echo "[${SECONDS} s] == depth reduction latency"
+  step "$PY" benchmarks/bench_shrink.py --device cuda --json "$RESULTS/bench_shrink.json" 2>&1 | tee "$RESULTS/bench_shrink.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

@@ -10,6 +10,7 @@ Usage::
 
     python benchmarks/sweep_triton.py                     # all tensors and settings
     python benchmarks/sweep_triton.py --tiles 8192 --warps 8 --per-sm 16 --unroll 2   # one setting
+    python benchmarks/sweep_triton.py --match channels_last bfloat16   # channels_last or bfloat16 tensors only
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ TENSORS = [
     ("ResNet-18 layer4", (1024, 512, 7, 7), 1, "channels_last", torch.float16, (0.0,)),
     ("MobileNet-V2 block1", (32, 96, 112, 112), 1, "nchw", torch.float32, (0.0, 6.0)),
     ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "channels_last", torch.float16, (0.0, 6.0)),
+    ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "channels_last", torch.bfloat16, (0.0, 6.0)),
+    ("Swin-T stage1 MLP", (64, 56, 56, 384), -1, "natural", torch.float16, (0.0,)),
     ("Swin-T stage1 MLP", (64, 56, 56, 384), -1, "natural", torch.bfloat16, (0.0,)),
 ]
 
@@ -50,7 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-sm", type=int, nargs="+", default=[8, 16], help="programs per SM")
     parser.add_argument("--unroll", type=int, nargs="+", default=[1, 2], help="tiles per unrolled loop step")
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument(
+        "--match", nargs="+", default=None, help="only tensors whose 'name layout dtype' holds one of these strings"
+    )
     args = parser.parse_args(argv)
+    tensors = [
+        t for t in TENSORS if args.match is None or any(m in f"{t[0]} {t[3]} {str(t[4])[6:]}" for m in args.match)
+    ]
     props = torch.cuda.get_device_properties(0)
     sms = props.multi_processor_count
     time_it = timer("cuda", args.reps)
@@ -63,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     names = ("TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "TILE_UNROLL")
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
-        for name, shape, channel_dim, layout, dtype, thresholds in TENSORS:
+        for name, shape, channel_dim, layout, dtype, thresholds in tensors:
             x = make(shape, layout, dtype)
             gigabytes = x.numel() * x.element_size() / 1e9
             reference = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")

@@ -42,6 +42,14 @@ VARIANTS = {
     "fp16-nhwc-sm80": ("float16", "nhwc", None, (0.0,), False, 80),
     "bf16-nchw-sm80": ("bfloat16", "nchw", None, (0.0,), False, 80),
     "fp64-nchw-sm90": ("float64", "nchw", None, (0.0,), False, 90),
+    "fp32-vector-sm90": ("float32", "vector", None, (0.0,), False, 90),
+    "bf16-vector-sm90": ("bfloat16", "vector", None, (0.0, 6.0), False, 90),
+    "fp16-pos1-sm90": ("float16", "pos1", None, (0.0,), False, 90),
+    "fp32-row-sm90": ("float32", "row", None, (0.0,), False, 90),
+    "bf16-row-sm90": ("bfloat16", "row", None, (0.0, 6.0), False, 90),
+    "fp64-1d-sm90": ("float64", "1d", None, (0.0,), False, 90),
+    "fp32-rows-expanded-sm90": ("float32", "expanded", None, (0.0,), False, 90),
+    "relu-fp32-vector-sm90": ("float32", "vector", "relu", (0.0,), False, 90),
     "fp32-nhwc-k8-ties-sm90": ("float32", "nhwc", None, (-3, -2, -1, 0, 1, 2, 3), True, 90),
     "fp32-strided-sm90": ("float32", "strided", None, (0.0,), False, 90),
     "relu-fp32-nchw-sm90": ("float32", "nchw", "relu", (0.0,), False, 90),
@@ -70,6 +78,16 @@ def _tensor(dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, int]:
         return torch.zeros(2, 24, 8, 8, dtype=dtype).to(memory_format=torch.channels_last), 1
     if layout == "nhwc":
         return torch.zeros(2, 256, 4, 4, dtype=dtype).to(memory_format=torch.channels_last), 1
+    if layout == "vector":  # (N, C) features: one position per channel and sample, tiles one position wide
+        return torch.zeros(64, 96, dtype=dtype), 1
+    if layout == "row":  # one sample's features: every size but the channels' is 1
+        return torch.zeros(1, 96, dtype=dtype), 1
+    if layout == "1d":
+        return torch.zeros(23, dtype=dtype), 0
+    if layout == "expanded":  # one row read 300 times at stride 0
+        return torch.zeros(1, 1280, dtype=dtype).expand(300, 1280), 1
+    if layout == "pos1":  # 1x1 maps (a pooled head)
+        return torch.zeros(4, 1280, 1, 1, dtype=dtype), 1
     if layout == "nlc":
         return torch.zeros(2, 49, 96, dtype=dtype), -1
     return torch.zeros(2, 6, 8, 10, dtype=dtype).permute(0, 2, 3, 1), 1  # neither stride is 1

@@ -342,12 +342,18 @@ def _static_launch(
         view.stride_outer, view.stride_channel, view.stride_inner,
         y_view.stride_outer, y_view.stride_channel, y_view.stride_inner,
     )  # fmt: skip
-    strides = (view.stride_outer, view.stride_channel, view.stride_inner)
-    y_strides = (y_view.stride_outer, y_view.stride_channel, y_view.stride_inner)
+    # Tiles one position wide have nothing to vectorise along the inner positions, and a hint on their [BLOCK_C, 1]
+    # inner offsets fails to compile for (1, C) rows (Triton 3.6 and 3.8: an AxisInfo assertion): none there.
+    inner_alignment = _alignment if cfg.block_i > 1 else lambda stride: 1
     alignments = (
         min(_alignment(view.channels), cfg.block_c),  # constancy hints cannot exceed the block
         min(_alignment(view.inner), cfg.block_i),
-        *(_alignment(s) for s in (*strides, *y_strides)),
+        _alignment(view.stride_outer),
+        _alignment(view.stride_channel),
+        inner_alignment(view.stride_inner),
+        _alignment(y_view.stride_outer),
+        _alignment(y_view.stride_channel),
+        inner_alignment(y_view.stride_inner),
     )
     constexprs = dict(
         K=num_states,
