@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         "| GPU-only (us) | GPU GB/s | GPU / sum | counts |"
     )
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    names = ("TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "TILE_UNROLL")
+    names = (
+        "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
+        "CHANNEL_TILE_UNROLL",
+    )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
         for name, shape, channel_dim, layout, dtype, thresholds in tensors:
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             read_gpu = gpu_time(lambda x=x: x.sum(), args.reps)
             for tile, warps, per_sm, unroll in itertools.product(args.tiles, args.warps, args.per_sm, args.unroll):
                 triton_count.TILE_BYTES = tile
-                triton_count.TILE_UNROLL = unroll
+                triton_count.INNER_TILE_UNROLL = triton_count.CHANNEL_TILE_UNROLL = unroll
                 triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
                 triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants

@@ -46,18 +46,19 @@ FIELD_MASK = tl.constexpr(127)
 MAX_ITERS = 127
 # The kernel's divisibility-hint constants: C, inner, then x's and y's (outer, channel, inner) strides.
 ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XO", "ALIGN_XC", "ALIGN_XI", "ALIGN_YO", "ALIGN_YC", "ALIGN_YI")
-# Launch constants, from benchmarks/sweep_triton.py on an H200 (GPU-only times, benchmarks/gpu-results): 8 KiB
-# tiles, with 8 warps and 16 programs per SM for tiles along the inner positions (NCHW) and 4 warps and 8 programs
-# per SM for tiles along the channels (channels_last, tokens). On the nine tensors swept this was the fastest
-# setting or within 13% of it, and 1.1-2.0x faster than the earlier 16 KiB / 8 warps / 16 per SM everywhere.
+# Launch constants, from benchmarks/sweep_triton.py (GPU-only times, benchmarks/gpu-results), 8 KiB tiles:
+# - Along the inner positions (NCHW): 8 warps, 16 programs per SM, the loop unrolled twice (H200 sweep, session 5;
+#   the H100 sweep of session 10 found nothing clearly better). Unrolled twice, ptxas issues both tiles' loads
+#   before counting either (sm_90 SASS: 4 16-byte loads per thread in flight on float16 NCHW tiles).
+# - Along the channels (channels_last, tokens): 8 warps, 4 programs per SM (one wave of 32 warps), not unrolled
+#   (H100 sweep, session 10): 1.2-1.3x x.sum()'s GPU time on five of seven tensors, where the H200's 4 warps and
+#   8 programs per SM, unrolled, took 1.3-1.5x (2.5x for MobileNet-V2's 96 bfloat16 channels with two thresholds:
+#   the unrolled loop took 183 registers a thread, so two programs fitted on an SM).
 TILE_BYTES = 8192
 ROW_BYTES = 512
-# Tiles per unrolled step of a program's loop. Unrolled twice, ptxas issues both tiles' loads before counting
-# either (sm_90 SASS: 4 16-byte loads per thread in flight on float16 NCHW tiles, where it issued one at a time);
-# not yet timed on a GPU: benchmarks/sweep_triton.py sweeps it.
-TILE_UNROLL = 2
-INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 4
-INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 8
+INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
+INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 4
+INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 1
 
 
 def _count_states_kernel(
@@ -367,7 +368,7 @@ def _static_launch(
         ACC=tl.int32 if num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
-        UNROLL=TILE_UNROLL,
+        UNROLL=CHANNEL_TILE_UNROLL if along_channels else INNER_TILE_UNROLL,
         # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
