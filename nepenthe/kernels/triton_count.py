@@ -51,9 +51,10 @@ ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XO", "ALIGN_XC", "ALIGN_XI", "ALIGN_
 #   the H100 sweep of session 10 found nothing clearly better). Unrolled twice, ptxas issues both tiles' loads
 #   before counting either (sm_90 SASS: 4 16-byte loads per thread in flight on float16 NCHW tiles).
 # - Along the channels (channels_last, tokens): 8 warps, 4 programs per SM (one wave of 32 warps), not unrolled
-#   (H100 sweep, session 10): 1.2-1.3x x.sum()'s GPU time on five of seven tensors, where the H200's 4 warps and
-#   8 programs per SM, unrolled, took 1.3-1.5x (2.5x for MobileNet-V2's 96 bfloat16 channels with two thresholds:
-#   the unrolled loop took 183 registers a thread, so two programs fitted on an SM).
+#   (H100 sweep, session 10). On the H100, bench_kernels' seven such tensors above L2 went from 1.04-2.50x
+#   x.sum()'s GPU time with the H200's constants (4 warps, 8 programs per SM, unrolled twice) to 0.99-1.35x. The
+#   2.50 was MobileNet-V2's 96 bfloat16 channels with two thresholds: the unrolled loop took 183 registers a thread,
+#   so an SM held two programs.
 TILE_BYTES = 8192
 ROW_BYTES = 512
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
