@@ -16,13 +16,13 @@ from collections.abc import Callable
 import pytest
 import torch
 from cuda_toolkit import find_nvcc
+from special_values import DENORMAL, WORD_THRESHOLDS, values_around
 
 from nepenthe.kernels import backend_status, count_states
 from nepenthe.kernels.reference import count_states_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 THRESHOLD_SETS = [(0.0,), (0.0, 6.0), (-3.0, 3.0), (0.1,), (-2.5, -1.0, -0.1, 0.0, 0.5, 1.0, 3.0)]
-DENORMAL = {torch.float32: 2.0**-140, torch.float16: 2.0**-20, torch.bfloat16: 2.0**-130, torch.float64: 2.0**-1070}
 
 
 def random_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int, device: str = "cpu") -> torch.Tensor:
@@ -250,38 +250,6 @@ def test_threshold_between_representable_values(device_backend, dtype):
     for ignore_ties in (False, True):
         _check(x, (0.1,), 1, ignore_ties, backend)
         _check(x, (float(f32),), 1, ignore_ties, backend)
-
-
-WORD_THRESHOLDS = [
-    (0.1,),
-    (-0.3,),
-    (6.0,),
-    (-0.0,),
-    (1e-9,),
-    (-1e-9,),
-    (70000.0,),
-    (-70000.0,),
-    (3.0e38,),
-    (0.1, 6.0),
-    (-0.3, 0.1),
-    (-1e-9, 1e-9),
-    (-70000.0, 70000.0),
-    (-3.0e38, -1.0),
-]
-
-
-def values_around(thresholds: list[float], dtype: torch.dtype) -> torch.Tensor:
-    """Every 16-bit value within two steps of each threshold's nearest ``dtype`` value (bit patterns that are NaN
-    dropped), and +-0, +-inf, the smallest denormals and the largest finite values."""
-    bits = torch.tensor(thresholds, dtype=torch.float32).to(dtype).view(torch.int16).to(torch.int32)
-    near = (bits[:, None] + torch.arange(-2, 3)).flatten()
-    near = ((near + 32768) % 65536 - 32768).to(torch.int16).view(dtype)
-    info = torch.finfo(dtype)
-    special = torch.tensor(
-        [0.0, -0.0, math.inf, -math.inf, DENORMAL[dtype], -DENORMAL[dtype], info.max, -info.max], dtype=dtype
-    )
-    values = torch.cat([near, special])
-    return values[~values.isnan()]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nepenthe.kernels.layout import channel_view, readable_view
-from nepenthe.kernels.thresholds import kernel_thresholds
+from nepenthe.kernels.thresholds import half_thresholds, kernel_thresholds
 
 
 def _gather(x: torch.Tensor, view) -> torch.Tensor:
@@ -62,6 +62,27 @@ def test_rounded_thresholds_give_exact_comparisons(dtype, t):
     assert torch.equal(values > th.greater[0], values.double() > t)
     ties = values == th.tie[0]
     assert torch.equal(ties, values.double() == t)
+
+
+HALF_THRESHOLDS = [0.1, -0.3, 6.0, 0.0, -0.0, 1e-9, -1e-9, 2.0**-24, 2.0**-133, 70000.0, -70000.0, 65504.0,
+                   65519.0, 65520.0, 3.0e38, -3.4e38, 1e39, math.inf, -math.inf, 1 / 3, -2.5, 1e5]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_thresholds_compare_every_16bit_value_exactly(dtype):
+    """The thresholds that the Triton kernel compares 16-bit values against in their own format: for every
+    16-bit pattern that is not NaN, ``v > g`` and ``v == tie`` in ``dtype`` agree with ``v > t`` and ``v == t``
+    in float64 (the specification's real-number comparisons)."""
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    values = values[~values.isnan()]
+    exact = values.double()
+    greater, tie = half_thresholds(kernel_thresholds(tuple(HALF_THRESHOLDS), dtype), dtype)
+    for t, g, e in zip(HALF_THRESHOLDS, greater, tie, strict=True):
+        g16, e16 = torch.tensor(g).to(dtype), torch.tensor(e).to(dtype)
+        assert float(g16) == g and (math.isnan(e) or float(e16) == e), t  # held exactly by the format
+        assert torch.equal(values > g16, exact > t), t
+        assert torch.equal(values <= g16, exact <= t), t
+        assert torch.equal(values == e16, exact == t), t
 
 
 def test_float64_thresholds_are_unchanged():

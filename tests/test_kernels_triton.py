@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
+from special_values import DENORMAL, WORD_THRESHOLDS, values_around  # noqa: E402
+
 from nepenthe.kernels import (  # noqa: E402
     available_backends,
     count_states,
@@ -29,7 +31,7 @@ from nepenthe.kernels.triton_count import MAX_ITERS, TILE_BYTES, _cdiv, _pow2_at
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 THRESHOLDS = [(0.0,), (0.0, 6.0), (-3.0, 3.0), (0.1,), (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)]
-DENORMAL = {torch.float32: 2.0**-140, torch.float16: 2.0**-20, torch.bfloat16: 2.0**-130, torch.float64: 2.0**-1070}
+
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
@@ -151,6 +153,24 @@ def test_programs_walking_several_tiles_and_channel_blocks(layout, dtype):
     thresholds = (-1.0, 0.0, 3.0)
     got = count_states(x, thresholds, channel_dim=channel_dim, backend="triton")
     assert torch.equal(got, _reference(x, thresholds, channel_dim))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_16bit_thresholds_between_representable_values(dtype, layout):
+    """16-bit values next to thresholds that the format cannot hold, lies beyond, or holds with neighbours.
+    float16 is compared in float16 here as on a GPU, against thresholds rounded down to it on the host (bfloat16
+    only on a GPU: the interpreter compares it in float32)."""
+    pool = values_around([t for ts in WORD_THRESHOLDS for t in ts], dtype)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"16bit{dtype}{layout}".encode()))
+    x = pool[torch.randint(0, len(pool), (3, 6, 7, 5), generator=gen)]
+    x[1, 2, 3, 4] = math.nan
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for thresholds in WORD_THRESHOLDS:
+        for ignore_ties in (False, True):
+            got = count_states(x, thresholds, ignore_ties=ignore_ties, backend="triton")
+            assert torch.equal(got, _reference(x, thresholds, 1, ignore_ties)), (thresholds, ignore_ties)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -112,11 +112,11 @@ def _compile_variant(name: str) -> dict[str, object]:
     kt = kernel_thresholds(tuple(float(t) for t in thresholds), x.dtype)
     common = (x, channel_dim % x.dim(), view, tuple(map(float, thresholds)), kt, ignore_ties, counts)
     if kind is None:
-        launch = kernel_launch(CountJob(*common))
+        launch = kernel_launch(CountJob(*common), compiled=True)
     else:
         job = FusedJob(*common, y=torch.empty_like(x), y_view=view, kind=kind.split("_tanh")[0])
         act = ACTIVATIONS[kind if kind in ACTIVATIONS else "gelu_none"]
-        launch = kernel_launch(job, act, _PARAMS.get(kind, (0.0, 0.0)))
+        launch = kernel_launch(job, act, _PARAMS.get(kind, (0.0, 0.0)), compiled=True)
 
     fn = compiled_kernel()
     target = GPUTarget("cuda", arch, 32)
@@ -134,6 +134,7 @@ def _compile_variant(name: str) -> dict[str, object]:
         "cubin_bytes": len(kernel.asm["cubin"]),
         "loads": sorted(set(re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx))),
         "stores": sorted(set(re.findall(r"st\.global(?:\.[a-z0-9]+)*", ptx))),
+        "compares": sorted(set(re.findall(r"setp\.[a-z]+\.(?:f16|bf16|f32|f64)\b", ptx))),
     }
 
 
@@ -194,6 +195,20 @@ def test_fused_kernels_store_the_activation(compiled):
         stores = compiled[name].get("stores")
         assert stores is not None, compiled[name]
         assert bool(stores) == (kind is not None), (name, stores)
+
+
+def test_16bit_counts_compare_in_their_own_format(compiled):
+    """Counting float16 (and bfloat16 from sm_90) compares the values in their 16-bit format, none in float32;
+    on sm_80, bfloat16 is compared in float32."""
+    checked = 0
+    for name, (dtype, _, kind, _, _, arch) in VARIANTS.items():
+        if kind is not None or dtype not in ("float16", "bfloat16"):
+            continue
+        compares = {op.rsplit(".", 1)[1] for op in compiled[name].get("compares", [])}
+        own = "f16" if dtype == "float16" else "bf16" if arch >= 90 else "f32"
+        assert compares == {own}, (name, compares)
+        checked += 1
+    assert checked >= 6
 
 
 if __name__ == "__main__":

@@ -48,3 +48,31 @@ def kernel_thresholds(thresholds: tuple[float, ...], dtype: torch.dtype) -> Kern
                 greater.append(float(below))
                 tie.append(math.nan)
     return KernelThresholds(tuple(greater), tuple(tie), torch.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def half_thresholds(kt: KernelThresholds, dtype: torch.dtype) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``kt``'s (greater, tie) values for comparing float16 or bfloat16 values in their own format rather than in
+    float32: each greater value rounded down to ``dtype`` (for such a value v, ``v > g`` exactly when
+    ``v > round_down(g)``; past the format's largest finite value that is the largest finite value, so only +inf
+    passes), each tie value kept where ``dtype`` holds it exactly, else NaN.
+
+    Example::
+
+        >>> half_thresholds(kernel_thresholds((0.0, 0.1, 1e5), torch.float16), torch.float16)
+        ((0.0, 0.0999755859375, 65504.0), (0.0, nan, nan))
+    """
+    greater = tuple(_round_down(g, dtype) for g in kt.greater)
+    tie = tuple(t if float(torch.tensor(t, dtype=torch.float64).to(dtype)) == t else math.nan for t in kt.tie)
+    return greater, tie
+
+
+def _round_down(value: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value (a 16-bit float format) not above ``value``."""
+    nearest = torch.tensor(value, dtype=torch.float64).to(dtype)
+    if float(nearest) <= value:
+        return float(nearest)
+    # One step towards -inf in the bits: +0 -> the negative denormal next to it, positives shrink, negatives grow.
+    bits = int(nearest.view(torch.int16)) & 0xFFFF
+    bits = 0x8001 if bits == 0 else bits - 1 if bits < 0x8000 else bits + 1
+    return float(torch.tensor(bits - (bits >> 15 << 16), dtype=torch.int16).view(dtype))

@@ -35,6 +35,7 @@ from triton.runtime.jit import JITFunction
 from .cuda_device import on_device
 from .jobs import CountJob, FusedJob
 from .layout import ChannelView
+from .thresholds import half_thresholds
 
 # Activation codes (the kernel's ACT constexpr); 0 = count only.
 ACTIVATIONS = {"relu": 1, "hardtanh": 2, "leaky_relu": 3, "gelu_none": 4, "gelu_tanh": 5}
@@ -85,6 +86,7 @@ def _count_states_kernel(
     CLAMP_TO_BOUND: tl.constexpr,
     COMPUTE: tl.constexpr,
     BF16: tl.constexpr,
+    CMP16: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
@@ -149,14 +151,26 @@ def _count_states_kernel(
             v = (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
         else:
             v = raw.to(COMPUTE)
-        valid = v == v
-        state = tl.full([BLOCK_C, BLOCK_I], 0, dtype=tl.int32)
-        for k in tl.static_range(K - 1):
-            state += (v > tl.load(consts_ptr + k)).to(tl.int32)
-            if IGNORE_TIES:
-                valid = valid & (v != tl.load(consts_ptr + TIE_OFFSET + k))
-        # One count per state, packed 7 bits apart: a single add per element for any number of states.
-        acc += tl.where(valid, one << (state.to(ACC) * FIELD_BITS), 0)
+        if CMP16:
+            # float16 and bfloat16 compared in their own format: two values per instruction (sm_90 HSETP2) and no
+            # conversion, against thresholds that the host rounded to that format (exact in the float32 constants).
+            cv = raw
+        else:
+            cv = v
+        # One count per state, packed 7 bits apart: a single add per element for any number of states. The
+        # element's field is chosen by one compare and one select of a constant per threshold: state 0 where
+        # v <= t_0, then state k where v > t_(k-1), the last passed winning (the thresholds increase). NaN passes
+        # none of them and adds nothing.
+        if K == 1:
+            field = tl.where(cv == cv, one, 0)
+        else:
+            field = tl.where(cv <= tl.load(consts_ptr).to(cv.dtype), one, 0)
+        for k in tl.static_range(1, K):
+            field = tl.where(cv > tl.load(consts_ptr + k - 1).to(cv.dtype), one << (k * FIELD_BITS), field)
+        if IGNORE_TIES:
+            for k in tl.static_range(K - 1):
+                field = tl.where(cv != tl.load(consts_ptr + TIE_OFFSET + k).to(cv.dtype), field, 0)
+        acc += field
         if ACT != 0:
             if ACT == 1:
                 if CLAMP_TO_BOUND:
@@ -306,10 +320,19 @@ class KernelLaunch:
     num_warps: int
 
 
-def kernel_launch(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> KernelLaunch:
-    """The launch for ``job``: count, and when ``act`` is non-zero also write the activation into ``job.y``."""
+def kernel_launch(
+    job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0), *, compiled: bool | None = None
+) -> KernelLaunch:
+    """The launch for ``job``: count, and when ``act`` is non-zero also write the activation into ``job.y``.
+    ``compiled``: for the compiled kernel rather than the interpreter (default: as ``run_kernel`` will run it)."""
     x, kt = job.x, job.kernel_thresholds
-    consts = _constants(kt.greater, kt.tie, params, kt.compute_dtype, str(x.device))
+    if compiled is None:
+        compiled = not _interpreted(x)
+    # Counting alone compares 16-bit values in their own format; a fused activation needs float32 values anyway.
+    # bfloat16 only when compiled: the interpreter holds bfloat16 as raw bits, which compare as integers.
+    cmp16 = not act and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and compiled))
+    greater, tie = half_thresholds(kt, x.dtype) if cmp16 else (kt.greater, kt.tie)
+    consts = _constants(greater, tie, params, kt.compute_dtype, str(x.device))
     if act:
         assert isinstance(job, FusedJob)
         y, y_view = job.y, job.y_view
@@ -317,7 +340,7 @@ def kernel_launch(job: CountJob, act: int = 0, params: tuple[float, float] = (0.
         y, y_view = x, job.view  # never written: ACT == 0 compiles the store away
     programs, ints, constexprs, num_warps = _static_launch(
         job.view, y_view, x.element_size(), x.device, act, kt.num_states, job.ignore_ties, kt.compute_dtype,
-        x.dtype == torch.bfloat16,
+        x.dtype == torch.bfloat16, cmp16,
     )  # fmt: skip
     return KernelLaunch(programs, (x, y, job.counts, consts, *ints), constexprs, num_warps)
 
@@ -333,6 +356,7 @@ def _static_launch(
     ignore_ties: bool,
     compute_dtype: torch.dtype,
     bf16: bool,
+    cmp16: bool,
 ) -> tuple[int, tuple[int, ...], dict[str, object], int]:
     """What a launch takes besides its tensors: grid size, integer arguments, compile-time constants and warps.
     Remembered per shape and setting, since a model counts the same activation shapes batch after batch (the
@@ -366,6 +390,7 @@ def _static_launch(
         CLAMP_TO_BOUND=device.type == "cuda",
         COMPUTE=tl.float64 if compute_dtype == torch.float64 else tl.float32,
         BF16=bf16,
+        CMP16=cmp16,
         ACC=tl.int32 if num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
@@ -377,10 +402,15 @@ def _static_launch(
     return cfg.programs, ints, constexprs, CHANNEL_TILE_WARPS if along_channels else INNER_TILE_WARPS
 
 
+def _interpreted(x: torch.Tensor) -> bool:
+    """Whether ``run_kernel`` runs the kernel for ``x`` in the interpreter."""
+    return bool(triton.knobs.runtime.interpret) or x.device.type != "cuda"
+
+
 def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> None:
     """Launch the kernel for ``job``: compiled for CUDA tensors, interpreted under ``TRITON_INTERPRET=1``."""
     launch = kernel_launch(job, act, params)
-    if triton.knobs.runtime.interpret or job.x.device.type != "cuda":
+    if _interpreted(job.x):
         # Under TRITON_INTERPRET=1 everything is interpreted, as for any Triton kernel (CUDA tensors included).
         interpreted_kernel()[(launch.programs,)](*launch.args, **launch.constexprs)
     else:
