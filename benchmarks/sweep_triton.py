@@ -1,4 +1,5 @@
-"""Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM and loop unrolling.
+"""Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM, loop unrolling and 16-bit
+compares (in their own format or in float32).
 
 For activation tensors larger than the L2 cache, in NCHW, channels_last and token layouts, it times the counting
 kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, and GPU-only
@@ -8,9 +9,10 @@ measured.
 
 Usage::
 
-    python benchmarks/sweep_triton.py                     # all tensors and settings
-    python benchmarks/sweep_triton.py --tiles 8192 --warps 8 --per-sm 16 --unroll 2   # one setting
+    python benchmarks/sweep_triton.py                     # all tensors, triton_count's own constants
+    python benchmarks/sweep_triton.py --tiles 8192 16384 --warps 4 8 --per-sm 4 8 16 --unroll 1 2   # 24 settings
     python benchmarks/sweep_triton.py --match channels_last bfloat16   # channels_last or bfloat16 tensors only
+    python benchmarks/sweep_triton.py --match float16 bfloat16 --half-compares 1 0 --tiles 8192 --per-sm 4 16
 """
 
 from __future__ import annotations
@@ -48,10 +50,18 @@ def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype) -> torch.Tenso
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiles", type=int, nargs="+", default=[8192, 16384], help="TILE_BYTES values")
-    parser.add_argument("--warps", type=int, nargs="+", default=[4, 8], help="warps per program (both tile axes)")
-    parser.add_argument("--per-sm", type=int, nargs="+", default=[8, 16], help="programs per SM")
-    parser.add_argument("--unroll", type=int, nargs="+", default=[1, 2], help="tiles per unrolled loop step")
+    # An option left out keeps triton_count's own constants (each tile axis its own); one given sets both axes.
+    parser.add_argument("--tiles", type=int, nargs="+", default=[None], help="TILE_BYTES values")
+    parser.add_argument("--warps", type=int, nargs="+", default=[None], help="warps per program (both tile axes)")
+    parser.add_argument("--per-sm", type=int, nargs="+", default=[None], help="programs per SM (both tile axes)")
+    parser.add_argument("--unroll", type=int, nargs="+", default=[None], help="tiles per unrolled loop step")
+    parser.add_argument(
+        "--half-compares",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="1: 16-bit values compared in their own format, 0: in float32 (HALF_COMPARES)",
+    )
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument(
         "--match", nargs="+", default=None, help="only tensors whose 'name layout dtype' holds one of these strings"
@@ -65,13 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     time_it = timer("cuda", args.reps)
     print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
     print(
-        "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | time (us) | / sum "
+        "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | 16-bit compares | time (us) "
+        "| / sum "
         "| GPU-only (us) | GPU GB/s | GPU / sum | counts |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
-        "CHANNEL_TILE_UNROLL",
+        "CHANNEL_TILE_UNROLL", "HALF_COMPARES",
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
@@ -81,11 +92,19 @@ def main(argv: list[str] | None = None) -> None:
             reference = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
             read = time_it(lambda x=x: x.sum())
             read_gpu = gpu_time(lambda x=x: x.sum(), args.reps)
-            for tile, warps, per_sm, unroll in itertools.product(args.tiles, args.warps, args.per_sm, args.unroll):
-                triton_count.TILE_BYTES = tile
-                triton_count.INNER_TILE_UNROLL = triton_count.CHANNEL_TILE_UNROLL = unroll
-                triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
-                triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
+            settings = itertools.product(args.tiles, args.warps, args.per_sm, args.unroll, args.half_compares)
+            for tile, warps, per_sm, unroll, half in settings:
+                for constant, value in defaults.items():
+                    setattr(triton_count, constant, value)
+                triton_count.HALF_COMPARES = bool(half)
+                if tile is not None:
+                    triton_count.TILE_BYTES = tile
+                if unroll is not None:
+                    triton_count.INNER_TILE_UNROLL = triton_count.CHANNEL_TILE_UNROLL = unroll
+                if warps is not None:
+                    triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
+                if per_sm is not None:
+                    triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
                 run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
                 same = torch.equal(run(), reference)
@@ -97,8 +116,9 @@ def main(argv: list[str] | None = None) -> None:
                     else (f"| {tg * 1e6:.1f} | {gigabytes / tg:.0f} | {tg / read_gpu:.2f} ")
                 )
                 print(
-                    f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {tile} | {warps} | {per_sm} | {unroll} "
-                    f"| {t * 1e6:.1f} "
+                    f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {_shown(tile)} | {_shown(warps)} "
+                    f"| {_shown(per_sm)} | {_shown(unroll)} "
+                    f"| {'own format' if half else 'float32'} | {t * 1e6:.1f} "
                     f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,
                 )
@@ -107,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in defaults.items():
             setattr(triton_count, name, value)
         triton_count._static_launch.cache_clear()
+
+
+def _shown(value: int | None) -> str:
+    return "default" if value is None else str(value)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ ROW_BYTES = 512
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 4
 INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 1
+# Count float16 and bfloat16 values in their own format (see kernel_launch); benchmarks/sweep_triton.py turns it off
+# to time the float32 compares against it.
+HALF_COMPARES = True
 
 
 def _count_states_kernel(
@@ -330,7 +333,7 @@ def kernel_launch(
         compiled = not _interpreted(x)
     # Counting alone compares 16-bit values in their own format; a fused activation needs float32 values anyway.
     # bfloat16 only when compiled: the interpreter holds bfloat16 as raw bits, which compare as integers.
-    cmp16 = not act and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and compiled))
+    cmp16 = HALF_COMPARES and not act and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and compiled))
     greater, tie = half_thresholds(kt, x.dtype) if cmp16 else (kt.greater, kt.tie)
     consts = _constants(greater, tie, params, kt.compute_dtype, str(x.device))
     if act:
