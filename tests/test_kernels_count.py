@@ -252,6 +252,18 @@ def test_threshold_between_representable_values(device_backend, dtype):
         _check(x, (float(f32),), 1, ignore_ties, backend)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("hw", [(8, 8), (10, 13), (14, 14), (15, 17), (16, 16)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_nchw_rows_of_58_to_256_values(device_backend, dtype, hw):
+    """Maps of 64 to 256 values (14x14 and the like), 27 channels and rows that start at every bit offset: the cpu
+    backend counts them from bitmaps, eight rows at a time summed across 512-bit words (AVX-512 VPOPCNTDQ), the
+    rest one by one; 255 and 256 values fill the last 64-bit words of the window."""
+    device, backend = device_backend
+    x = random_values((3, 27, *hw), dtype, _seed("rows 58-256", dtype, *hw), device)
+    for thresholds, ignore_ties in [((0.0,), False), ((0.0, 6.0), False), ((-1.0, 0.0, 1.0), True)]:
+        _check(x, thresholds, 1, ignore_ties, backend)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels", [96, 40, 64], ids=lambda c: f"C{c}")
 def test_16bit_thresholds_between_representable_values(device_backend, dtype, channels):

@@ -29,6 +29,7 @@ namespace nepenthe {
 namespace {
 
 #if defined(NEP_BITMAPS)  // cpu_bitmaps.h: AVX-512 or AVX2
+static_assert(7 + kSmallInner <= 512, "RowSpans: a row and its start's bit offset fit in 64 bytes");
 
 // Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
 // per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
@@ -119,11 +120,14 @@ void run_short_rows_bitmap(const Job<S>& job) {
   const std::nullptr_t* words = nullptr;
 #endif
   const bool one_read = v.inner <= 57;
+  const void* windows = nullptr;  // count_rows' helper for this row length, where the build has one
 #if defined(NEP_ROW_WINDOWS)
   const RowWindows row_windows(one_read ? v.inner : 1);
-  const void* windows = &row_windows;
-#else
-  const void* windows = nullptr;
+  if (one_read) windows = &row_windows;
+#endif
+#if defined(NEP_ROW_SPANS)
+  const RowSpans row_spans(one_read ? kSmallInner : v.inner);
+  if (!one_read) windows = &row_spans;
 #endif
 #pragma omp parallel num_threads(threads) if (parallel)
   {
