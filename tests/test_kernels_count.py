@@ -252,14 +252,17 @@ def test_threshold_between_representable_values(device_backend, dtype):
         _check(x, (float(f32),), 1, ignore_ties, backend)
 
 
+MAP_SIZES = [(8, 8), (10, 13), (14, 14), (15, 17), (16, 16), (23, 29), (28, 28), (31, 33)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("hw", [(8, 8), (10, 13), (14, 14), (15, 17), (16, 16)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
-def test_nchw_rows_of_58_to_256_values(device_backend, dtype, hw):
-    """Maps of 64 to 256 values (14x14 and the like), 27 channels and rows that start at every bit offset: the cpu
-    backend counts them from bitmaps, eight rows at a time summed across 512-bit words (AVX-512 VPOPCNTDQ), the
-    rest one by one; 255 and 256 values fill the last 64-bit words of the window."""
+@pytest.mark.parametrize("hw", MAP_SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_nchw_rows_of_58_to_1024_values(device_backend, dtype, hw):
+    """Maps of 64 to 1023 values (14x14, 28x28 and the like), 27 channels and rows that start at every bit offset:
+    the cpu backend counts them from bitmaps, eight rows at a time summed across one to three 512-bit windows
+    (AVX-512 VPOPCNTDQ), the rest one by one; 255, 1023 and 1024 values fill a window's last 64-bit words."""
     device, backend = device_backend
-    x = random_values((3, 27, *hw), dtype, _seed("rows 58-256", dtype, *hw), device)
+    x = random_values((3, 27, *hw), dtype, _seed("rows 58-1024", dtype, *hw), device)
     for thresholds, ignore_ties in [((0.0,), False), ((0.0, 6.0), False), ((-1.0, 0.0, 1.0), True)]:
         _check(x, thresholds, 1, ignore_ties, backend)
 

@@ -58,6 +58,23 @@ void with_flags(const Job<S>& job, F&& f) {
   }
 }
 
+// Counts contiguous NCHW rows (inner stride 1, count only) through bitmaps (cpu_short_row_bitmaps.h) where the
+// build, the compute type, the row length and the table size allow; returns whether it did.
+template <class S, int K>
+bool run_bitmaps(const Job<S>& job) {
+#if defined(NEP_BITMAPS)
+  if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
+    const View& v = job.v;
+    if (v.inner <= kBitmapRows && v.s_channel == v.inner && ThreadTables<K, true>::fits(v.channels, job.threads)) {
+      job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
+      return true;
+    }
+  }
+#endif
+  (void)job;
+  return false;
+}
+
 template <class S, int K>
 void run_k(const Job<S>& job) {
   if constexpr (K <= kMaxThresholds) {
@@ -84,15 +101,9 @@ void run_k(const Job<S>& job) {
       count_only.y = nullptr;
       run_k<S, K>(count_only);
       run_activation(job);
+    } else if (job.y == nullptr && job.v.s_inner == 1 && run_bitmaps<S, K>(job)) {
+      return;
     } else if (job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
-#if defined(NEP_BITMAPS)
-      if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
-        if (job.v.s_channel == job.v.inner && ThreadTables<K, true>::fits(job.v.channels, job.threads)) {
-          job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
-          return;
-        }
-      }
-#endif
       with_flags(job, [&](auto ties, auto memory) { run_short_rows<S, K, ties.value, memory.value>(job); });
     } else {
       with_flags(job, [&](auto ties, auto memory) { run_rows<S, K, ties.value, memory.value>(job); });

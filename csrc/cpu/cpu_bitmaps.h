@@ -107,33 +107,51 @@ struct RowWindows {
 
 #if defined(__AVX512VPOPCNTDQ__)
 #define NEP_ROW_SPANS 1
-// Rows of 58 to kSmallInner bits: the 64 bytes from a row's first byte hold all of its bits (at most 7 + 256). One
-// mask per bit offset of the row's start keeps them, and one popcount of eight 64-bit words counts the row.
+// Rows of 58 to kSpanRows bits: the kSpanWindows 64-byte windows from a row's first byte hold all of its bits (at
+// most 7 + kSpanRows). One mask per window and bit offset of the row's start keeps them, and one popcount of eight
+// 64-bit words per window counts the row.
+constexpr int64_t kSpanRows = 1024;
+constexpr int kSpanWindows = (7 + kSpanRows + 511) / 512;
 struct RowSpans {
-  __m512i keep[8];  // keep[b]: bits [b, b + inner) of 512
-  explicit RowSpans(int64_t inner) {
+  __m512i keep[kSpanWindows][8];  // keep[w][b]: bits [b, b + inner) of 512 * kSpanWindows, window w
+  int windows;                    // the windows that rows of `inner` bits reach
+  explicit RowSpans(int64_t inner) : windows(static_cast<int>((7 + inner + 511) / 512)) {
     const auto below = [](int64_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; };  // bits [0, n)
     for (int b = 0; b < 8; ++b) {
-      alignas(64) uint64_t m[8];
-      for (int q = 0; q < 8; ++q) {
-        const int64_t lo = std::clamp<int64_t>(b - 64 * q, 0, 64), hi = std::clamp<int64_t>(b + inner - 64 * q, 0, 64);
-        m[q] = below(hi) & ~below(lo);
+      for (int w = 0; w < kSpanWindows; ++w) {
+        alignas(64) uint64_t m[8];
+        for (int q = 0; q < 8; ++q) {
+          const int64_t at = 64 * (8 * w + q);
+          m[q] = below(std::clamp<int64_t>(b + inner - at, 0, 64)) & ~below(std::clamp<int64_t>(b - at, 0, 64));
+        }
+        keep[w][b] = _mm512_load_si512(m);
       }
-      keep[b] = _mm512_load_si512(m);
     }
   }
-  // The popcounts of the eight 64-bit words that hold bits [lo, lo + inner); reads 64 bytes from lo's byte.
+  // The popcounts of the 64-bit words that hold bits [lo, lo + inner), summed over its W windows (W == windows);
+  // reads 64 bytes per window from lo's byte.
+  template <int W>
   inline __m512i words(const uint8_t* bits, int64_t lo) const {
-    return _mm512_popcnt_epi64(_mm512_and_si512(_mm512_loadu_si512(bits + (lo >> 3)), keep[lo & 7]));
+    const uint8_t* p = bits + (lo >> 3);
+    const int64_t b = lo & 7;
+    __m512i n = _mm512_popcnt_epi64(_mm512_and_si512(_mm512_loadu_si512(p), keep[0][b]));
+    for (int w = 1; w < W; ++w) {
+      n = _mm512_add_epi64(n, _mm512_popcnt_epi64(_mm512_and_si512(_mm512_loadu_si512(p + 64 * w), keep[w][b])));
+    }
+    return n;
   }
   // The set bits of bits [lo, lo + inner).
-  inline int64_t count(const uint8_t* bits, int64_t lo) const { return _mm512_reduce_add_epi64(words(bits, lo)); }
+  template <int W>
+  inline int64_t count(const uint8_t* bits, int64_t lo) const {
+    return _mm512_reduce_add_epi64(words<W>(bits, lo));
+  }
   // Adds the set bits of rows r..r+7 to t[0..7]: their word counts summed across in a transposing tree (21
   // instructions for eight rows, where eight reductions take about 56).
+  template <int W>
   inline void add8(const uint8_t* bits, int64_t r, int64_t inner, int64_t* t) const {
     __m512i pair[4];  // pair[i]: 128-bit lane L holds rows 2i and 2i+1 summed over words 2L and 2L+1
     for (int i = 0; i < 4; ++i) {
-      const __m512i a = words(bits, (r + 2 * i) * inner), b = words(bits, (r + 2 * i + 1) * inner);
+      const __m512i a = words<W>(bits, (r + 2 * i) * inner), b = words<W>(bits, (r + 2 * i + 1) * inner);
       pair[i] = _mm512_add_epi64(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
     }
     constexpr int kEven = _MM_SHUFFLE(2, 0, 2, 0), kOdd = _MM_SHUFFLE(3, 1, 3, 1);
@@ -145,6 +163,16 @@ struct RowSpans {
     _mm512_storeu_si512(t, _mm512_add_epi64(_mm512_loadu_si512(t), n));
   }
 };
+#endif
+
+#if defined(NEP_ROW_SPANS)
+// count_rows for rows longer than 57 bits, through RowSpans of W windows.
+template <int W>
+inline void count_span_rows(const uint8_t* bits, int64_t rows, int64_t inner, int64_t* t, const RowSpans& spans) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) spans.add8<W>(bits, r, inner, t + r);
+  for (; r < rows; ++r) t[r] += spans.count<W>(bits, r * inner);
+}
 #endif
 
 // Adds to t[r] the set bits of row r (bits [r * inner, (r + 1) * inner) of `bits`), for `rows` rows. windows: the
@@ -160,9 +188,16 @@ inline void count_rows(const uint8_t* bits, int64_t rows, int64_t inner, int64_t
 #endif
 #if defined(NEP_ROW_SPANS)
   if constexpr (!kOneRead) {
-    const auto* spans = static_cast<const RowSpans*>(windows);
-    for (; r + 8 <= rows; r += 8) spans->add8(bits, r, inner, t + r);
-    for (; r < rows; ++r) t[r] += spans->count(bits, r * inner);
+    const auto& spans = *static_cast<const RowSpans*>(windows);
+    static_assert(kSpanWindows == 3, "one case per window count");
+    switch (spans.windows) {
+      case 1:
+        return count_span_rows<1>(bits, rows, inner, t, spans);
+      case 2:
+        return count_span_rows<2>(bits, rows, inner, t, spans);
+      default:
+        return count_span_rows<3>(bits, rows, inner, t, spans);
+    }
   }
 #endif
   (void)windows;

@@ -29,11 +29,21 @@ namespace nepenthe {
 namespace {
 
 #if defined(NEP_BITMAPS)  // cpu_bitmaps.h: AVX-512 or AVX2
-static_assert(7 + kSmallInner <= 512, "RowSpans: a row and its start's bit offset fit in 64 bytes");
+// The longest contiguous NCHW rows counted through bitmaps: with RowSpans (AVX-512 VPOPCNTDQ), 28x28 and 32x32
+// maps too; otherwise those of the short-row path.
+#if defined(NEP_ROW_SPANS)
+constexpr int64_t kBitmapRows = kSpanRows;
+static_assert(kSpanRows >= kSmallInner, "RowSpans count every row of the short-row path");
+#else
+constexpr int64_t kBitmapRows = kSmallInner;
+#endif
+// Bytes after the last bitmap: count_rows reads whole 64-byte windows from a row's first byte (RowWindows one,
+// RowSpans up to kSpanWindows), at most 64 bytes past the bitmap's own padding.
+constexpr int64_t kMapTailBytes = 128;
 
 // Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
 // per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
-// 64 bytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row (its
+// kMapTailBytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row (its
 // bits are never counted), except at the end of the run, which is read partially. `windows`: the RowWindows of
 // `inner` where rows are counted eight at a time. after_block(r0, values) runs once each block of rows from r0
 // is counted (the fused activation of its values, while they are in L1). words: a WordMasks or FloatMasks that
@@ -132,7 +142,7 @@ void run_short_rows_bitmap(const Job<S>& job) {
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     int64_t* table = tables.mine();
-    std::vector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords + 64 / sizeof(Lanes::Mask)));
+    std::vector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords + kMapTailBytes / sizeof(Lanes::Mask)));
     std::vector<typename Traits<S>::T> buf(job.y != nullptr ? kChunk : 0);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {

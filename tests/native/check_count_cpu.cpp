@@ -17,7 +17,7 @@ int main() {
   std::mt19937 gen(12345);
   const std::vector<std::vector<double>> sets = {{0.0}, {0.0, 6.0}, {-1.0, 0.5}, {-2.5, -1.0, -0.125, 0.0, 0.5, 1.0, 3.0}};
   const int64_t shapes[][3] = {{3, 300, 49}, {2, 24, 1763}, {2, 70, 81}, {4, 8, 9}, {1, 1, 5}, {5, 40, 300}, {2, 96, 130},
-                               {2, 19, 255}};
+                               {2, 19, 255}, {2, 11, 1000}};
   const std::vector<std::pair<nepenthe::ActivationArgs, std::vector<double>>> fused = {
       {{nepenthe::kRelu, 0.0, 0.0}, {0.0}},
       {{nepenthe::kHardtanh, 0.0, 6.0}, {0.0, 6.0}},
