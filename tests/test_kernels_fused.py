@@ -134,10 +134,11 @@ def test_fused_empty(device_backend):
     assert y.shape == x.shape and int(counts.abs().sum()) == 0
 
 
-@pytest.mark.parametrize("shape", [(9, 300, 7, 7), (1, 1400, 7, 7)], ids=str)
+@pytest.mark.parametrize("shape", [(9, 300, 7, 7), (1, 1400, 7, 7), (3, 20, 28, 28), (2, 9, 20, 50)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_fused_late_stage_maps_in_parallel(device_backend, shape, dtype):
-    """7x7 maps large enough to be split among threads, one outer index or several: output and counts exact."""
+def test_fused_maps_in_parallel(device_backend, shape, dtype):
+    """Maps large enough to be split among threads, one outer index or several: output and counts exact. The cpu
+    backend takes its bitmap path for all four (rows of 49, 784 and 1000 values, NaN in them)."""
     device, backend = device_backend
     if backend == "triton" and device == "cpu":
         pytest.skip("too large for the Triton interpreter")

@@ -58,14 +58,17 @@ void with_flags(const Job<S>& job, F&& f) {
   }
 }
 
-// Counts contiguous NCHW rows (inner stride 1, count only) through bitmaps (cpu_short_row_bitmaps.h) where the
-// build, the compute type, the row length and the table size allow; returns whether it did.
+// Counts contiguous NCHW rows (inner stride 1) through bitmaps (cpu_short_row_bitmaps.h) where the build, the
+// compute type, the row length and the table size allow, and for fused jobs where y's rows lie back to back like
+// x's (each block's activation is written right after it is counted, from L1); returns whether it did.
 template <class S, int K>
 bool run_bitmaps(const Job<S>& job) {
 #if defined(NEP_BITMAPS)
   if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
-    const View& v = job.v;
-    if (v.inner <= kBitmapRows && v.s_channel == v.inner && ThreadTables<K, true>::fits(v.channels, job.threads)) {
+    const View &v = job.v, &yv = job.yv;
+    const bool y_like_x = job.y == nullptr || (yv.s_inner == 1 && yv.s_channel == v.inner);
+    if (v.s_inner == 1 && v.inner <= kBitmapRows && v.s_channel == v.inner && y_like_x &&
+        ThreadTables<K, true>::fits(v.channels, job.threads)) {
       job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
       return true;
     }
@@ -82,27 +85,15 @@ void run_k(const Job<S>& job) {
       run_k<S, K + 1>(job);
     } else if (job.by_channel) {
       with_flags(job, [&](auto ties, auto memory) { run_channels<S, K, ties.value, memory.value>(job); });
+    } else if (run_bitmaps<S, K>(job)) {
+      return;
     } else if (job.y != nullptr && job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
-#if defined(NEP_BITMAPS)
-      // Fused on short rows whose y rows lie back to back like x's: the bitmap path writes each block's
-      // activation right after counting it, from L1.
-      if constexpr (std::is_same_v<typename Traits<S>::T, float>) {
-        const View &v = job.v, &yv = job.yv;
-        if (v.s_channel == v.inner && yv.s_inner == 1 && yv.s_channel == v.inner &&
-            ThreadTables<K, true>::fits(v.channels, job.threads)) {
-          job.th.ignore_ties ? run_short_rows_bitmap<S, K, true>(job) : run_short_rows_bitmap<S, K, false>(job);
-          return;
-        }
-      }
-#endif
-      // Otherwise count them the count-only way, then write the activation in a second pass (the per-row fused
-      // path costs more than both on 7x7 maps).
+      // Other fused short rows: counted the count-only way, then the activation written in a second pass (the
+      // per-row fused path costs more than both on 7x7 maps).
       Job<S> count_only = job;
       count_only.y = nullptr;
       run_k<S, K>(count_only);
       run_activation(job);
-    } else if (job.y == nullptr && job.v.s_inner == 1 && run_bitmaps<S, K>(job)) {
-      return;
     } else if (job.v.s_inner == 1 && job.v.inner <= kSmallInner) {
       with_flags(job, [&](auto ties, auto memory) { run_short_rows<S, K, ties.value, memory.value>(job); });
     } else {
