@@ -3,7 +3,7 @@
 Arm machines (Graviton, Ampere, Apple silicon under Linux) build ``csrc/cpu/count_cpu.cpp`` with 128-bit NEON
 vectors through the same generic vector code as a plain x86-64 build, with ``__fp16`` for float16. The Python
 package cannot run under qemu here, so ``tests/native/check_count_cpu.cpp`` checks the kernels against its own
-scalar reference in double precision (1008 cases: four dtypes, NCHW rows short and long, channels_last, a strided
+scalar reference in double precision (1296 cases: four dtypes, NCHW rows short and long, channels_last, a strided
 gather, four threshold sets, with and without ties, and the fused relu, relu6, hardtanh and leaky_relu outputs bit
 for bit) and exits 1 on a mismatch.
 
@@ -39,4 +39,4 @@ def test_arm_build_counts_exactly_under_qemu(tmp_path):
     assert built.returncode == 0, built.stderr[-6000:]
     run = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "checked 1008 cases, 0 mismatched" in run.stdout
+    assert "checked 1296 cases, 0 mismatched" in run.stdout
