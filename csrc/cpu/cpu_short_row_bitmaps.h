@@ -1,6 +1,6 @@
-// The short-row bitmap path (run_short_rows_bitmap): contiguous NCHW rows of up to kSmallInner values (7x7 maps)
-// counted through comparison bitmaps, a block of whole rows at a time, the fused output written after each block
-// while it is in L1. AVX2 builds fill the bitmaps 32 values a step (cpu_packed_masks.h) where they can.
+// The short-row bitmap path (run_short_rows_bitmap): contiguous NCHW rows of up to kBitmapRows values (7x7 to
+// 32x32 maps) counted through comparison bitmaps, a block of whole rows at a time, the fused output written after
+// each block while it is in L1. AVX2 builds fill the bitmaps 32 values a step (cpu_packed_masks.h) where they can.
 //
 // Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
 // is in an anonymous namespace).
@@ -43,10 +43,11 @@ constexpr int64_t kMapTailBytes = 128;
 
 // Counts n back-to-back rows of `inner` values (one outer index's channels in contiguous NCHW) into the
 // per-channel comparison counts table[j * stride_j + c], through bitmaps in `maps` (kAcc x kMapWords words, then
-// kMapTailBytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row (its
-// bits are never counted), except at the end of the run, which is read partially. `windows`: the RowWindows of
-// `inner` where rows are counted eight at a time. after_block(r0, values) runs once each block of rows from r0
-// is counted (the fused activation of its values, while they are in L1). words: a WordMasks or FloatMasks that
+// kMapTailBytes of padding). Rows go in blocks of whole rows; the block's last vector may read into the next row
+// (its bits are never counted), except at the end of the run, which is read partially. `windows`: count_rows'
+// helper for rows of `inner` values (RowWindows up to 57, RowSpans longer), where the build has one.
+// after_block(r0, values) runs once each block of rows from r0 is counted (the fused activation of its values,
+// while they are in L1). words: a WordMasks or FloatMasks that
 // fills a block's bitmaps 32 values a step (the float comparisons count a block that holds NaN), or nullptr.
 template <class S, int K, bool kTies, bool kOneRead, class Words, class AfterBlock>
 void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
