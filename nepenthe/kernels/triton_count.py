@@ -412,8 +412,9 @@ def _interpreted(x: torch.Tensor) -> bool:
 
 def run_kernel(job: CountJob, act: int = 0, params: tuple[float, float] = (0.0, 0.0)) -> None:
     """Launch the kernel for ``job``: compiled for CUDA tensors, interpreted under ``TRITON_INTERPRET=1``."""
-    launch = kernel_launch(job, act, params)
-    if _interpreted(job.x):
+    interpreted = _interpreted(job.x)
+    launch = kernel_launch(job, act, params, compiled=not interpreted)
+    if interpreted:
         # Under TRITON_INTERPRET=1 everything is interpreted, as for any Triton kernel (CUDA tensors included).
         interpreted_kernel()[(launch.programs,)](*launch.args, **launch.constexprs)
     else:
