@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -46,9 +44,11 @@ def branchy_data() -> list[torch.Tensor]:
     return [torch.randn(3 if i % 2 == 0 else 2, 4, generator=generator) for i in range(4)]
 
 
-def worker(rank: int, port: int, out: str) -> None:
+def worker(rank: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # A file store: no TCP port to pick (and lose to another process), and no store server thread in rank 0 to
+    # tear down while rank 1 still talks to it (a rare abort, "terminate called without an active exception").
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=WORLD)
     try:
         model = make_model()
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -68,19 +68,13 @@ def worker(rank: int, port: int, out: str) -> None:
         torch.save(
             {"counts": prof.counts(), "layers": list(prof.layers), "partial": partial.counts()}, f"{out}/rank{rank}.pt"
         )
-        dist.barrier()  # both ranks done with the group before either tears it down (rank 0 hosts its store)
+        dist.barrier()  # both ranks done with the group before either tears it down
     finally:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_all_reduce_over_two_gloo_processes_equals_one_process_on_all_data(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
     model = make_model()
     with nepenthe.profile(model) as single, torch.no_grad():
         for x in make_data():
