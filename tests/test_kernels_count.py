@@ -101,6 +101,7 @@ def test_counts_equal_reference(device_backend, layout, dtype):
         ((3, 320, 11, 11), 1, True),  # channels_last with 5 groups of 64 channels, 363 positions
         ((2, 96, 13, 11), 1, True),  # channels_last, 6 vectors of channels: one register tile for 16-bit types
         ((3, 64, 19, 9), 1, True),  # channels_last, 64 channels: one group of byte lanes in registers
+        ((3, 320, 25, 28), 1, True),  # channels_last, 3 blocks of positions made 4 for an even split
         ((4, 3, 40001), -2, False),  # read through a stride-2 view below (strided gather), in parallel
     ],
     ids=str,

@@ -21,6 +21,7 @@ constexpr int64_t kSmallInner = 256;       // short-row path: rows (H*W) up to t
 constexpr int64_t kTableBytes = 16 << 10;  // short-row path: per-channel lane-counter table, stays in L1
 constexpr int64_t kSmallItem = 1 << 17;    // short-row path: elements per work item
 constexpr int64_t kMinPositions = 1024;    // channel path: positions per item, to amortize the per-channel flush
+constexpr int64_t kMinSplitPositions = 256;  // channel path: positions per item when splitting items evenly
 
 }  // namespace
 }  // namespace nepenthe
