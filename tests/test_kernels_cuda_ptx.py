@@ -18,12 +18,17 @@ from cuda_toolkit import ROOT, find_nvcc
 
 SOURCE = ROOT / "csrc" / "cuda" / "count_cuda.cu"
 DTYPES = ("f", "d", "6__half", "13__nv_bfloat16")  # mangled float, double, __half, __nv_bfloat16
-# kernel name, element type, then the NT and kFused template arguments where the kernel has them
-MANGLED = re.compile(r"(rows_kernel|channels_vec_kernel|channels_kernel)I(\w+?)(?:Li(\d)E)?(?:Lb(\d)E)?EEvN")
+# kernel name, element type, then the NT and activation template arguments where the kernel has them
+MANGLED = re.compile(r"(rows_kernel|channels_vec_kernel|channels_kernel)I(\w+?)(?:Li(\d)E)?(?:Li(n?\d+)E)?EEvN")
+# The activation argument (count_args.h's Activation codes; -1 counts only, 100 reads the activation at run time).
+ACTIVATIONS = {"n1": "count", "0": "relu", "1": "hardtanh", "2": "leaky_relu", "3": "gelu", "4": "gelu_tanh",
+               "100": "any"}  # fmt: skip
+# The activations compiled in with a fixed threshold count: the pairings the profiler makes.
+SPECIALIZED = {"1": ("relu", "leaky_relu", "gelu", "gelu_tanh"), "2": ("hardtanh",)}
 
 
 def _compile_ptx(arch: str, out: Path) -> dict[str, str]:
-    """PTX body of each kernel entry for ``arch``, by short name such as ``rows_kernel<f,1,false>``."""
+    """PTX body of each kernel entry for ``arch``, by short name such as ``rows_kernel<f,1,count>``."""
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
@@ -42,8 +47,8 @@ def _compile_ptx(arch: str, out: Path) -> dict[str, str]:
             continue
         short = MANGLED.search(match.group(1))
         assert short, match.group(1)
-        kernel, dtype, nt, fused = short.groups()
-        args = [dtype] + ([nt] if nt is not None else []) + ([("false", "true")[int(fused)]] if fused else [])
+        kernel, dtype, nt, act = short.groups()
+        args = [dtype] + ([nt] if nt is not None else []) + ([ACTIVATIONS[act]] if act is not None else [])
         bodies[f"{kernel}<{','.join(args)}>"] = chunk
     return bodies
 
@@ -59,15 +64,31 @@ def kernels_sm80(tmp_path_factory) -> dict[str, str]:
 
 
 def _counting_kernels(kernels: dict[str, str]) -> list[str]:
-    return [name for name in kernels if name.endswith(",false>")]
+    return [name for name in kernels if name.endswith(",count>")]
+
+
+def _fused_kernels(kernels: dict[str, str]) -> list[str]:
+    return [name for name in kernels if name.count(",") == 2 and not name.endswith(",count>")]
 
 
 def test_every_dtype_and_threshold_variant_is_compiled(kernels):
     for dtype in DTYPES:
         for nt in ("0", "1", "2"):
-            assert f"rows_kernel<{dtype},{nt},false>" in kernels, sorted(kernels)
-        for nt in ("1", "2"):
-            assert any(name.startswith(f"channels_vec_kernel<{dtype},{nt}") for name in kernels), sorted(kernels)
+            assert f"rows_kernel<{dtype},{nt},count>" in kernels, sorted(kernels)
+        assert f"rows_kernel<{dtype},0,any>" in kernels, sorted(kernels)
+        for nt, acts in SPECIALIZED.items():
+            for kernel in ("rows_kernel", "channels_vec_kernel"):
+                for act in ("count", "any", *acts):
+                    assert f"{kernel}<{dtype},{nt},{act}>" in kernels, sorted(kernels)
+
+
+def test_fused_kernels_hold_only_their_own_activation(kernels):
+    """A fused kernel compiled for relu, hardtanh or leaky_relu carries no GELU code (erf and tanh use ex2), and
+    no switch on the activation: all activations' code inlined in one loop had taken 80 registers a thread."""
+    for name in _fused_kernels(kernels):
+        act = name.rstrip(">").split(",")[-1]
+        has_gelu = bool(re.search(r"\bex2\.approx", kernels[name]))
+        assert has_gelu == (act in ("gelu", "gelu_tanh", "any")), name
 
 
 def test_counting_kernels_keep_four_vector_loads_in_flight(kernels):
@@ -86,7 +107,7 @@ def test_counting_kernels_use_no_local_memory(kernels):
 # Thresholds known at compile time (NT 1 or 2), counting alone: the kernels that compare 16-bit values in pairs.
 PAIRED = [
     f"{kernel}<{dtype},{nt}{suffix}>"
-    for kernel, suffix in (("rows_kernel", ",false"), ("channels_vec_kernel", ",false"))
+    for kernel, suffix in (("rows_kernel", ",count"), ("channels_vec_kernel", ",count"))
     for dtype in ("6__half", "13__nv_bfloat16")
     for nt in ("1", "2")
 ]
@@ -125,8 +146,8 @@ def test_comparisons_are_a_predicate_and_a_predicated_add(kernels):
 
 def test_fused_kernels_load_and_store_vectors(kernels):
     """The fused variants read four 16-byte vectors at a time and write their activations as 16-byte vectors."""
-    fused = [name for name in kernels if name.endswith(",true>")]
-    assert len(fused) >= 20, sorted(kernels)
+    fused = _fused_kernels(kernels)
+    assert len(fused) >= 50, sorted(kernels)
     for name in fused:
         assert len(re.findall(r"ld\.global\.nc\.v4\.\w+", kernels[name])) >= 4, name
         assert re.search(r"st\.global(\.wb)?\.v4\.\w+", kernels[name]), name

@@ -9,6 +9,7 @@
 //   positions at a time and keeps one set of counts per channel of its group.
 // - channels_kernel (channel stride 1 otherwise, and channels of fewer than 32 values in any layout):
 //   consecutive threads read consecutive channels, one element each.
+// Fused kernels apply an activation fixed at compile time where the thresholds are its own (with_activation).
 // Comparisons are compare_ops.cuh's: a predicate and a predicated add per value and threshold, and, with ReLU's
 // or ReLU6's thresholds, float16 (bfloat16 from sm_90) two values per packed compare, fused or not.
 // Each thread keeps its comparison counts in registers (uint32); a block reduces them into shared-memory
@@ -219,23 +220,51 @@ __device__ __forceinline__ uint4 pack(const __nv_bfloat16* v) {
                     pair(__bfloat16_as_ushort(v[6]), __bfloat16_as_ushort(v[7])));
 }
 
+// The activation a kernel applies, fixed at compile time (Activation's codes; kNone: the kernel only counts), or
+// kAnyActivation: read from p.act at run time, a switch per value (the generic paths and rare pairings).
+constexpr int kAnyActivation = 100;
+
+// Blocks per SM a kernel's register use must allow. Fused kernels keep at least the 3 (80 registers a thread) they
+// had with a run-time activation: with a fixed one, ptxas otherwise overlaps more of the unrolled vectors and takes
+// 100-120 registers (2 blocks, 16 warps an SM). GELU's, long chains of arithmetic with plenty of independent work,
+// get 2: capped at 80, the 16-bit ones spill. Counting alone leaves ptxas free.
+template <int A>
+__host__ __device__ constexpr int min_blocks() {
+  if (A == kNone) return 1;
+  return A == kGeluErf || A == kGeluTanh ? 2 : 3;
+}
+
 // Bit-exact with torch's CUDA kernels for relu/hardtanh/leaky_relu: NaN propagates, and a value at or below the
 // lower bound becomes the bound, so relu(-0.0) is +0.0 as on torch's GPU (its CPU kernels keep -0.0). GELU in T.
-template <class T>
+template <int A, class T>
 __device__ __forceinline__ T activation(T x, const Params<T>& p) {
-  switch (p.act) {
-    case kRelu:
-      return x <= T(0) ? T(0) : x;
-    case kHardtanh:
-      return x <= p.lo ? p.lo : (x > p.hi ? p.hi : x);
-    case kLeakyRelu:
-      return x > T(0) ? x : x * p.slope;
-    case kGeluErf:
-      return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
-    case kGeluTanh:
-      return T(0.5) * x * (T(1) + tanh(T(0.79788456080286535588) * (x + T(0.044715) * x * x * x)));
-    default:
-      return x;
+  if constexpr (A == kRelu) {
+    return x <= T(0) ? T(0) : x;
+  } else if constexpr (A == kHardtanh) {
+    return x <= p.lo ? p.lo : (x > p.hi ? p.hi : x);
+  } else if constexpr (A == kLeakyRelu) {
+    return x > T(0) ? x : x * p.slope;
+  } else if constexpr (A == kGeluErf) {
+    return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
+  } else if constexpr (A == kGeluTanh) {
+    return T(0.5) * x * (T(1) + tanh(T(0.79788456080286535588) * (x + T(0.044715) * x * x * x)));
+  } else if constexpr (A == kAnyActivation) {
+    switch (p.act) {
+      case kRelu:
+        return activation<kRelu>(x, p);
+      case kHardtanh:
+        return activation<kHardtanh>(x, p);
+      case kLeakyRelu:
+        return activation<kLeakyRelu>(x, p);
+      case kGeluErf:
+        return activation<kGeluErf>(x, p);
+      case kGeluTanh:
+        return activation<kGeluTanh>(x, p);
+      default:
+        return x;
+    }
+  } else {
+    return x;
   }
 }
 
@@ -262,21 +291,21 @@ __device__ __forceinline__ uint32_t clamp_pair(uint32_t w, const PairClamp& c) {
 }
 
 // The activations of one 16-byte vector of 16-bit values, without counting (fused kernels that count in pairs).
-template <class S, class T = typename Dev<S>::T>
+template <int A, class S, class T = typename Dev<S>::T>
 __device__ __forceinline__ uint4 activate_pairs(uint4 raw, const Params<T>& p) {
-  if (p.clamp.on) {
+  if (A == kRelu || A == kHardtanh || (A == kAnyActivation && p.clamp.on)) {
     return make_uint4(clamp_pair<S>(raw.x, p.clamp), clamp_pair<S>(raw.y, p.clamp), clamp_pair<S>(raw.z, p.clamp),
                       clamp_pair<S>(raw.w, p.clamp));
   }
   constexpr int kVec = 16 / sizeof(S);
   S out[kVec];
 #pragma unroll
-  for (int e = 0; e < kVec; ++e) out[e] = Dev<S>::store(activation(lane<S>(raw, e), p));
+  for (int e = 0; e < kVec; ++e) out[e] = Dev<S>::store(activation<A>(lane<S>(raw, e), p));
   return pack(out);
 }
 
 // Count one 16-byte vector and return the vector of its activations (fused kernels).
-template <int NT, class S, class T = typename Dev<S>::T>
+template <int NT, int A, class S, class T = typename Dev<S>::T>
 __device__ __forceinline__ uint4 count_activate(uint4 raw, const Params<T>& p, uint32_t* acc) {
   constexpr int kVec = 16 / sizeof(S);
   S out[kVec];
@@ -284,7 +313,7 @@ __device__ __forceinline__ uint4 count_activate(uint4 raw, const Params<T>& p, u
   for (int e = 0; e < kVec; ++e) {
     const T v = lane<S>(raw, e);
     count_value<NT>(v, p.th, acc);
-    out[e] = Dev<S>::store(activation(v, p));
+    out[e] = Dev<S>::store(activation<A>(v, p));
   }
   return pack(out);
 }
@@ -295,11 +324,14 @@ __device__ __forceinline__ unsigned long long state_of(const uint32_t* c, int k,
   return static_cast<unsigned long long>(lower - upper - ties);
 }
 
-template <int NT, class S, class T = typename Dev<S>::T>
+// Count x[xi]; fused (A != kNone, y not null), store its activation at y[yi].
+template <int NT, int A, class S, class T = typename Dev<S>::T>
 __device__ __forceinline__ void visit(const S* x, S* y, int64_t xi, int64_t yi, const Params<T>& p, uint32_t* acc) {
   const T v = Dev<S>::load(x[xi]);
   count_value<NT>(v, p.th, acc);
-  if (y != nullptr) y[yi] = Dev<S>::store(activation(v, p));
+  if constexpr (A != kNone) {
+    if (y != nullptr) y[yi] = Dev<S>::store(activation<A>(v, p));
+  }
 }
 
 template <class S>
@@ -311,9 +343,10 @@ struct RowArgs {
   unsigned long long* counts;
 };
 
-template <class S, int NT, bool kFused>
-__global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typename Dev<S>::T> p) {
+template <class S, int NT, int A>
+__global__ void __launch_bounds__(kThreads, min_blocks<A>()) rows_kernel(RowArgs<S> a, Params<typename Dev<S>::T> p) {
   using T = typename Dev<S>::T;
+  constexpr bool kFused = A != kNone;
   constexpr int kVec = 16 / sizeof(S);
   constexpr int kN = counters<NT>();
   // With thresholds known at compile time, 16-bit vectors are counted two values at a time (fused or not), into
@@ -366,9 +399,9 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
                 if constexpr (kPairs) {
 #pragma unroll
                   for (int w = 0; w < 4; ++w) count_pair<S, NT>(word(raw[u], w), p.pair, packed);
-                  out = activate_pairs<S>(raw[u], p);
+                  out = activate_pairs<A, S>(raw[u], p);
                 } else {
-                  out = count_activate<NT, S>(raw[u], p, acc);
+                  out = count_activate<NT, A, S>(raw[u], p, acc);
                 }
                 if (y_vectors) {
                   reinterpret_cast<uint4*>(a.y + ybase + head)[qu] = out;
@@ -400,7 +433,7 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
         const int64_t tail = head + nvec * kVec;  // [0, head) and [tail, len) one element at a time
         for (int64_t i = tid; i < head + len - tail; i += kThreads) {
           const int64_t at = i < head ? i : tail + (i - head);
-          visit<NT>(a.x, kFused ? a.y : nullptr, xbase + at * a.v.s_inner, ybase + at * a.yv.s_inner, p, acc);
+          visit<NT, A>(a.x, a.y, xbase + at * a.v.s_inner, ybase + at * a.yv.s_inner, p, acc);
         }
       }
     } else {
@@ -409,7 +442,7 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(RowArgs<S> a, Params<typ
       if (r < per) {
         if constexpr (kFused) {
           for (int64_t o = o0 + r; o < o1; o += per) {
-            visit<NT>(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + i * a.v.s_inner,
+            visit<NT, A>(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + i * a.v.s_inner,
                       o * a.yv.s_outer + c * a.yv.s_channel + i * a.yv.s_inner, p, acc);
           }
         } else {
@@ -481,7 +514,7 @@ __global__ void __launch_bounds__(kThreads) channels_kernel(ChannelArgs<S> a, Pa
     for (int j = 0; j < kAcc; ++j) acc[j] = 0;
     if (r < per && c < c1) {
       for (int64_t q = q0 + r; q < q1; q += per) {
-        visit<0>(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + q * a.v.s_inner,
+        visit<0, kAnyActivation>(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + q * a.v.s_inner,
                  o * a.yv.s_outer + c * a.yv.s_channel + q * a.yv.s_inner, p, acc);
       }
 #pragma unroll
@@ -515,9 +548,10 @@ struct ChannelVecArgs {
   unsigned long long* counts;
 };
 
-template <class S, int NT, bool kFused>
-__global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S> a, Params<typename Dev<S>::T> p) {
+template <class S, int NT, int A>
+__global__ void __launch_bounds__(kThreads, min_blocks<A>()) channels_vec_kernel(ChannelVecArgs<S> a, Params<typename Dev<S>::T> p) {
   using T = typename Dev<S>::T;
+  constexpr bool kFused = A != kNone;
   constexpr int kVec = 16 / sizeof(S);
   constexpr int kN = 1 + NT;
   // 16-bit channels are counted two at a time (count_pair), fused or not: per lane at most a.positions values,
@@ -556,14 +590,14 @@ __global__ void __launch_bounds__(kThreads) channels_vec_kernel(ChannelVecArgs<S
               if constexpr (kPairs) {
 #pragma unroll
                 for (int w = 0; w < 4; ++w) count_pair<S, NT>(word(raw[u], w), p.pair, packed[w]);
-                out = activate_pairs<S>(raw[u], p);
+                out = activate_pairs<A, S>(raw[u], p);
               } else {
                 S values[kVec];
 #pragma unroll
                 for (int e = 0; e < kVec; ++e) {
                   const T v = lane<S>(raw[u], e);
                   count_value<NT>(v, p.th, acc[e]);
-                  values[e] = Dev<S>::store(activation(v, p));
+                  values[e] = Dev<S>::store(activation<A>(v, p));
                 }
                 out = pack(values);
               }
@@ -670,10 +704,10 @@ int64_t item_elements(const View& v, int64_t slots) {
   return clamp64(ceil_div(v.outer * v.channels * v.inner, slots * kItemsPerBlock), kMinItem, kMaxItem);
 }
 
-template <class S, int NT, bool kFused>
+template <class S, int NT, int A>
 void launch_rows(const CountRequest& r, const View& v, const View& yv, const Params<typename Dev<S>::T>& p,
                  cudaStream_t stream) {
-  constexpr auto kernel = rows_kernel<S, NT, kFused>;
+  constexpr auto kernel = rows_kernel<S, NT, A>;
   const int64_t slots = resident_blocks<kernel>(kThreads);
   const int64_t target = item_elements(v, slots);
   RowArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, yv, 1, 1, 1, 1,
@@ -711,7 +745,7 @@ bool vector_channels(const CountRequest& r, const View& v) {
 // Positions each thread reads per work item, at least: a few rounds of kUnroll loads between the block's flushes.
 constexpr int64_t kMinRounds = 4;
 
-template <class S, int NT, bool kFused>
+template <class S, int NT, int A>
 void launch_channels_vec(const CountRequest& r, View v, const Params<typename Dev<S>::T>& p, cudaStream_t stream) {
   constexpr int64_t kVec = 16 / sizeof(S);
   // One position axis where the outer index allows: (N, C) rows, or outer blocks that follow each other.
@@ -731,7 +765,7 @@ void launch_channels_vec(const CountRequest& r, View v, const Params<typename De
   a.chunk_groups = ceil_div(a.groups, a.chunks);
   const int64_t per = kThreads / a.chunk_groups;
   const int block = static_cast<int>(per * a.chunk_groups);
-  constexpr auto kernel = channels_vec_kernel<S, NT, kFused>;
+  constexpr auto kernel = channels_vec_kernel<S, NT, A>;
   const int64_t slots = resident_blocks<kernel>(block);
   const int64_t positions = std::max(item_elements(v, slots) / (a.chunk_groups * kVec), per * kUnroll * kMinRounds);
   a.positions = clamp64(positions, 1, v.inner);
@@ -742,14 +776,34 @@ void launch_channels_vec(const CountRequest& r, View v, const Params<typename De
   launch(kernel, blocks, block, stream, "nepenthe channels_vec_kernel launch", a, p);
 }
 
-template <class S, int NT>
-void launch_channels_vec(const CountRequest& r, const View& v, const Params<typename Dev<S>::T>& p, bool fused,
-                         cudaStream_t stream) {
-  if (fused) {
-    launch_channels_vec<S, NT, true>(r, v, p, stream);
-  } else {
-    launch_channels_vec<S, NT, false>(r, v, p, stream);
+template <int A>
+using ActivationCode = std::integral_constant<int, A>;
+
+// Calls f(ActivationCode<A>{}) with the activation `act` (kNone: counting only) fixed at compile time where the
+// kernels are compiled for it with NT thresholds: the pairings the profiler makes (relu, leaky_relu and GELU with
+// threshold 0, hardtanh and relu6 with their two bounds). Other pairings, and NT == 0 (thresholds read at run
+// time), get kAnyActivation. A fixed activation keeps the others' code out of the loop: GELU's, inlined beside
+// relu's, had taken the fused 16-bit kernels to 80 registers, with a branch per value.
+template <int NT, class F>
+void with_activation(int act, F&& f) {
+  if (act == kNone) return f(ActivationCode<kNone>{});
+  if constexpr (NT == 1) {
+    switch (act) {
+      case kRelu:
+        return f(ActivationCode<kRelu>{});
+      case kLeakyRelu:
+        return f(ActivationCode<kLeakyRelu>{});
+      case kGeluErf:
+        return f(ActivationCode<kGeluErf>{});
+      case kGeluTanh:
+        return f(ActivationCode<kGeluTanh>{});
+      default:
+        break;
+    }
+  } else if constexpr (NT == 2) {
+    if (act == kHardtanh) return f(ActivationCode<kHardtanh>{});
   }
+  f(ActivationCode<kAnyActivation>{});
 }
 
 template <class S>
@@ -790,28 +844,30 @@ void run(const CountRequest& r) {
     const bool y_like_x = !fused || (yv.s_outer == v.s_outer && yv.s_channel == v.s_channel &&
                                      yv.s_inner == v.s_inner && reinterpret_cast<uintptr_t>(r.y) % 16 == 0);
     if ((nt == 1 || nt == 2) && y_like_x && vector_channels<S>(r, v)) {
+      const auto vec = [&](auto nt_code) {
+        constexpr int NT = decltype(nt_code)::value;
+        with_activation<NT>(p.act, [&](auto a) { launch_channels_vec<S, NT, decltype(a)::value>(r, v, p, stream); });
+      };
       if (nt == 1) {
-        launch_channels_vec<S, 1>(r, v, p, fused, stream);
+        vec(std::integral_constant<int, 1>{});
       } else {
-        launch_channels_vec<S, 2>(r, v, p, fused, stream);
+        vec(std::integral_constant<int, 2>{});
       }
     } else {
       launch_channels<S>(r, v, yv, p, stream);
     }
-  } else if (fused) {
-    if (nt == 1) {
-      launch_rows<S, 1, true>(r, v, yv, p, stream);
-    } else if (nt == 2) {
-      launch_rows<S, 2, true>(r, v, yv, p, stream);
-    } else {
-      launch_rows<S, 0, true>(r, v, yv, p, stream);
-    }
-  } else if (nt == 1) {
-    launch_rows<S, 1, false>(r, v, yv, p, stream);
+    return;
+  }
+  const auto rows = [&](auto nt_code) {
+    constexpr int NT = decltype(nt_code)::value;
+    with_activation<NT>(p.act, [&](auto a) { launch_rows<S, NT, decltype(a)::value>(r, v, yv, p, stream); });
+  };
+  if (nt == 1) {
+    rows(std::integral_constant<int, 1>{});
   } else if (nt == 2) {
-    launch_rows<S, 2, false>(r, v, yv, p, stream);
+    rows(std::integral_constant<int, 2>{});
   } else {
-    launch_rows<S, 0, false>(r, v, yv, p, stream);
+    rows(std::integral_constant<int, 0>{});
   }
 }
 
