@@ -6,8 +6,11 @@
 // CUDA events, divided by reps. Before timing, one launch of each build is checked against a count made on the
 // host from the same values (so a GPU session also gets an independent check of both builds' counts).
 //
-// Arguments: N C HW layout dtype K rounds (ab_case.h says what the first six mean).
-// Prints one line per case; exits 1 if a build's counts differ from the host's.
+// Arguments: N C HW layout dtype K rounds [activation] (ab_case.h says what the first six mean). With an activation
+// (relu, relu6, gelu), both builds run their fused kernels, which also write the activation of x into y, and the
+// yardstick is a copy of the same bytes (a 16-byte read and a 16-byte write); relu and relu6 outputs must be
+// bit-equal between the builds, GELU's are reported (its float rounding may differ with the code around it).
+// Prints one line per case; exits 1 if a build's counts differ from the host's or relu/relu6 outputs differ.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -85,6 +88,37 @@ __global__ void read_sum(const uint4* x, int64_t nvec, float* out) {
   if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
 }
 
+// A copy of the same bytes, 16-byte loads and stores, four in flight per thread (a fused kernel's yardstick: it
+// reads x and writes y once each).
+__global__ void copy_vectors(const uint4* x, uint4* y, int64_t nvec) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < nvec; i += 4 * step) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = i + u * step < nvec ? __ldg(x + i + u * step) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      if (i + u * step < nvec) y[i + u * step] = v[u];
+    }
+  }
+}
+
+// The fused activation named on the command line ("" or "none": counting only).
+bool parse_activation(const std::string& name, nepenthe::ActivationArgs& act) {
+  if (name.empty() || name == "none") {
+    act = {nepenthe::kNone, 0.0, 0.0};
+  } else if (name == "relu") {
+    act = {nepenthe::kRelu, 0.0, 0.0};
+  } else if (name == "relu6") {
+    act = {nepenthe::kHardtanh, 0.0, 6.0};
+  } else if (name == "gelu") {
+    act = {nepenthe::kGeluErf, 0.0, 0.0};
+  } else {
+    return false;
+  }
+  return true;
+}
+
 double widen(const std::vector<uint8_t>& host, int dtype, int64_t i) {
   if (dtype == 0) {
     float f;
@@ -130,25 +164,39 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   if (argc < 8) {
-    std::fprintf(stderr, "usage: %s N C HW nchw|cl dtype(0 f32, 1 f16, 2 bf16) K(1|2) rounds\n", argv[0]);
+    std::fprintf(stderr, "usage: %s N C HW nchw|cl dtype(0 f32, 1 f16, 2 bf16) K(1|2) rounds [relu|relu6|gelu]\n",
+                 argv[0]);
     return 2;
   }
+  const std::string act_name = argc > 8 ? argv[8] : "";
+  nepenthe::ActivationArgs act{};
+  if (!parse_activation(act_name, act)) {
+    std::fprintf(stderr, "unknown activation %s (relu, relu6, gelu or none)\n", act_name.c_str());
+    return 2;
+  }
+  const bool fused = act.kind != nepenthe::kNone;
   const AbCase ab = AbCase::parse(argv);
   const int rounds = std::atoi(argv[7]), dtype = ab.dtype, k = ab.k;
   const int64_t n = ab.elements(), channels = ab.channels;
   const size_t bytes = n * ab.element_bytes();
 
   void* x = nullptr;
+  void* y = nullptr;
   int64_t* counts = nullptr;
   float* sum = nullptr;
   check(cudaMalloc(&x, bytes + 16), "cudaMalloc x");
   check(cudaMalloc(&counts, channels * (k + 1) * sizeof(int64_t)), "cudaMalloc counts");
   check(cudaMalloc(&sum, sizeof(float)), "cudaMalloc sum");
+  if (fused) check(cudaMalloc(&y, bytes + 16), "cudaMalloc y");
   fill<<<1024, 256>>>(x, dtype, n);
   check(cudaDeviceSynchronize(), "fill");
 
   nepenthe::CountRequest r = ab.request(x, counts);
   r.stream = 0;
+  if (fused) {
+    r.y = y;
+    r.activation = act;
+  }
   auto run_a = [&] { nepA::count_cuda(reinterpret_cast<const nepA::CountRequest&>(r)); };
   auto run_b = [&] { nepB::count_cuda(reinterpret_cast<const nepB::CountRequest&>(r)); };
 
@@ -163,7 +211,8 @@ int main(int argc, char** argv) {
     want[c * (k + 1) + (v > 0.0) + (k > 1 && v > 6.0)] += 1;
   }
   bool exact = true;
-  const auto verify = [&](const char* name, auto run) {
+  std::vector<uint8_t> outputs[2];
+  const auto verify = [&](const char* name, auto run, std::vector<uint8_t>& out) {
     std::vector<int64_t> got(want.size());
     check(cudaMemset(counts, 0, got.size() * sizeof(int64_t)), "memset");
     run();
@@ -173,15 +222,37 @@ int main(int argc, char** argv) {
       exact = false;
       std::printf("MISMATCH: build %s's counts differ from the host's\n", name);
     }
+    if (fused) {
+      out.resize(bytes);
+      check(cudaMemcpy(out.data(), y, bytes, cudaMemcpyDeviceToHost), "copy y");
+    }
   };
-  verify("A", run_a);
-  verify("B", run_b);
+  verify("A", run_a, outputs[0]);
+  verify("B", run_b, outputs[1]);
+  std::string output_note;
+  if (fused) {
+    const size_t eb = ab.element_bytes();
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n; ++i) differ += std::memcmp(&outputs[0][i * eb], &outputs[1][i * eb], eb) != 0;
+    output_note = " | " + act_name + " outputs: " + std::to_string(differ) + " differ";
+    if (differ != 0 && act.kind != nepenthe::kGeluErf) {
+      exact = false;
+      std::printf("MISMATCH: the builds' %s outputs differ in %lld elements\n", act_name.c_str(),
+                  static_cast<long long>(differ));
+    }
+  }
 
   const int reps = std::max<int64_t>(3, std::min<int64_t>(50, (int64_t{1} << 30) / static_cast<int64_t>(bytes)));
   const int64_t nvec = static_cast<int64_t>(bytes / 16);
   std::vector<double> ta, tb, ts;
   for (int i = 0; i < rounds; ++i) {
-    ts.push_back(time_us([&] { read_sum<<<2048, 256>>>(static_cast<const uint4*>(x), nvec, sum); }, reps));
+    if (fused) {
+      const auto* from = static_cast<const uint4*>(x);
+      auto* to = static_cast<uint4*>(y);
+      ts.push_back(time_us([&] { copy_vectors<<<2048, 256>>>(from, to, nvec); }, reps));
+    } else {
+      ts.push_back(time_us([&] { read_sum<<<2048, 256>>>(static_cast<const uint4*>(x), nvec, sum); }, reps));
+    }
     if (i & 1) {
       ta.push_back(time_us(run_a, reps));
       tb.push_back(time_us(run_b, reps));
@@ -191,9 +262,11 @@ int main(int argc, char** argv) {
     }
   }
   const double ma = median(ta), mb = median(tb), ms = median(ts);
-  std::printf("%s (%.0f MB): median A %.1f B %.1f us, B/A %.3f | read %.1f us (%.0f GB/s), A/read %.2f B/read %.2f"
-              " | %s\n",
-              ab.label().c_str(), bytes / 1e6, ma, mb, mb / ma, ms, bytes / ms / 1e3, ma / ms, mb / ms,
-              exact ? "counts exact" : "COUNTS WRONG");
+  const char* yard = fused ? "copy" : "read";
+  std::printf("%s%s%s (%.0f MB): median A %.1f B %.1f us, B/A %.3f | %s %.1f us (%.0f GB/s read), A/%s %.2f B/%s %.2f"
+              " | %s%s\n",
+              ab.label().c_str(), fused ? " fused " : "", fused ? act_name.c_str() : "", bytes / 1e6, ma, mb, mb / ma,
+              yard, ms, bytes / ms / 1e3, yard, ma / ms, yard, mb / ms, exact ? "counts exact" : "WRONG (see MISMATCH)",
+              output_note.c_str());
   return exact ? 0 : 1;
 }

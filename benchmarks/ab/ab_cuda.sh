@@ -8,7 +8,8 @@
 #
 # Environment: SHAPES ("N C HW layout dtype K" cases separated by ';'; the defaults are 100-300 MB, larger than
 # an H100's or H200's L2), ROUNDS (15), ARCH (native: the GPU of this machine; sm_90 to compile without one),
-# BUILD_ONLY=1 (compile and stop). Prints one line per case; B/A < 1 means B is faster; exits 1 if a build's
+# BUILD_ONLY=1 (compile and stop), FUSED (relu, relu6 or gelu: time the fused kernels of every case, against a
+# copy of the same bytes). Prints one line per case; B/A < 1 means B is faster; exits 1 if a build's
 # counts are wrong. Each version is compiled from its own csrc/ (count_cuda.cu with -I its csrc/cuda and
 # csrc/common), the harness from this checkout's.
 set -euo pipefail
@@ -33,6 +34,6 @@ IFS=';' read -ra cases <<< "${SHAPES:-$default}"
 status=0
 for c in "${cases[@]}"; do
   # shellcheck disable=SC2086
-  "$out/ab" $c "${ROUNDS:-15}" || status=1
+  "$out/ab" $c "${ROUNDS:-15}" ${FUSED:-} || status=1
 done
 exit $status
