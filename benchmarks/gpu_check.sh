@@ -11,7 +11,8 @@
 #   NO_FUSED=1 bash benchmarks/gpu_check.sh        # kernel benchmark without the fused-activation table
 #   AB_OLD=results/old bash benchmarks/gpu_check.sh  # also A/B the CUDA kernels against an older version: a git
 #     revision where the checkout has its history, else a folder holding its csrc/ (made by `mkdir -p results/old &&
-#     git archive COMMIT csrc | tar -x -C results/old`; results/ is ignored by git, so a device call carries it)
+#     git archive COMMIT csrc | tar -x -C results/old`; results/ is ignored by git, so a device call carries it);
+#     AB_FUSED=1 adds the fused kernels' cases (ab_cuda.sh's FUSED_CASES)
 #
 # Each step is cut off after STEP_TIMEOUT seconds (default 300), the sweep after SWEEP_TIMEOUT (default the
 # same). DEADLINE=S (seconds from the start) also cuts every step off by then and skips those that would start
@@ -82,7 +83,7 @@ step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$RESULTS/b
 
 if [ -n "${AB_OLD:-}" ]; then
   echo "[${SECONDS} s] == CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
-  step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
+  FUSED_CASES="${AB_FUSED:-}" step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

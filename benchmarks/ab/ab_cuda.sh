@@ -9,7 +9,8 @@
 # Environment: SHAPES ("N C HW layout dtype K" cases separated by ';'; the defaults are 100-300 MB, larger than
 # an H100's or H200's L2), ROUNDS (15), ARCH (native: the GPU of this machine; sm_90 to compile without one),
 # BUILD_ONLY=1 (compile and stop), FUSED (relu, relu6 or gelu: time the fused kernels of every case, against a
-# copy of the same bytes). Prints one line per case; B/A < 1 means B is faster; exits 1 if a build's
+# copy of the same bytes), FUSED_CASES=1 (add fused cases to the list: ResNet-18's relu, MobileNet-V2's relu6 and
+# Swin-T's GELU, each 16-bit and float32). A case may name its own activation as a seventh field. Prints one line per case; B/A < 1 means B is faster; exits 1 if a build's
 # counts are wrong. Each version is compiled from its own csrc/ (count_cuda.cu with -I its csrc/cuda and
 # csrc/common), the harness from this checkout's.
 set -euo pipefail
@@ -30,10 +31,14 @@ flags=(-std=c++17 -O3 "-arch=${ARCH:-native}")
 if [ -n "${BUILD_ONLY:-}" ]; then echo "ab_cuda: built"; exit 0; fi
 default="128 64 3136 nchw 0 1;256 64 3136 nchw 1 1;256 64 3136 nchw 2 1;128 64 3136 cl 0 1;256 64 3136 cl 1 1"
 default+=";256 64 3136 cl 2 1;128 96 12544 cl 1 2;128 96 12544 nchw 2 2;128 96 3136 cl 0 1;128 96 3136 cl 2 1"
-IFS=';' read -ra cases <<< "${SHAPES:-$default}"
+fused="256 64 3136 nchw 1 1 relu;128 64 3136 nchw 0 1 relu;128 96 12544 nchw 1 2 relu6;128 96 12544 cl 2 2 relu6"
+fused+=";128 96 12544 nchw 0 2 relu6;128 384 3136 cl 1 1 gelu;128 384 3136 cl 2 1 gelu;128 384 3136 cl 0 1 gelu"
+list="${SHAPES:-$default}"
+[ -n "${FUSED_CASES:-}" ] && list+=";$fused"
+IFS=';' read -ra cases <<< "$list"
 status=0
 for c in "${cases[@]}"; do
-  # shellcheck disable=SC2086
-  "$out/ab" $c "${ROUNDS:-15}" ${FUSED:-} || status=1
+  read -ra f <<< "$c"
+  "$out/ab" "${f[@]:0:6}" "${ROUNDS:-15}" "${f[6]:-${FUSED:-none}}" || status=1
 done
 exit $status
