@@ -440,23 +440,25 @@ __global__ void __launch_bounds__(kThreads, min_blocks<A>()) rows_kernel(RowArgs
       // Short rows: the block covers several rows at once, thread tid at row tid / len, position tid % len.
       const int64_t per = kThreads / len, r = tid / len, i = i0 + tid % len;
       if (r < per) {
-        if constexpr (kFused) {
-          for (int64_t o = o0 + r; o < o1; o += per) {
-            visit<NT, A>(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + i * a.v.s_inner,
-                      o * a.yv.s_outer + c * a.yv.s_channel + i * a.yv.s_inner, p, acc);
+        // kUnroll rows at a time, all loads issued first; a row past the end reads as NaN, which counts in no
+        // state (and is not written).
+        const S* xc = a.x + c * a.v.s_channel + i * a.v.s_inner;
+        for (int64_t o = o0 + r; o < o1; o += per * kUnroll) {
+          T v[kUnroll];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int64_t ou = o + u * per;
+            v[u] = ou < o1 ? Dev<S>::load(xc[ou * a.v.s_outer]) : T(NAN);
           }
-        } else {
-          // kUnroll rows at a time; a row past the end reads as NaN, which counts in no state.
-          const S* xc = a.x + c * a.v.s_channel + i * a.v.s_inner;
-          for (int64_t o = o0 + r; o < o1; o += per * kUnroll) {
-            T v[kUnroll];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) count_value<NT>(v[u], p.th, acc);
+          if constexpr (kFused) {
+            S* yc = a.y + c * a.yv.s_channel + i * a.yv.s_inner;
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) {
               const int64_t ou = o + u * per;
-              v[u] = ou < o1 ? Dev<S>::load(xc[ou * a.v.s_outer]) : T(NAN);
+              if (ou < o1) yc[ou * a.yv.s_outer] = Dev<S>::store(activation<A>(v[u], p));
             }
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) count_value<NT>(v[u], p.th, acc);
           }
         }
       }
