@@ -70,6 +70,12 @@ __global__ void fill(void* x, int dtype, int64_t n) {
   }
 }
 
+// v[u] = x[i + u * step] for the four u, zeros past nvec: four 16-byte loads in flight per thread.
+__device__ void load4(const uint4* x, int64_t i, int64_t step, int64_t nvec, uint4 (&v)[4]) {
+#pragma unroll
+  for (int u = 0; u < 4; ++u) v[u] = i + u * step < nvec ? __ldg(x + i + u * step) : make_uint4(0, 0, 0, 0);
+}
+
 // A read of the same bytes: 16-byte loads, four in flight per thread, summed as float32, one atomic per warp
 // (x.sum()'s yardstick).
 __global__ void read_sum(const uint4* x, int64_t nvec, float* out) {
@@ -77,8 +83,7 @@ __global__ void read_sum(const uint4* x, int64_t nvec, float* out) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < nvec; i += 4 * step) {
     uint4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = i + u * step < nvec ? __ldg(x + i + u * step) : make_uint4(0, 0, 0, 0);
+    load4(x, i, step, nvec, v);
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       s += __uint_as_float(v[u].x) + __uint_as_float(v[u].y) + __uint_as_float(v[u].z) + __uint_as_float(v[u].w);
@@ -94,8 +99,7 @@ __global__ void copy_vectors(const uint4* x, uint4* y, int64_t nvec) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < nvec; i += 4 * step) {
     uint4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = i + u * step < nvec ? __ldg(x + i + u * step) : make_uint4(0, 0, 0, 0);
+    load4(x, i, step, nvec, v);
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       if (i + u * step < nvec) y[i + u * step] = v[u];
