@@ -179,6 +179,50 @@ def test_fused_activations_without_nan(device_backend, shape, channels_last, dty
     assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), thresholds, 1, False))
 
 
+@pytest.mark.parametrize("shape", [(2, 64, 17, 19), (3, 64, 6, 7)], ids=["long_rows", "short_rows"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "kind,params,thresholds",
+    [
+        ("leaky_relu", {"negative_slope": 0.1}, None),
+        ("gelu", {"approximate": "none"}, None),
+        ("gelu", {"approximate": "tanh"}, None),
+        ("relu", {}, (0.0, 1.0)),
+        ("leaky_relu", {"negative_slope": 0.1}, (-1.0, 0.0)),
+        ("gelu", {"approximate": "none"}, (-0.5, 0.5)),
+        ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, (0.0,)),
+    ],
+    ids=["leaky", "gelu", "gelu_tanh", "relu-2", "leaky-2", "gelu-2", "relu6-1"],
+)
+def test_fused_every_activation_in_every_kernel(device_backend, kind, params, thresholds, dtype, channels_last, shape):
+    """Each activation with its own thresholds, and with others, through each layout's kernel: 64 channels take the
+    CUDA kernels' 16-byte channel groups in channels_last, rows of 323 values their vector loads, rows of 42 their
+    short-row loop. The CUDA kernels compile the activation in for its own thresholds and read it at run time for
+    others; output (GELU: within tolerance) and counts must not depend on which."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; test_fused_forward_backward_counts covers Triton")
+    gen = torch.Generator().manual_seed(_seed_of("every", kind, thresholds, dtype, shape))
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+    x = torch.where(torch.rand(shape, generator=gen) < 0.2, torch.round(x * 2) / 2, x)
+    x.view(-1)[:: max(1, x.numel() // 40)] = math.nan
+    x.view(-1)[1::97] = -0.0
+    x = x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(device)
+    states = default_thresholds(kind, params) if thresholds is None else thresholds
+    counts = torch.zeros(shape[1], len(states) + 1, dtype=torch.int64, device=device)
+    y = fused_activation(x, kind, counts, thresholds=thresholds, backend=backend, **params)
+    want = _torch_activation(x, kind, params)
+    if kind == "gelu":
+        torch.testing.assert_close(y, want, atol=GELU_TOL[dtype], rtol=GELU_TOL[dtype], equal_nan=True)
+    else:
+        _assert_bit_equal(y, _as_on(device_backend, want, x, kind, params.get("min_val", 0.0)))
+    assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), states, 1, False))
+
+
 def _seed_of(*parts: object) -> int:
     return zlib.crc32(repr(parts).encode())
 
