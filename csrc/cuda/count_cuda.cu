@@ -517,7 +517,7 @@ __global__ void __launch_bounds__(kThreads) channels_kernel(ChannelArgs<S> a, Pa
     if (r < per && c < c1) {
       for (int64_t q = q0 + r; q < q1; q += per) {
         visit<0, kAnyActivation>(a.x, a.y, o * a.v.s_outer + c * a.v.s_channel + q * a.v.s_inner,
-                 o * a.yv.s_outer + c * a.yv.s_channel + q * a.yv.s_inner, p, acc);
+                                 o * a.yv.s_outer + c * a.yv.s_channel + q * a.yv.s_inner, p, acc);
       }
 #pragma unroll
       for (int j = 0; j < kAcc; ++j) {
@@ -551,7 +551,8 @@ struct ChannelVecArgs {
 };
 
 template <class S, int NT, int A>
-__global__ void __launch_bounds__(kThreads, min_blocks<A>()) channels_vec_kernel(ChannelVecArgs<S> a, Params<typename Dev<S>::T> p) {
+__global__ void __launch_bounds__(kThreads, min_blocks<A>())
+    channels_vec_kernel(ChannelVecArgs<S> a, Params<typename Dev<S>::T> p) {
   using T = typename Dev<S>::T;
   constexpr bool kFused = A != kNone;
   constexpr int kVec = 16 / sizeof(S);
