@@ -133,6 +133,7 @@ def _compile_variant(name: str) -> dict[str, object]:
     return {
         "cubin_bytes": len(kernel.asm["cubin"]),
         "loads": sorted(set(re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx))),
+        "scalar_loads": len(re.findall(r"ld\.global(?![.a-z0-9]*\.v[248]\b)(?:\.[a-z0-9]+)*\s", ptx)),
         "stores": sorted(set(re.findall(r"st\.global(?:\.[a-z0-9]+)*", ptx))),
         "compares": sorted(set(re.findall(r"setp\.[a-z]+\.(?:f16|bf16|f32|f64)\b", ptx))),
     }
@@ -195,6 +196,25 @@ def test_fused_kernels_store_the_activation(compiled):
         stores = compiled[name].get("stores")
         assert stores is not None, compiled[name]
         assert bool(stores) == (kind is not None), (name, stores)
+
+
+# Scalar constants a fused kernel reads: its thresholds (with ignore_ties, their tie values too) and the activation's
+# parameters (hardtanh's bounds, leaky_relu's slope).
+_PARAM_LOADS = {"hardtanh": 2, "leaky_relu": 1}
+
+
+def test_fused_kernels_load_their_constants_once(compiled):
+    """The thresholds and parameters are loaded once, before the tile loop. Loaded inside it, they were loaded again
+    for every (unrolled) tile: the compiler cannot keep them across the fused output's stores, which might alias
+    them. The vector loads of x are not counted here."""
+    checked = 0
+    for name, (_, _, kind, thresholds, ignore_ties, _) in VARIANTS.items():
+        if kind is None:
+            continue
+        constants = len(thresholds) * (2 if ignore_ties else 1) + _PARAM_LOADS.get(kind, 0)
+        assert compiled[name]["scalar_loads"] <= constants, (name, compiled[name]["scalar_loads"], constants)
+        checked += 1
+    assert checked >= 8
 
 
 def test_16bit_counts_compare_in_their_own_format(compiled):

@@ -132,6 +132,17 @@ def _count_states_kernel(
             y_c = tl.multiple_of(y_c, [ALIGN_YC, ALIGN_YC])
     acc = tl.full([BLOCK_C, BLOCK_I], 0, dtype=ACC)
     one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
+    # Thresholds and activation parameters, loaded once, before the tile loop: as far as the compiler knows, the
+    # fused output's stores may overwrite consts_ptr, so loads in the loop were issued again for every tile (and
+    # the tile's compares waited on them).
+    greater = ()
+    ties = ()
+    for k in tl.static_range(K - 1):
+        greater = greater + (tl.load(consts_ptr + k),)
+        if IGNORE_TIES:
+            ties = ties + (tl.load(consts_ptr + TIE_OFFSET + k),)
+    p0 = tl.load(consts_ptr + PARAM_OFFSET)
+    p1 = tl.load(consts_ptr + PARAM_OFFSET + 1)
     # The first tile's outer index and inner tile; later tiles step through them without a division per tile.
     o = first // n_itiles
     itile = first - o * n_itiles
@@ -167,12 +178,12 @@ def _count_states_kernel(
         if K == 1:
             field = tl.where(cv == cv, one, 0)
         else:
-            field = tl.where(cv <= tl.load(consts_ptr).to(cv.dtype), one, 0)
+            field = tl.where(cv <= greater[0].to(cv.dtype), one, 0)
         for k in tl.static_range(1, K):
-            field = tl.where(cv > tl.load(consts_ptr + k - 1).to(cv.dtype), one << (k * FIELD_BITS), field)
+            field = tl.where(cv > greater[k - 1].to(cv.dtype), one << (k * FIELD_BITS), field)
         if IGNORE_TIES:
             for k in tl.static_range(K - 1):
-                field = tl.where(cv != tl.load(consts_ptr + TIE_OFFSET + k).to(cv.dtype), field, 0)
+                field = tl.where(cv != ties[k].to(cv.dtype), field, 0)
         acc += field
         if ACT != 0:
             if ACT == 1:
@@ -181,14 +192,14 @@ def _count_states_kernel(
                 else:
                     out = tl.where(v < 0, 0.0, v)
             elif ACT == 2:
-                lo = tl.load(consts_ptr + PARAM_OFFSET)
-                hi = tl.load(consts_ptr + PARAM_OFFSET + 1)
+                lo = p0
+                hi = p1
                 if CLAMP_TO_BOUND:
                     out = tl.where(v <= lo, lo, tl.where(v > hi, hi, v))
                 else:
                     out = tl.where(v < lo, lo, tl.where(v > hi, hi, v))
             elif ACT == 3:
-                out = tl.where(v > 0, v, v * tl.load(consts_ptr + PARAM_OFFSET))
+                out = tl.where(v > 0, v, v * p0)
             elif ACT == 4:
                 out = v * 0.5 * (1.0 + tl.math.erf(v * 0.7071067811865476))
             else:
