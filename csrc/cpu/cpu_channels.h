@@ -7,8 +7,8 @@
 #pragma once
 
 #include <algorithm>
-#include <numeric>
 #include <cstdint>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
