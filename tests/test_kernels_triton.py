@@ -279,6 +279,7 @@ FUSED = [
     ("relu", {}, True),
     ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, True),
     ("hardtanh", {"min_val": -1.0, "max_val": 1.5}, True),
+    ("hardtanh", {"min_val": -0.3, "max_val": 2.7}, True),  # bounds no 16-bit format holds
     ("leaky_relu", {"negative_slope": 0.01}, True),
     ("gelu", {"approximate": "none"}, False),
     ("gelu", {"approximate": "tanh"}, False),
@@ -290,6 +291,49 @@ def _assert_bit_equal(y: torch.Tensor, ref: torch.Tensor) -> None:
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[y.element_size()]
     keep = ~ref.isnan()
     assert torch.equal(y.contiguous().view(ints)[keep], ref.contiguous().view(ints)[keep])  # ±0 included
+
+
+@pytest.mark.parametrize(
+    "bounds", [(-0.3, 2.7), (0.0, 6.0), (-1 / 3, 1e-3), (-60001.0, 1e-8), (1 + 2**-11 + 2**-40, 1.5)], ids=str
+)
+def test_fused_float16_clamp_of_every_value(bounds):
+    """float16 relu and hardtanh clamp in float16 (half_clamp_params): every one of the 65536 float16 values, against
+    bounds that float16 holds and bounds it does not (between two values, between its largest ones, below its
+    smallest denormal, and one that float32 rounds to a float16 tie first, as torch does), gives torch's output bit
+    for bit, and the counts."""
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16).reshape(256, 256)
+    lo, hi = bounds
+    counts = torch.zeros(256, 3, dtype=torch.int64)
+    y = fused_activation(x, "hardtanh", counts, backend="triton", min_val=lo, max_val=hi)
+    _assert_bit_equal(y, F.hardtanh(x, lo, hi))
+    assert torch.equal(counts, _reference(x, (lo, hi), 1))
+    relu_counts = torch.zeros(256, 2, dtype=torch.int64)
+    _assert_bit_equal(fused_activation(x, "relu", relu_counts, backend="triton"), F.relu(x))
+    assert torch.equal(relu_counts, _reference(x, (0.0,), 1))
+
+
+@pytest.mark.parametrize("bounds", [(-0.3, 2.7), (-1e-8, 1e-8), (-1 / 3, 1e-3)], ids=str)
+def test_fused_float16_clamp_with_cuda_semantics(bounds):
+    """The kernel as compiled for CUDA tensors (CLAMP_TO_BOUND: a value at or below the lower bound becomes the
+    bound, as torch's CUDA hardtanh does), run in the interpreter on every float16 value. The oracle is that rule in
+    float32 math, rounded to float16. A lower bound that rounds to -0.0 in float16 must still leave +0.0 alone."""
+    from nepenthe.kernels.jobs import FusedJob
+    from nepenthe.kernels.thresholds import kernel_thresholds
+    from nepenthe.kernels.triton_count import ACTIVATIONS, interpreted_kernel, kernel_launch
+
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16).reshape(256, 256)
+    lo, hi = bounds
+    x, view = readable_view(x, 1)
+    counts = torch.zeros(256, 3, dtype=torch.int64)
+    y = torch.empty_like(x)
+    kt = kernel_thresholds((lo, hi), x.dtype)
+    job = FusedJob(x, 1, view, (lo, hi), kt, False, counts, y=y, y_view=view, kind="hardtanh")
+    launch = kernel_launch(job, ACTIVATIONS["hardtanh"], (lo, hi), compiled=False)
+    interpreted_kernel()[(launch.programs,)](*launch.args, **dict(launch.constexprs, CLAMP_TO_BOUND=True))
+    v, lo32, hi32 = x.float(), torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+    want = torch.where(v <= lo32, lo32, torch.where(v > hi32, hi32, v)).half()
+    _assert_bit_equal(y, want)
+    assert torch.equal(counts, _reference(x, (lo, hi), 1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

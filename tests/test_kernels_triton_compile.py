@@ -124,7 +124,8 @@ def _compile_variant(name: str) -> dict[str, object]:
     # Triton's own launch-time specialisation (ints equal to 1 become constants, 16-divisible pointers and
     # ints are marked), applied to the arguments the backend really passes: what a GPU launch would compile.
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = dict(launch.constexprs, num_warps=launch.num_warps)
+    # torch's CUDA semantics for relu/hardtanh, as a CUDA tensor's launch has them (the tensors here are CPU ones).
+    kwargs = dict(launch.constexprs, CLAMP_TO_BOUND=True, num_warps=launch.num_warps)
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     src = triton.compiler.ASTSource(fn, signature, constexprs, attrs)
@@ -199,8 +200,10 @@ def test_fused_kernels_store_the_activation(compiled):
 
 
 # Scalar constants a fused kernel reads: its thresholds (with ignore_ties, their tie values too) and the activation's
-# parameters (hardtanh's bounds, leaky_relu's slope).
+# parameters (hardtanh's bounds, leaky_relu's slope; 16-bit hardtanh clamps in its own format, with the bounds
+# rounded down for the compares and to nearest for the output: half_clamp_params).
 _PARAM_LOADS = {"hardtanh": 2, "leaky_relu": 1}
+_PARAM_LOADS_16BIT = {"hardtanh": 4, "leaky_relu": 1}
 
 
 def test_fused_kernels_load_their_constants_once(compiled):
@@ -208,21 +211,23 @@ def test_fused_kernels_load_their_constants_once(compiled):
     for every (unrolled) tile: the compiler cannot keep them across the fused output's stores, which might alias
     them. The vector loads of x are not counted here."""
     checked = 0
-    for name, (_, _, kind, thresholds, ignore_ties, _) in VARIANTS.items():
+    for name, (dtype, _, kind, thresholds, ignore_ties, _) in VARIANTS.items():
         if kind is None:
             continue
-        constants = len(thresholds) * (2 if ignore_ties else 1) + _PARAM_LOADS.get(kind, 0)
+        params = _PARAM_LOADS_16BIT if dtype in ("float16", "bfloat16") else _PARAM_LOADS
+        constants = len(thresholds) * (2 if ignore_ties else 1) + params.get(kind, 0)
         assert compiled[name]["scalar_loads"] <= constants, (name, compiled[name]["scalar_loads"], constants)
         checked += 1
     assert checked >= 8
 
 
 def test_16bit_counts_compare_in_their_own_format(compiled):
-    """Counting float16 (and bfloat16 from sm_90) compares the values in their 16-bit format, none in float32;
-    on sm_80, bfloat16 is compared in float32."""
+    """Counting float16 (and bfloat16 from sm_90) compares the values in their 16-bit format, none in float32, and
+    so does counting fused with relu or hardtanh, which clamp in that format too; on sm_80, bfloat16 is compared in
+    float32."""
     checked = 0
     for name, (dtype, _, kind, _, _, arch) in VARIANTS.items():
-        if kind is not None or dtype not in ("float16", "bfloat16"):
+        if kind not in (None, "relu", "hardtanh") or dtype not in ("float16", "bfloat16"):
             continue
         compares = {op.rsplit(".", 1)[1] for op in compiled[name].get("compares", [])}
         own = "f16" if dtype == "float16" else "bf16" if arch >= 90 else "f32"

@@ -67,6 +67,27 @@ def half_thresholds(kt: KernelThresholds, dtype: torch.dtype) -> tuple[tuple[flo
     return greater, tie
 
 
+@functools.lru_cache(maxsize=64)
+def half_clamp_params(lo: float, hi: float, dtype: torch.dtype) -> tuple[float, float, float, float, float]:
+    """Bounds ``lo < hi`` of hardtanh (relu: 0, and an unused ``hi``) for clamping float16 or bfloat16 values in
+    their own format exactly as torch does in float32 math: ``(lo_cmp, hi_cmp, lo_out, hi_out, lo_tie)``.
+
+    torch compares with the bounds as float32 values, L and H. For a 16-bit value v: ``v <= L`` exactly when
+    ``v <= lo_cmp`` and ``v > H`` exactly when ``v > hi_cmp`` (both rounded down to ``dtype``, as in
+    ``half_thresholds``); ``v < L`` exactly when also ``v != lo_tie`` (L where ``dtype`` holds it, else NaN). A
+    clamped value becomes ``lo_out`` or ``hi_out``: L or H rounded to nearest, as torch stores them.
+
+    Example::
+
+        >>> half_clamp_params(-0.3, 2.7, torch.float16)
+        (-0.300048828125, 2.69921875, -0.300048828125, 2.69921875, nan)
+    """
+    lo32, hi32 = (float(np.float32(b)) for b in (lo, hi))
+    lo_out, hi_out = (float(torch.tensor(b, dtype=torch.float64).to(dtype)) for b in (lo32, hi32))
+    lo_tie = lo32 if lo_out == lo32 else math.nan
+    return _round_down(lo32, dtype), _round_down(hi32, dtype), lo_out, hi_out, lo_tie
+
+
 def _round_down(value: float, dtype: torch.dtype) -> float:
     """The largest ``dtype`` value (a 16-bit float format) not above ``value``."""
     nearest = torch.tensor(value, dtype=torch.float64).to(dtype)

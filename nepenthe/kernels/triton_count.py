@@ -35,11 +35,12 @@ from triton.runtime.jit import JITFunction
 from .cuda_device import on_device
 from .jobs import CountJob, FusedJob
 from .layout import ChannelView
-from .thresholds import half_thresholds
+from .thresholds import half_clamp_params, half_thresholds
 
 # Activation codes (the kernel's ACT constexpr); 0 = count only.
 ACTIVATIONS = {"relu": 1, "hardtanh": 2, "leaky_relu": 3, "gelu_none": 4, "gelu_tanh": 5}
-# The constants tensor holds the greater thresholds, then the tie values, then two activation parameters.
+# The constants tensor holds the greater thresholds, then the tie values, then the activation's parameters (two,
+# or five for a clamp in 16 bits: half_clamp_params).
 TIE_OFFSET = tl.constexpr(8)
 PARAM_OFFSET = tl.constexpr(16)
 FIELD_BITS = tl.constexpr(7)
@@ -90,6 +91,7 @@ def _count_states_kernel(
     COMPUTE: tl.constexpr,
     BF16: tl.constexpr,
     CMP16: tl.constexpr,
+    ACT16: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
@@ -143,6 +145,11 @@ def _count_states_kernel(
             ties = ties + (tl.load(consts_ptr + TIE_OFFSET + k),)
     p0 = tl.load(consts_ptr + PARAM_OFFSET)
     p1 = tl.load(consts_ptr + PARAM_OFFSET + 1)
+    if ACT16:
+        p2 = tl.load(consts_ptr + PARAM_OFFSET + 2)
+        p3 = tl.load(consts_ptr + PARAM_OFFSET + 3)
+        if not CLAMP_TO_BOUND:
+            p4 = tl.load(consts_ptr + PARAM_OFFSET + 4)
     # The first tile's outer index and inner tile; later tiles step through them without a division per tile.
     o = first // n_itiles
     itile = first - o * n_itiles
@@ -185,27 +192,40 @@ def _count_states_kernel(
             for k in tl.static_range(K - 1):
                 field = tl.where(cv != ties[k].to(cv.dtype), field, 0)
         acc += field
-        if ACT != 0:
+        if ACT16:
+            # relu and hardtanh of float16 (bfloat16 when compiled) values in their own format, with no conversion:
+            # compared against bounds rounded down, clamped to bounds rounded to nearest (half_clamp_params),
+            # which gives what float32 math stored in 16 bits gives. NaN passes no compare and is kept.
             if ACT == 1:
                 if CLAMP_TO_BOUND:
-                    out = tl.where(v <= 0, 0.0, v)
+                    out = tl.where(raw <= 0.0, 0.0, raw)
                 else:
-                    out = tl.where(v < 0, 0.0, v)
-            elif ACT == 2:
-                lo = p0
-                hi = p1
-                if CLAMP_TO_BOUND:
-                    out = tl.where(v <= lo, lo, tl.where(v > hi, hi, v))
-                else:
-                    out = tl.where(v < lo, lo, tl.where(v > hi, hi, v))
-            elif ACT == 3:
-                out = tl.where(v > 0, v, v * p0)
-            elif ACT == 4:
-                out = v * 0.5 * (1.0 + tl.math.erf(v * 0.7071067811865476))
+                    out = tl.where(raw < 0.0, 0.0, raw)
             else:
-                # 0.5 * (1 + tanh(z)) == sigmoid(2z): torch's tanh formula without cancellation for v << 0.
-                z = 0.7978845608028654 * (v + 0.044715 * v * v * v)
-                out = v / (1.0 + tl.exp(-2.0 * z))
+                if CLAMP_TO_BOUND:
+                    low = raw <= p0.to(raw.dtype)
+                else:
+                    low = (raw <= p0.to(raw.dtype)) & (raw != p4.to(raw.dtype))
+                out = tl.where(low, p2.to(raw.dtype), tl.where(raw > p1.to(raw.dtype), p3.to(raw.dtype), raw))
+        elif ACT == 1:
+            if CLAMP_TO_BOUND:
+                out = tl.where(v <= 0, 0.0, v)
+            else:
+                out = tl.where(v < 0, 0.0, v)
+        elif ACT == 2:
+            if CLAMP_TO_BOUND:
+                out = tl.where(v <= p0, p0, tl.where(v > p1, p1, v))
+            else:
+                out = tl.where(v < p0, p0, tl.where(v > p1, p1, v))
+        elif ACT == 3:
+            out = tl.where(v > 0, v, v * p0)
+        elif ACT == 4:
+            out = v * 0.5 * (1.0 + tl.math.erf(v * 0.7071067811865476))
+        elif ACT == 5:
+            # 0.5 * (1 + tanh(z)) == sigmoid(2z): torch's tanh formula without cancellation for v << 0.
+            z = 0.7978845608028654 * (v + 0.044715 * v * v * v)
+            out = v / (1.0 + tl.exp(-2.0 * z))
+        if ACT != 0:
             y_o = o * ys_outer
             if ALIGN_YO > 1:
                 y_o = tl.multiple_of(y_o, ALIGN_YO)
@@ -213,7 +233,7 @@ def _count_states_kernel(
             if ALIGN_YI > 1:
                 y_i = tl.multiple_of(y_i, [ALIGN_YI, ALIGN_YI])
             y_off = y_o + y_c + y_i
-            if BF16:
+            if BF16 and not ACT16:
                 # Round to nearest even by hand, as torch does (the interpreter's float32 -> bfloat16 cast
                 # rounds half up); NaN stays a quiet NaN.
                 bits = out.to(tl.uint32, bitcast=True)
@@ -245,10 +265,10 @@ def interpreted_kernel() -> InterpretedFunction:
 
 @functools.lru_cache(maxsize=64)
 def _constants(
-    greater: tuple[float, ...], tie: tuple[float, ...], params: tuple[float, float], dtype: torch.dtype, device: str
+    greater: tuple[float, ...], tie: tuple[float, ...], params: tuple[float, ...], dtype: torch.dtype, device: str
 ) -> torch.Tensor:
     # Cached: the host-to-device copy happens once per threshold set, not once per counted tensor.
-    values = [0.0] * (PARAM_OFFSET.value + 2)
+    values = [0.0] * (PARAM_OFFSET.value + len(params))
     values[: len(greater)] = greater
     values[TIE_OFFSET.value : TIE_OFFSET.value + len(tie)] = tie
     values[PARAM_OFFSET.value :] = params
@@ -342,11 +362,18 @@ def kernel_launch(
     x, kt = job.x, job.kernel_thresholds
     if compiled is None:
         compiled = not _interpreted(x)
-    # Counting alone compares 16-bit values in their own format; a fused activation needs float32 values anyway.
-    # bfloat16 only when compiled: the interpreter holds bfloat16 as raw bits, which compare as integers.
-    cmp16 = HALF_COMPARES and not act and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and compiled))
+    # 16-bit values are compared in their own format when counting alone, or fused with relu or hardtanh, which
+    # then clamp in that format too; the other activations need float32 values anyway. bfloat16 only when
+    # compiled: the interpreter holds bfloat16 as raw bits, which compare as integers.
+    cmp16 = (
+        HALF_COMPARES
+        and act in (0, ACTIVATIONS["relu"], ACTIVATIONS["hardtanh"])
+        and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and compiled))
+    )
+    act16 = cmp16 and act != 0
     greater, tie = half_thresholds(kt, x.dtype) if cmp16 else (kt.greater, kt.tie)
-    consts = _constants(greater, tie, params, kt.compute_dtype, str(x.device))
+    values = half_clamp_params(*params, x.dtype) if act16 else params
+    consts = _constants(greater, tie, values, kt.compute_dtype, str(x.device))
     if act:
         assert isinstance(job, FusedJob)
         y, y_view = job.y, job.y_view
@@ -354,7 +381,7 @@ def kernel_launch(
         y, y_view = x, job.view  # never written: ACT == 0 compiles the store away
     programs, ints, constexprs, num_warps = _static_launch(
         job.view, y_view, x.element_size(), x.device, act, kt.num_states, job.ignore_ties, kt.compute_dtype,
-        x.dtype == torch.bfloat16, cmp16,
+        x.dtype == torch.bfloat16, cmp16, act16,
     )  # fmt: skip
     return KernelLaunch(programs, (x, y, job.counts, consts, *ints), constexprs, num_warps)
 
@@ -371,6 +398,7 @@ def _static_launch(
     compute_dtype: torch.dtype,
     bf16: bool,
     cmp16: bool,
+    act16: bool,
 ) -> tuple[int, tuple[int, ...], dict[str, object], int]:
     """What a launch takes besides its tensors: grid size, integer arguments, compile-time constants and warps.
     Remembered per shape and setting, since a model counts the same activation shapes batch after batch (the
@@ -405,6 +433,7 @@ def _static_launch(
         COMPUTE=tl.float64 if compute_dtype == torch.float64 else tl.float32,
         BF16=bf16,
         CMP16=cmp16,
+        ACT16=act16,
         ACC=tl.int32 if num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
