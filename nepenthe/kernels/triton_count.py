@@ -62,8 +62,8 @@ ROW_BYTES = 512
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 4
 INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 1
-# Count float16 and bfloat16 values in their own format (see kernel_launch); benchmarks/sweep_triton.py turns it off
-# to time the float32 compares against it.
+# Count float16 and bfloat16 values in their own format, and clamp them there when fused with relu or hardtanh (see
+# kernel_launch); benchmarks/sweep_triton.py turns it off to time the float32 compares against it.
 HALF_COMPARES = True
 
 
