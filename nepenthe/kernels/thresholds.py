@@ -63,8 +63,7 @@ def half_thresholds(kt: KernelThresholds, dtype: torch.dtype) -> tuple[tuple[flo
         ((0.0, 0.0999755859375, 65504.0), (0.0, nan, nan))
     """
     greater = tuple(_round_down(g, dtype) for g in kt.greater)
-    tie = tuple(t if float(torch.tensor(t, dtype=torch.float64).to(dtype)) == t else math.nan for t in kt.tie)
-    return greater, tie
+    return greater, tuple(_held_or_nan(t, dtype) for t in kt.tie)
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,9 +82,18 @@ def half_clamp_params(lo: float, hi: float, dtype: torch.dtype) -> tuple[float, 
         (-0.300048828125, 2.69921875, -0.300048828125, 2.69921875, nan)
     """
     lo32, hi32 = (float(np.float32(b)) for b in (lo, hi))
-    lo_out, hi_out = (float(torch.tensor(b, dtype=torch.float64).to(dtype)) for b in (lo32, hi32))
-    lo_tie = lo32 if lo_out == lo32 else math.nan
-    return _round_down(lo32, dtype), _round_down(hi32, dtype), lo_out, hi_out, lo_tie
+    lo_out, hi_out = (_nearest(b, dtype) for b in (lo32, hi32))
+    return _round_down(lo32, dtype), _round_down(hi32, dtype), lo_out, hi_out, _held_or_nan(lo32, dtype)
+
+
+def _nearest(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to the nearest ``dtype`` value (a 16-bit float format)."""
+    return float(torch.tensor(value, dtype=torch.float64).to(dtype))
+
+
+def _held_or_nan(value: float, dtype: torch.dtype) -> float:
+    """``value`` where ``dtype`` holds it exactly, else NaN (which equals nothing: a tie no value can meet)."""
+    return value if _nearest(value, dtype) == value else math.nan
 
 
 def _round_down(value: float, dtype: torch.dtype) -> float:
