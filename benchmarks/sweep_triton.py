@@ -1,5 +1,5 @@
-"""Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM, loop unrolling and 16-bit
-compares (in their own format or in float32).
+"""Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM, loop unrolling, software
+pipelining and 16-bit compares (in their own format or in float32).
 
 For activation tensors larger than the L2 cache, in NCHW, channels_last and token layouts, it times the counting
 kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, and GPU-only
@@ -13,6 +13,7 @@ Usage::
     python benchmarks/sweep_triton.py --tiles 8192 16384 --warps 4 8 --per-sm 4 8 16 --unroll 1 2   # 24 settings
     python benchmarks/sweep_triton.py --match channels_last bfloat16   # channels_last or bfloat16 tensors only
     python benchmarks/sweep_triton.py --match float16 bfloat16 --half-compares 1 0 --tiles 8192 --per-sm 4 16
+    python benchmarks/sweep_triton.py --match channels_last natural --unroll 1 2 --stages 0 3   # 4 settings
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-sm", type=int, nargs="+", default=[None], help="programs per SM (both tile axes)")
     parser.add_argument("--unroll", type=int, nargs="+", default=[None], help="tiles per unrolled loop step")
     parser.add_argument(
+        "--stages", type=int, nargs="+", default=[None], help="software pipeline stages (PIPELINE_STAGES; 0: none)"
+    )
+    parser.add_argument(
         "--half-compares",
         type=int,
         nargs="+",
@@ -75,14 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     time_it = timer("cuda", args.reps)
     print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
     print(
-        "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | 16-bit compares | time (us) "
+        "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | stages | 16-bit compares "
+        "| time (us) "
         "| / sum "
         "| GPU-only (us) | GPU GB/s | GPU / sum | counts |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
-        "CHANNEL_TILE_UNROLL", "HALF_COMPARES",
+        "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "PIPELINE_STAGES",
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
@@ -92,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
             reference = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
             read = time_it(lambda x=x: x.sum())
             read_gpu = gpu_time(lambda x=x: x.sum(), args.reps)
-            settings = itertools.product(args.tiles, args.warps, args.per_sm, args.unroll, args.half_compares)
-            for tile, warps, per_sm, unroll, half in settings:
+            settings = itertools.product(
+                args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares
+            )
+            for tile, warps, per_sm, unroll, stages, half in settings:
                 for constant, value in defaults.items():
                     setattr(triton_count, constant, value)
                 triton_count.HALF_COMPARES = bool(half)
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count.TILE_BYTES = tile
                 if unroll is not None:
                     triton_count.INNER_TILE_UNROLL = triton_count.CHANNEL_TILE_UNROLL = unroll
+                if stages is not None:
+                    triton_count.PIPELINE_STAGES = stages or None
                 if warps is not None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
                 if per_sm is not None:
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 print(
                     f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {_shown(tile)} | {_shown(warps)} "
-                    f"| {_shown(per_sm)} | {_shown(unroll)} "
+                    f"| {_shown(per_sm)} | {_shown(unroll)} | {_shown(stages)} "
                     f"| {'own format' if half else 'float32'} | {t * 1e6:.1f} "
                     f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,

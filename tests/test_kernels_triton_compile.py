@@ -62,6 +62,14 @@ VARIANTS = {
     "gelu_tanh-bf16-nhwc-sm90": ("bfloat16", "nhwc", "gelu_tanh", (0.0,), False, 90),
     "gelu-fp16-nchw-sm80": ("float16", "nchw", "gelu", (0.0,), False, 80),
 }
+# Software-pipelined variants (triton_count.PIPELINE_STAGES, which benchmarks/sweep_triton.py times): name:
+# (variant, stages). Channel tiles are pipelined: their tiles go to shared memory through cp.async.
+STAGED = {
+    "fp16-nhwc-sm90-stages3": ("fp16-nhwc-sm90", 3),
+    "fp16-nhwc-sm80-stages2": ("fp16-nhwc-sm80", 2),
+    "bf16-nhwc-sm90-stages3": ("bf16-nhwc-sm90", 3),
+    "hardtanh-fp16-nhwc-sm90-stages3": ("hardtanh-fp16-nhwc-sm90", 3),
+}
 MUST_VECTORISE = [
     name for name, (dt, layout, kind, *_) in VARIANTS.items()
     if kind is None and layout.startswith(("nchw", "nhwc")) and dt in ("float32", "float16")
@@ -96,17 +104,22 @@ def _tensor(dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, int]:
     return torch.zeros(2, 6, 8, 10, dtype=dtype).permute(0, 2, 3, 1), 1  # neither stride is 1
 
 
-def _compile_variant(name: str) -> dict[str, object]:
-    """Compile one variant in this (child) process; what the test checks about it."""
+def _compile_variant(name: str, stages: int | None = None) -> dict[str, object]:
+    """Compile one variant in this (child) process, its tile loop pipelined in ``stages`` (None: as written); what
+    the test checks about it."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
+    from nepenthe.kernels import triton_count
     from nepenthe.kernels.jobs import CountJob, FusedJob
     from nepenthe.kernels.layout import readable_view
     from nepenthe.kernels.thresholds import kernel_thresholds
     from nepenthe.kernels.triton_count import ACTIVATIONS, compiled_kernel, kernel_launch
+
+    triton_count.PIPELINE_STAGES = stages
+    triton_count._static_launch.cache_clear()  # launches remembered with other stages
 
     dtype_name, layout, kind, thresholds, ignore_ties, arch = VARIANTS[name]
     x, channel_dim = _tensor(getattr(torch, dtype_name), layout)
@@ -140,14 +153,16 @@ def _compile_variant(name: str) -> dict[str, object]:
         "scalar_loads": len(re.findall(r"ld\.global(?![.a-z0-9]*\.v[248]\b)(?:\.[a-z0-9]+)*\s", ptx)),
         "stores": sorted(set(re.findall(r"st\.global(?:\.[a-z0-9]+)*", ptx))),
         "compares": sorted(set(re.findall(r"setp\.[a-z]+\.(?:f16|bf16|f32|f64)\b", ptx))),
+        "async_copies": len(re.findall(r"cp\.async\.c[ag]\.", ptx)),
     }
 
 
 def _child_main() -> None:
     results = {}
-    for name in VARIANTS:
+    runs = [(name, name, None) for name in VARIANTS] + [(name, *staged) for name, staged in STAGED.items()]
+    for name, variant, stages in runs:
         try:
-            results[name] = _compile_variant(name)
+            results[name] = _compile_variant(variant, stages)
         except Exception as err:  # noqa: BLE001 - reported to the parent test, which fails that variant
             results[name] = {"error": f"{type(err).__name__}: {err}"}
     print(json.dumps(results))
@@ -181,7 +196,7 @@ def compiled() -> dict[str, dict[str, object]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", [*VARIANTS, *STAGED])
 def test_kernel_compiles_to_cubin(compiled, name):
     result = compiled[name]
     assert "error" not in result, result.get("error")
@@ -193,6 +208,17 @@ def test_kernel_compiles_to_cubin(compiled, name):
 def test_contiguous_kernels_use_vector_loads(compiled, name):
     loads = compiled[name].get("loads", [])
     assert any(".v4." in op or ".v2." in op for op in loads), loads
+
+
+def test_pipelined_kernels_copy_tiles_asynchronously(compiled):
+    """With PIPELINE_STAGES, channel tiles are read with asynchronous copies to shared memory (the next tiles' while
+    one is counted), none with vector loads into registers; without it (the default), no kernel copies
+    asynchronously."""
+    for name in STAGED:
+        assert compiled[name]["async_copies"] > 0, (name, compiled[name])
+        assert not any(".v" in op for op in compiled[name]["loads"]), (name, compiled[name]["loads"])
+    for name in VARIANTS:
+        assert compiled[name]["async_copies"] == 0, (name, compiled[name]["async_copies"])
 
 
 def test_fused_kernels_store_the_activation(compiled):

@@ -65,6 +65,10 @@ INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 1
 # Count float16 and bfloat16 values in their own format, and clamp them there when fused with relu or hardtanh (see
 # kernel_launch); benchmarks/sweep_triton.py turns it off to time the float32 compares against it.
 HALF_COMPARES = True
+# Software pipelining of the tile loop (tl.range's num_stages): with 2 or more, the next tiles' values are copied to
+# shared memory (cp.async) while a tile is counted, so each warp keeps loads in flight as it counts. None: the loop
+# as written (ptxas issues a tile's loads, waits, then counts). benchmarks/sweep_triton.py --stages times both.
+PIPELINE_STAGES: int | None = None
 
 
 def _count_states_kernel(
@@ -104,6 +108,7 @@ def _count_states_kernel(
     ALIGN_YC: tl.constexpr,
     ALIGN_YI: tl.constexpr,
     UNROLL: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     # 64-bit from the start: tile and element offsets of tensors over 2^31 elements overflow int32.
     pid = tl.program_id(0).to(tl.int64)
@@ -153,7 +158,7 @@ def _count_states_kernel(
     # The first tile's outer index and inner tile; later tiles step through them without a division per tile.
     o = first // n_itiles
     itile = first - o * n_itiles
-    for _ in tl.range(tl.minimum(iters, total_tiles - first), loop_unroll_factor=UNROLL):
+    for _ in tl.range(tl.minimum(iters, total_tiles - first), loop_unroll_factor=UNROLL, num_stages=STAGES):
         i = itile * BLOCK_I + i_loc
         i_ok = i < inner
         if ALIGN_I > 1:
@@ -438,6 +443,7 @@ def _static_launch(
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
         UNROLL=CHANNEL_TILE_UNROLL if along_channels else INNER_TILE_UNROLL,
+        STAGES=PIPELINE_STAGES,
         # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
