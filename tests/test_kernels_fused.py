@@ -13,6 +13,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from special_values import far_from_zero, gelu_float64
 
 from nepenthe.kernels import fused_activation
 from nepenthe.kernels.fused import default_thresholds
@@ -103,6 +104,24 @@ def test_fused_forward_backward_counts(device_backend, kind, params, dtype, layo
     y.backward(grad.to(device))
     yt.backward(grad.to(device))
     _assert_bit_equal(xf.grad, xt.grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_fused_gelu_far_from_zero(device_backend, dtype, approximate):
+    """GELU of values far from zero, up to the dtype's largest and infinities, against a float64 oracle: gelu(x)
+    is about x above zero and about -0.0 below it. The CPU kernels' float32 exp saturated at exp(88), so a gate
+    1 / (1 + exp(88)) of 6e-39 times x = -3e38 gave -1.8 (and -0.6 for -1e38). +inf gives +inf (the limit, where
+    torch's vectorized CPU GELU gives NaN), -inf NaN (as torch: -inf times a gate of 0)."""
+    device, backend = device_backend
+    x = far_from_zero(dtype).reshape(1, -1).to(device)
+    counts = torch.zeros(x.shape[1], 2, dtype=torch.int64, device=device)
+    y = fused_activation(x, "gelu", counts, backend=backend, approximate=approximate)
+    want = gelu_float64(x.cpu(), approximate).to(dtype)
+    assert math.isnan(want[0, -1]) and want[0, -2] == math.inf
+    tol = GELU_TOL[dtype]
+    torch.testing.assert_close(y.cpu(), want, atol=tol, rtol=tol, equal_nan=True)
+    assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), (0.0,), 1, False))
 
 
 @pytest.mark.parametrize("ignore_ties", [False, True])

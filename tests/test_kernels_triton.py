@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from special_values import DENORMAL, WORD_THRESHOLDS, values_around  # noqa: E402
+from special_values import DENORMAL, WORD_THRESHOLDS, far_from_zero, gelu_float64, values_around  # noqa: E402
 
 from nepenthe.kernels import (  # noqa: E402
     available_backends,
@@ -352,6 +352,19 @@ def test_fused_output_and_counts(layout, kind, params, exact, dtype):
     else:
         torch.testing.assert_close(y, ref, equal_nan=True)
     assert torch.equal(counts, _reference(x, thresholds, channel_dim))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_fused_gelu_far_from_zero(dtype, approximate):
+    """GELU of values far from zero, up to the dtype's largest and infinities, against a float64 oracle (as in
+    test_kernels_fused.py, which runs the other backends): +inf gives +inf, -inf NaN, large negative values about
+    -0.0."""
+    x = far_from_zero(dtype).reshape(1, -1)
+    counts = torch.zeros(x.shape[1], 2, dtype=torch.int64)
+    y = fused_activation(x, "gelu", counts, backend="triton", approximate=approximate)
+    torch.testing.assert_close(y, gelu_float64(x, approximate).to(dtype), equal_nan=True)
+    assert torch.equal(counts, _reference(x, (0.0,), 1))
 
 
 @pytest.mark.parametrize("kind, params, exact", FUSED[::2], ids=lambda v: v if isinstance(v, str) else "")

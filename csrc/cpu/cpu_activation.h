@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "../common/count_args.h"
@@ -40,8 +41,8 @@ struct Act {
 // branch-free exp (two-part ln 2 reduction, degree-7 Taylor polynomial, exponent by bit shift; relative error a
 // few ulp) and Abramowitz & Stegun 7.1.26 for erfc (absolute error below 1.5e-7), taken on |x| so that the
 // gate of a negative x is a small erfc rather than a cancellation. float64 keeps libm.
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+inline float exp_approx(float arg) {
+  const float x = std::min(std::max(arg, -87.0f), 88.0f);
   // n = round(x / ln 2) by adding and removing 1.5 * 2^23 (std::floor does not vectorize with GCC 12).
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
@@ -56,7 +57,10 @@ inline float exp_approx(float x) {
   const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  // Beyond the clamp: 0 and infinity, not exp(-87) and exp(88). A GELU gate 1 / (1 + exp(88)) is 6e-39, not 0, and
+  // times x = -3e38 gave -1.8 where gelu is -0.0. NaN passes through both selects.
+  const float e = arg < -87.0f ? 0.0f : p * scale;
+  return arg > 88.0f ? std::numeric_limits<float>::infinity() : e;
 }
 
 inline float gelu_erf_gate(float x) {  // (1 + erf(x / sqrt 2)) / 2
