@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-sm", type=int, nargs="+", default=[None], help="programs per SM (both tile axes)")
     parser.add_argument("--unroll", type=int, nargs="+", default=[None], help="tiles per unrolled loop step")
     parser.add_argument(
-        "--stages", type=int, nargs="+", default=[None], help="software pipeline stages (PIPELINE_STAGES; 0: none)"
+        "--stages", type=int, nargs="+", default=[None], help="software pipeline stages (both tile axes; 0: none)"
     )
     parser.add_argument(
         "--half-compares",
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
-        "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "PIPELINE_STAGES",
+        "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES",
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                 if unroll is not None:
                     triton_count.INNER_TILE_UNROLL = triton_count.CHANNEL_TILE_UNROLL = unroll
                 if stages is not None:
-                    triton_count.PIPELINE_STAGES = stages or None
+                    triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages or None
                 if warps is not None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
                 if per_sm is not None:

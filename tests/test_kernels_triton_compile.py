@@ -62,7 +62,7 @@ VARIANTS = {
     "gelu_tanh-bf16-nhwc-sm90": ("bfloat16", "nhwc", "gelu_tanh", (0.0,), False, 90),
     "gelu-fp16-nchw-sm80": ("float16", "nchw", "gelu", (0.0,), False, 80),
 }
-# Software-pipelined variants (triton_count.PIPELINE_STAGES, which benchmarks/sweep_triton.py times): name:
+# Software-pipelined variants (triton_count's *_TILE_STAGES, which benchmarks/sweep_triton.py times): name:
 # (variant, stages). Channel tiles are pipelined: their tiles go to shared memory through cp.async.
 STAGED = {
     "fp16-nhwc-sm90-stages3": ("fp16-nhwc-sm90", 3),
@@ -118,7 +118,7 @@ def _compile_variant(name: str, stages: int | None = None) -> dict[str, object]:
     from nepenthe.kernels.thresholds import kernel_thresholds
     from nepenthe.kernels.triton_count import ACTIVATIONS, compiled_kernel, kernel_launch
 
-    triton_count.PIPELINE_STAGES = stages
+    triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages
     triton_count._static_launch.cache_clear()  # launches remembered with other stages
 
     dtype_name, layout, kind, thresholds, ignore_ties, arch = VARIANTS[name]
@@ -211,8 +211,8 @@ def test_contiguous_kernels_use_vector_loads(compiled, name):
 
 
 def test_pipelined_kernels_copy_tiles_asynchronously(compiled):
-    """With PIPELINE_STAGES, channel tiles are read with asynchronous copies to shared memory (the next tiles' while
-    one is counted), none with vector loads into registers; without it (the default), no kernel copies
+    """Pipelined (CHANNEL_TILE_STAGES), channel tiles are read with asynchronous copies to shared memory (the next
+    tiles' while one is counted), none with vector loads into registers; without it (the default), no kernel copies
     asynchronously."""
     for name in STAGED:
         assert compiled[name]["async_copies"] > 0, (name, compiled[name])

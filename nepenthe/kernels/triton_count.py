@@ -65,10 +65,12 @@ INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 1
 # Count float16 and bfloat16 values in their own format, and clamp them there when fused with relu or hardtanh (see
 # kernel_launch); benchmarks/sweep_triton.py turns it off to time the float32 compares against it.
 HALF_COMPARES = True
-# Software pipelining of the tile loop (tl.range's num_stages): with 2 or more, the next tiles' values are copied to
-# shared memory (cp.async) while a tile is counted, so each warp keeps loads in flight as it counts. None: the loop
-# as written (ptxas issues a tile's loads, waits, then counts). benchmarks/sweep_triton.py --stages times both.
-PIPELINE_STAGES: int | None = None
+# Software pipelining of the tile loop (tl.range's num_stages), per tile axis: with 2 or more, the next tiles' values
+# are copied to shared memory (cp.async) while a tile is counted, so each warp keeps loads in flight as it counts.
+# None: the loop as written (ptxas issues a tile's loads, waits, then counts). Not yet timed on a GPU;
+# benchmarks/sweep_triton.py --stages times it.
+INNER_TILE_STAGES: int | None = None
+CHANNEL_TILE_STAGES: int | None = None
 
 
 def _count_states_kernel(
@@ -443,7 +445,7 @@ def _static_launch(
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
         UNROLL=CHANNEL_TILE_UNROLL if along_channels else INNER_TILE_UNROLL,
-        STAGES=PIPELINE_STAGES,
+        STAGES=CHANNEL_TILE_STAGES if along_channels else INNER_TILE_STAGES,
         # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
