@@ -113,15 +113,23 @@ def test_random_counts_equal_reference_triton_interpreted(triton_interpreter, se
     _check_counts(triton_interpreter, seed)
 
 
+def _draw(
+    rng: random.Random, device: str, thresholds: tuple[float, ...]
+) -> tuple[torch.Tensor, int, bool, torch.Tensor]:
+    """A random case on ``device``: the tensor, its channel dim, ``ignore_ties`` and the reference counts."""
+    x, channel_dim = _case(rng, thresholds)
+    ignore_ties = rng.random() < 0.3
+    x = x.to(device)
+    want = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
+    return x, channel_dim, ignore_ties, want
+
+
 def _check_counts(device_backend: tuple[str, str], seed: int) -> None:
     device, backend = device_backend
     rng = random.Random(seed)
     for _ in range(CASES_PER_SEED):
         thresholds = _thresholds(rng)
-        x, channel_dim = _case(rng, thresholds)
-        ignore_ties = rng.random() < 0.3
-        x = x.to(device)
-        want = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
+        x, channel_dim, ignore_ties, want = _draw(rng, device, thresholds)
         got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend)
         assert torch.equal(got, want), _describe(x, thresholds, channel_dim, ignore_ties)
 
@@ -167,10 +175,7 @@ def _check_fused(device_backend: tuple[str, str], seed: int) -> None:
         kind, params = _activation(rng)
         own = rng.random() < 0.5
         thresholds = _thresholds(rng) if own else default_thresholds(kind, params)
-        x, channel_dim = _case(rng, thresholds)
-        ignore_ties = rng.random() < 0.3
-        x = x.to(device)
-        want_counts = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
+        x, channel_dim, ignore_ties, want_counts = _draw(rng, device, thresholds)
         counts = torch.zeros_like(want_counts)
         y = fused_activation(
             x, kind, counts, channel_dim=channel_dim, thresholds=thresholds if own else None,
