@@ -1,6 +1,5 @@
 """Values and thresholds that the count tests share: denormals per dtype, thresholds that 16-bit formats cannot
-hold, lie beyond or hold with neighbours, and every 16-bit value next to them; values far from zero and a GELU
-oracle for the fused tests."""
+hold, lie beyond or hold with neighbours, and every 16-bit value next to them; values far from zero."""
 
 from __future__ import annotations
 
@@ -50,11 +49,3 @@ def far_from_zero(dtype: torch.dtype) -> torch.Tensor:
     magnitudes = sorted({min(v, big) for v in far} | {big})
     values = [-v for v in magnitudes] + magnitudes + [-13.0, -10.0, math.inf, -math.inf]
     return torch.tensor(values, dtype=torch.float64).to(dtype)
-
-
-def gelu_float64(x: torch.Tensor, approximate: str) -> torch.Tensor:
-    """GELU in float64 without cancellation in the negative tail: x * erfc(-x / sqrt 2) / 2, or x * sigmoid(2u)."""
-    x = x.double()
-    if approximate == "tanh":
-        return x * torch.sigmoid(2 * 0.7978845608028654 * (x + 0.044715 * x**3))
-    return x * 0.5 * torch.special.erfc(-x / math.sqrt(2))

@@ -13,7 +13,8 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-from special_values import far_from_zero, gelu_float64
+from activation_oracles import as_cuda_computes, assert_bit_equal, gelu_float64, torch_activation
+from special_values import far_from_zero
 
 from nepenthe.kernels import fused_activation
 from nepenthe.kernels.fused import default_thresholds
@@ -49,30 +50,9 @@ def _input(dtype: torch.dtype, device: str, seed: int, with_inf: bool) -> torch.
 
 
 def _as_on(device_backend: tuple[str, str], y: torch.Tensor, x: torch.Tensor, kind: str, lo: float = 0.0):
-    """y, torch's relu or hardtanh of x, as torch computes it on the device the kernels ran for: for the CUDA
-    kernels emulated on CPU tensors (tests/cuda_emulated.py), a value at the lower bound becomes the bound, as in
-    torch's CUDA kernels (+0.0 for -0.0), where torch's CPU kernels keep it."""
-    if tuple(device_backend) != ("cpu", "cuda") or kind not in ("relu", "hardtanh"):
-        return y
-    return torch.where(x <= lo, torch.full_like(y, lo), y.detach())
-
-
-def _torch_activation(x: torch.Tensor, kind: str, params: dict[str, object]) -> torch.Tensor:
-    if kind == "relu":
-        return F.relu(x)
-    if kind == "hardtanh":
-        return F.hardtanh(x, params["min_val"], params["max_val"])
-    if kind == "leaky_relu":
-        return F.leaky_relu(x, params["negative_slope"])
-    return F.gelu(x, approximate=params["approximate"])
-
-
-def _assert_bit_equal(got: torch.Tensor, want: torch.Tensor) -> None:
-    """Equal bit patterns (so -0.0 != 0.0), except that any NaN matches any NaN."""
-    assert torch.equal(torch.isnan(got), torch.isnan(want))
-    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[got.element_size()]
-    keep = ~torch.isnan(want)
-    assert torch.equal(got[keep].view(ints), want[keep].view(ints))
+    """y, torch's activation of x on x's device, as torch computes it on the device the kernels ran for: for the
+    CUDA kernels emulated on CPU tensors (tests/cuda_emulated.py), as torch's CUDA kernels give it."""
+    return as_cuda_computes(y, x, kind, lo) if tuple(device_backend) == ("cpu", "cuda") else y
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -90,20 +70,20 @@ def test_fused_forward_backward_counts(device_backend, kind, params, dtype, layo
     xf = x.detach().clone().requires_grad_(True)
     y = fused_activation(xf, kind, counts, channel_dim=channel_dim, backend=backend, **params)
     xt = x.detach().clone().requires_grad_(True)
-    yt = _torch_activation(xt, kind, params)
+    yt = torch_activation(xt, kind, params)
 
     assert y.shape == yt.shape and y.dtype == yt.dtype
     if kind == "gelu":
         tol = GELU_TOL[dtype]
         torch.testing.assert_close(y, yt, atol=tol, rtol=tol, equal_nan=True)
     else:
-        _assert_bit_equal(y.detach(), _as_on(device_backend, yt.detach(), x, kind, params.get("min_val", 0.0)))
+        assert_bit_equal(y.detach(), _as_on(device_backend, yt.detach(), x, kind, params.get("min_val", 0.0)))
     assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), thresholds, channel_dim % x.dim(), False))
 
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
     y.backward(grad.to(device))
     yt.backward(grad.to(device))
-    _assert_bit_equal(xf.grad, xt.grad)
+    assert_bit_equal(xf.grad, xt.grad)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -140,7 +120,7 @@ def test_fused_custom_thresholds_and_ties(device_backend, ignore_ties):
         min_val=-1.0,
         max_val=6.0,
     )
-    _assert_bit_equal(y, _as_on(device_backend, F.hardtanh(x, -1.0, 6.0), x, "hardtanh", -1.0))
+    assert_bit_equal(y, _as_on(device_backend, F.hardtanh(x, -1.0, 6.0), x, "hardtanh", -1.0))
     want = 7 + count_states_reference(x.cpu(), thresholds, 1, ignore_ties)
     assert torch.equal(counts.cpu(), want)
 
@@ -166,7 +146,7 @@ def test_fused_maps_in_parallel(device_backend, shape, dtype):
     x = x * torch.linspace(0.5, 1.5, shape[1], device=device, dtype=dtype).view(1, -1, 1, 1)
     counts = torch.zeros(shape[1], 3, dtype=torch.int64, device=device)
     y = fused_activation(x, "hardtanh", counts, backend=backend, min_val=0.0, max_val=6.0)
-    _assert_bit_equal(y, _as_on(device_backend, F.hardtanh(x, 0.0, 6.0), x, "hardtanh"))
+    assert_bit_equal(y, _as_on(device_backend, F.hardtanh(x, 0.0, 6.0), x, "hardtanh"))
     assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), (0.0, 6.0), 1, False))
 
 
@@ -192,9 +172,7 @@ def test_fused_activations_without_nan(device_backend, shape, channels_last, dty
     thresholds = default_thresholds(kind, params)
     counts = torch.zeros(shape[1], len(thresholds) + 1, dtype=torch.int64, device=device)
     y = fused_activation(x, kind, counts, backend=backend, **params)
-    _assert_bit_equal(
-        y, _as_on(device_backend, _torch_activation(x, kind, params), x, kind, params.get("min_val", 0.0))
-    )
+    assert_bit_equal(y, _as_on(device_backend, torch_activation(x, kind, params), x, kind, params.get("min_val", 0.0)))
     assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), thresholds, 1, False))
 
 
@@ -234,11 +212,11 @@ def test_fused_every_activation_in_every_kernel(device_backend, kind, params, th
     states = default_thresholds(kind, params) if thresholds is None else thresholds
     counts = torch.zeros(shape[1], len(states) + 1, dtype=torch.int64, device=device)
     y = fused_activation(x, kind, counts, thresholds=thresholds, backend=backend, **params)
-    want = _torch_activation(x, kind, params)
+    want = torch_activation(x, kind, params)
     if kind == "gelu":
         torch.testing.assert_close(y, want, atol=GELU_TOL[dtype], rtol=GELU_TOL[dtype], equal_nan=True)
     else:
-        _assert_bit_equal(y, _as_on(device_backend, want, x, kind, params.get("min_val", 0.0)))
+        assert_bit_equal(y, _as_on(device_backend, want, x, kind, params.get("min_val", 0.0)))
     assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), states, 1, False))
 
 
@@ -255,7 +233,7 @@ def test_fused_rounds_ties_to_even(device_backend, dtype, tie):
     y = fused_activation(x, "hardtanh", counts, backend=backend, min_val=-tie, max_val=tie)
     want = F.hardtanh(x, -tie, tie)
     assert float(want.max()) != 1 + 2.0 ** (-7 if dtype == torch.bfloat16 else -10)  # torch rounded the tie to even
-    _assert_bit_equal(y, want)
+    assert_bit_equal(y, want)
 
 
 def test_fused_without_autograd_matches_and_records_no_graph(device_backend):
@@ -268,7 +246,7 @@ def test_fused_without_autograd_matches_and_records_no_graph(device_backend):
         counts = torch.zeros(x.shape[1], 2, dtype=torch.int64, device=device)
         with mode():
             y = fused_activation(x, "relu", counts, backend=backend)
-        _assert_bit_equal(y, _as_on(device_backend, F.relu(x), x, "relu"))
+        assert_bit_equal(y, _as_on(device_backend, F.relu(x), x, "relu"))
         assert torch.equal(counts.cpu(), want) and y.grad_fn is None
     xg = x.clone().requires_grad_(True)
     counts = torch.zeros(x.shape[1], 2, dtype=torch.int64, device=device)

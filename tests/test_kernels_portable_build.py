@@ -22,9 +22,9 @@ from types import ModuleType
 import pytest
 import torch
 import torch.nn.functional as F
+from activation_oracles import assert_bit_equal
 from cpu_variants import build_cpu_variant
 from test_kernels_count import activation_values, random_values
-from test_kernels_fused import _assert_bit_equal
 
 from nepenthe.kernels.cpu_backend import job_args
 from nepenthe.kernels.jobs import CountJob
@@ -120,5 +120,5 @@ def test_portable_build_fused_relu_equals_torch(portable_ext, dtype):
     job = _job(x, (0.0,), False)
     y = torch.empty_like(x)
     portable_ext.fused(*job_args(job), 1, y.data_ptr(), job.view.args, 0, 0.0, 0.0)
-    _assert_bit_equal(y, F.relu(x))
+    assert_bit_equal(y, F.relu(x))
     assert torch.equal(job.counts, count_states_reference(x, (0.0,), 1, False))

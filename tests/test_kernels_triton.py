@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from special_values import DENORMAL, WORD_THRESHOLDS, far_from_zero, gelu_float64, values_around  # noqa: E402
+from activation_oracles import assert_bit_equal, gelu_float64  # noqa: E402
+from special_values import DENORMAL, WORD_THRESHOLDS, far_from_zero, values_around  # noqa: E402
 
 from nepenthe.kernels import (  # noqa: E402
     available_backends,
@@ -286,13 +287,6 @@ FUSED = [
 ]
 
 
-def _assert_bit_equal(y: torch.Tensor, ref: torch.Tensor) -> None:
-    assert torch.equal(y.isnan(), ref.isnan())
-    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[y.element_size()]
-    keep = ~ref.isnan()
-    assert torch.equal(y.contiguous().view(ints)[keep], ref.contiguous().view(ints)[keep])  # ±0 included
-
-
 @pytest.mark.parametrize(
     "bounds", [(-0.3, 2.7), (0.0, 6.0), (-1 / 3, 1e-3), (-60001.0, 1e-8), (1 + 2**-11 + 2**-40, 1.5)], ids=str
 )
@@ -305,10 +299,10 @@ def test_fused_float16_clamp_of_every_value(bounds):
     lo, hi = bounds
     counts = torch.zeros(256, 3, dtype=torch.int64)
     y = fused_activation(x, "hardtanh", counts, backend="triton", min_val=lo, max_val=hi)
-    _assert_bit_equal(y, F.hardtanh(x, lo, hi))
+    assert_bit_equal(y, F.hardtanh(x, lo, hi))
     assert torch.equal(counts, _reference(x, (lo, hi), 1))
     relu_counts = torch.zeros(256, 2, dtype=torch.int64)
-    _assert_bit_equal(fused_activation(x, "relu", relu_counts, backend="triton"), F.relu(x))
+    assert_bit_equal(fused_activation(x, "relu", relu_counts, backend="triton"), F.relu(x))
     assert torch.equal(relu_counts, _reference(x, (0.0,), 1))
 
 
@@ -332,7 +326,7 @@ def test_fused_float16_clamp_with_cuda_semantics(bounds):
     interpreted_kernel()[(launch.programs,)](*launch.args, **dict(launch.constexprs, CLAMP_TO_BOUND=True))
     v, lo32, hi32 = x.float(), torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
     want = torch.where(v <= lo32, lo32, torch.where(v > hi32, hi32, v)).half()
-    _assert_bit_equal(y, want)
+    assert_bit_equal(y, want)
     assert torch.equal(counts, _reference(x, (lo, hi), 1))
 
 
@@ -348,7 +342,7 @@ def test_fused_output_and_counts(layout, kind, params, exact, dtype):
     y = fused_activation(x, kind, counts, channel_dim=channel_dim, backend="triton", **params)
     ref = getattr(F, kind)(x, **params)
     if exact:
-        _assert_bit_equal(y, ref)
+        assert_bit_equal(y, ref)
     else:
         torch.testing.assert_close(y, ref, equal_nan=True)
     assert torch.equal(counts, _reference(x, thresholds, channel_dim))
