@@ -522,7 +522,11 @@ def profile(
       thresholds.
     - ``ignore_ties``: leave values exactly at a threshold out of the counts (NEPENTHE's "don't care").
     - ``fused``: swap ReLU/ReLU6/Hardtanh/LeakyReLU/GELU modules for fused kernels that compute the activation
-      and count in one pass (eager mode only; other activations keep hooks; swapped back on exit).
+      and count in one pass (eager mode only; other activations keep hooks; swapped back on exit). ReLU, ReLU6,
+      Hardtanh and LeakyReLU give torch's outputs bit for bit; GELU agrees within float rounding (float32: about
+      1e-6 relative), so what follows a GELU can differ in its last bits, and a later value that sits exactly on
+      a kink (0 for a ReLU) may land on its other side and change that element's gradient. Hook mode leaves the
+      model's computation untouched.
     - ``channel_dims``: override the neuron dim per layer (``"layer1.0.relu@1"``) or per module (all its calls).
     - ``aggregate``: ``"sum"`` pools counts (exact entropy); ``"batch_mean"`` averages per-forward entropies as
       EGP/EASIER do (only to reproduce their numbers).
