@@ -81,16 +81,16 @@ BENCH_ARGS=(--device cuda --out "$RESULTS/bench_kernels.md")
 step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$RESULTS/bench_kernels.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-if [ -n "${AB_OLD:-}" ]; then
-  echo "[${SECONDS} s] == CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
-  FUSED_CASES="${AB_FUSED:-}" step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-fi
-
 if [ -n "${SWEEP:-}" ]; then
   echo "[${SECONDS} s] == Triton launch-constant sweep"
   # shellcheck disable=SC2086 # SWEEP_ARGS: the sweep's own options, split on spaces
   step_within "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py ${SWEEP_ARGS:-} 2>&1 | tee "$RESULTS/sweep_triton.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [ -n "${AB_OLD:-}" ]; then
+  echo "[${SECONDS} s] == CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
+  FUSED_CASES="${AB_FUSED:-}" step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
