@@ -306,6 +306,37 @@ def test_fused_float16_clamp_of_every_value(bounds):
     assert torch.equal(relu_counts, _reference(x, (0.0,), 1))
 
 
+def test_direct_launch_passes_constants_in_parameter_order():
+    """What a direct launch (``_launch_compiled``) hands the compiled kernel's launcher after the runtime arguments:
+    every compile-time constant, in the kernel's parameter order, as JITFunction.run binds them. And it launches
+    directly only while no launch hook (Triton's profilers) is set."""
+    import inspect
+
+    import triton
+
+    from nepenthe.kernels.jobs import CountJob
+    from nepenthe.kernels.thresholds import kernel_thresholds
+    from nepenthe.kernels.triton_count import _constexpr_args, _count_states_kernel, _no_launch_hooks, kernel_launch
+
+    x, view = readable_view(torch.zeros(2, 24, 7, 7), 1)
+    kt = kernel_thresholds((0.0, 6.0), x.dtype)
+    launch = kernel_launch(CountJob(x, 1, view, (0.0, 6.0), kt, True, torch.zeros(24, 3, dtype=torch.int64)))
+    params = list(inspect.signature(_count_states_kernel).parameters)
+    constants = params[len(launch.args) :]
+    assert constants[0] == "K" and constants[-1] == "STAGES"
+    assert _constexpr_args(launch) == tuple(launch.constexprs[name] for name in constants)
+    assert _constexpr_args(launch)[:2] == (3, True)  # K states, IGNORE_TIES
+
+    hook = triton.knobs.runtime.launch_enter_hook
+    assert _no_launch_hooks()
+    hook.add(print)
+    try:
+        assert not _no_launch_hooks()
+    finally:
+        hook.remove(print)
+    assert _no_launch_hooks()
+
+
 @pytest.mark.parametrize("bounds", [(-0.3, 2.7), (-1e-8, 1e-8), (-1 / 3, 1e-3)], ids=str)
 def test_fused_float16_clamp_with_cuda_semantics(bounds):
     """The kernel as compiled for CUDA tensors (CLAMP_TO_BOUND: a value at or below the lower bound becomes the
@@ -418,6 +449,40 @@ def test_gpu_fused(kind, params, exact, dtype):
     else:
         torch.testing.assert_close(y, ref, equal_nan=True)
     assert torch.equal(counts, _reference(x, thresholds, 1))
+
+
+@pytest.mark.gpu
+@cuda_only
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through_jit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_gpu_direct_launch_per_alignment(direct, dtype, monkeypatch):
+    """After the first launch of a setting, later ones call the compiled kernel's launcher (DIRECT_LAUNCH), but only
+    with tensors aligned as those it was compiled for: x and counts at 16 bytes, or not, in turn, each twice. A
+    16-byte-aligned kernel given an unaligned x would read 16 bytes from an unaligned address (a CUDA error)."""
+    from nepenthe.kernels import triton_count
+
+    monkeypatch.setattr(triton_count, "DIRECT_LAUNCH", direct)
+    triton_count._static_launch.cache_clear()  # no kernel remembered from other tests
+    jit = triton_count.compiled_kernel()
+    through_jit = []
+
+    def run(*args, **kwargs):
+        through_jit.append(1)
+        return type(jit).run(jit, *args, **kwargs)
+
+    monkeypatch.setattr(jit, "run", run)
+    shape = (4, 24, 14, 14)
+    numel = math.prod(shape)
+    base = _values((numel + 16,), dtype, seed=21).cuda()
+    counts_base = torch.zeros(24 * 3 + 2, dtype=torch.int64, device="cuda")
+    offsets = [(0, 0), (1, 0), (0, 1), (8, 0), (1, 1)] * 2  # (x, counts) offsets in elements; (8, 0) aligned as (0, 0)
+    for x_offset, counts_offset in offsets:
+        x = base[x_offset : x_offset + numel].view(shape)
+        counts = counts_base[counts_offset : counts_offset + 24 * 3].view(24, 3).zero_()
+        count_states(x, (0.0, 1.5), counts=counts, backend="triton")
+        assert torch.equal(counts, _reference(x, (0.0, 1.5), 1)), (x_offset, counts_offset)
+    # Directly: one launch through JITFunction.run for each of the four alignments, the other six launched directly.
+    assert len(through_jit) == (4 if direct else len(offsets))
 
 
 @pytest.mark.gpu
