@@ -54,23 +54,29 @@ ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XO", "ALIGN_XC", "ALIGN_XI", "ALIGN_
 # - Along the inner positions (NCHW): 8 warps, 16 programs per SM, the loop unrolled twice (H200 sweep, session 5;
 #   the H100 sweep of session 10 found nothing clearly better). Unrolled twice, ptxas issues both tiles' loads
 #   before counting either (sm_90 SASS: 4 16-byte loads per thread in flight on float16 NCHW tiles).
-# - Along the channels (channels_last, tokens): 8 warps, 4 programs per SM (one wave of 32 warps), not unrolled
-#   (H100 sweep, session 10). On the H100, bench_kernels' seven such tensors above L2 went from 1.04-2.50x
-#   x.sum()'s GPU time with the H200's constants (4 warps, 8 programs per SM, unrolled twice) to 0.99-1.35x. The
-#   2.50 was MobileNet-V2's 96 bfloat16 channels with two thresholds: the unrolled loop took 183 registers a thread,
-#   so an SM held two programs.
+# - Along the channels (channels_last, tokens): 8 warps, 4 programs per SM (one wave of 32 warps) (H100 sweep,
+#   session 10). On the H100, bench_kernels' seven such tensors above L2 went from 1.04-2.50x x.sum()'s GPU time
+#   with the H200's constants (4 warps, 8 programs per SM, unrolled twice) to 0.99-1.35x. The 2.50 was
+#   MobileNet-V2's 96 bfloat16 channels with two thresholds: the unrolled loop took 183 registers a thread, so an SM
+#   held two programs. Since session 11's 16-bit compares these loops take 40-54 registers, and unrolled twice
+#   again (H200, session 13) the Swin-T MLP's 384 channels count in 0.73-0.87 of the time (16-bit 1.47 -> 1.07x
+#   x.sum(), float32 1.07 -> 0.95x), ResNet-18 layer4's 512 float16 channels in 0.87, the others within 4%.
+#   Fused with GELU, whose loop is arithmetic rather than loads, unrolling took 5-7% longer in 16 bits: not there.
 TILE_BYTES = 8192
 ROW_BYTES = 512
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 4
-INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 1
+INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 2
+CHANNEL_TILE_GELU_UNROLL = 1
 # Count float16 and bfloat16 values in their own format, and clamp them there when fused with relu or hardtanh (see
 # kernel_launch); benchmarks/sweep_triton.py turns it off to time the float32 compares against it.
 HALF_COMPARES = True
 # Software pipelining of the tile loop (tl.range's num_stages), per tile axis: with 2 or more, the next tiles' values
 # are copied to shared memory (cp.async) while a tile is counted, so each warp keeps loads in flight as it counts.
-# None: the loop as written (ptxas issues a tile's loads, waits, then counts). Not yet timed on a GPU;
-# benchmarks/sweep_triton.py --stages times it.
+# None: the loop as written (ptxas issues a tile's loads, waits, then counts). Timed on the H200 (session 13,
+# sweep_triton.py --stages 0 3): 3 stages took 14% longer on MobileNet-V2's channels_last 16-bit tensors, 13-19% on
+# ResNet-18's NCHW bfloat16, 6% on its layer4 channels_last float16, and were within 2% elsewhere; with channel
+# tiles unrolled twice, 25% longer on the Swin-T MLP. Off.
 INNER_TILE_STAGES: int | None = None
 CHANNEL_TILE_STAGES: int | None = None
 # Launch a kernel already compiled for a launch's settings through its own launcher, as the end of Triton's
@@ -352,6 +358,13 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> Lau
     return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
 
 
+def _unroll(along_channels: bool, act: int) -> int:
+    if not along_channels:
+        return INNER_TILE_UNROLL
+    gelu = act in (ACTIVATIONS["gelu_none"], ACTIVATIONS["gelu_tanh"])
+    return CHANNEL_TILE_GELU_UNROLL if gelu else CHANNEL_TILE_UNROLL
+
+
 def _alignment(stride: int) -> int:
     """The largest power of two up to 16 that divides ``stride`` (0 divides by anything)."""
     return 16 if stride % 16 == 0 else stride & -stride
@@ -465,7 +478,7 @@ def _static_launch(
         ACC=tl.int32 if num_states <= 4 else tl.int64,
         BLOCK_C=cfg.block_c,
         BLOCK_I=cfg.block_i,
-        UNROLL=CHANNEL_TILE_UNROLL if along_channels else INNER_TILE_UNROLL,
+        UNROLL=_unroll(along_channels, act),
         STAGES=CHANNEL_TILE_STAGES if along_channels else INNER_TILE_STAGES,
         # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
         # element of a constexpr tuple, as a hint's value.
