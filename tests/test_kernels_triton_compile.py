@@ -154,6 +154,8 @@ def _compile_variant(name: str, stages: int | None = None) -> dict[str, object]:
         "stores": sorted(set(re.findall(r"st\.global(?:\.[a-z0-9]+)*", ptx))),
         "compares": sorted(set(re.findall(r"setp\.[a-z]+\.(?:f16|bf16|f32|f64)\b", ptx))),
         "async_copies": len(re.findall(r"cp\.async\.c[ag]\.", ptx)),
+        "bf16_conversions": len(re.findall(r"cvt\.rn\.bf16(?:x2)?\.f32", ptx)),
+        "bf16_rounded_by_hand": len(re.findall(r"\b32767\b", ptx)),  # the interpreter's rounding bias, 0x7FFF
     }
 
 
@@ -263,6 +265,20 @@ def test_16bit_counts_compare_in_their_own_format(compiled):
         assert compares == {own}, (name, compares)
         checked += 1
     assert checked >= 6
+
+
+def test_bfloat16_outputs_rounded_by_the_hardware(compiled):
+    """Fused activations computed in float32 (leaky_relu, GELU) round their bfloat16 outputs with the hardware's
+    conversion to nearest even (cvt.rn.bf16), as torch does; only the interpreter, whose cast rounds half up, rounds
+    by hand (about six instructions a value)."""
+    checked = 0
+    for name, (dtype, _, kind, *_) in VARIANTS.items():
+        if dtype != "bfloat16" or kind in (None, "relu", "hardtanh"):
+            continue
+        assert compiled[name]["bf16_conversions"] > 0, (name, compiled[name])
+        assert compiled[name]["bf16_rounded_by_hand"] == 0, (name, compiled[name])
+        checked += 1
+    assert checked >= 2
 
 
 if __name__ == "__main__":
