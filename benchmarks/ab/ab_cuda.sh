@@ -31,6 +31,7 @@ flags=(-std=c++17 -O3 "-arch=${ARCH:-native}")
 if [ -n "${BUILD_ONLY:-}" ]; then echo "ab_cuda: built"; exit 0; fi
 default="128 64 3136 nchw 0 1;256 64 3136 nchw 1 1;256 64 3136 nchw 2 1;128 64 3136 cl 0 1;256 64 3136 cl 1 1"
 default+=";256 64 3136 cl 2 1;128 96 12544 cl 1 2;128 96 12544 nchw 2 2;128 96 3136 cl 0 1;128 96 3136 cl 2 1"
+default+=";128 384 3136 cl 0 1;128 384 3136 cl 1 1"  # Swin-T stage 1 MLP tokens, 384 channels
 fused="256 64 3136 nchw 1 1 relu;128 64 3136 nchw 0 1 relu;128 96 12544 nchw 1 2 relu6;128 96 12544 cl 2 2 relu6"
 fused+=";128 96 12544 nchw 0 2 relu6;128 384 3136 cl 1 1 gelu;128 384 3136 cl 2 1 gelu;128 384 3136 cl 0 1 gelu"
 list="${SHAPES:-$default}"
