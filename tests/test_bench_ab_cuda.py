@@ -1,8 +1,9 @@
 """The CUDA A/B harness (benchmarks/ab/ab_cuda.sh) builds, so that a GPU session can run it at once.
 
 It compiles two builds of csrc/cuda/count_cuda.cu with their namespaces renamed, and the harness that times and
-checks them, here for sm_90 without a GPU (about 10 s). Running it needs a GPU: ``bash benchmarks/ab/ab_cuda.sh A
-B`` (each a git revision or a folder holding csrc/), or ``AB_OLD=A bash benchmarks/gpu_check.sh``.
+checks them, here for sm_90 without a GPU (about 40 s on 2 cores, the two versions at once). Running it needs a
+GPU: ``bash benchmarks/ab/ab_cuda.sh A B`` (each a git revision or a folder holding csrc/), or
+``AB_OLD=A bash benchmarks/gpu_check.sh``.
 """
 
 from __future__ import annotations
