@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a GPU machine (no network needed): build nepenthe with its CUDA extension, run the gpu-marked tests and
-# the kernel, profiler and depth-reduction benchmarks, and write everything under results/gpu-<UTC date-time>/
+# the kernel (with the Triton host time a call), profiler and depth-reduction benchmarks, and write everything under results/gpu-<UTC date-time>/
 # (printed at the start and end).
 #
 #   bash benchmarks/gpu_check.sh            # full benchmark (batch 32)
@@ -80,6 +80,11 @@ BENCH_ARGS=(--device cuda --out "$RESULTS/bench_kernels.md")
 [ -n "${NO_FUSED:-}" ] && BENCH_ARGS+=(--no-fused)
 step "$PY" benchmarks/bench_kernels.py "${BENCH_ARGS[@]}" 2>&1 | tee "$RESULTS/bench_kernels.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo "[${SECONDS} s] == Triton host time a call (bench_triton_host.py)"
+step "$PY" benchmarks/bench_triton_host.py --calls 1000 --out "$RESULTS/triton_host.md" >"$RESULTS/triton_host.txt" 2>&1 \
+  || { echo "bench_triton_host.py failed, see $RESULTS/triton_host.txt"; status=1; }
+head -n 8 "$RESULTS/triton_host.txt"
 
 if [ -n "${SWEEP:-}" ]; then
   echo "[${SECONDS} s] == Triton launch-constant sweep"
