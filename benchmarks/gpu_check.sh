@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine (no network needed): build nepenthe with its CUDA extension, run the gpu-marked tests and
-# the kernel (with the Triton host time a call), profiler and depth-reduction benchmarks, and write everything under results/gpu-<UTC date-time>/
-# (printed at the start and end).
+# the kernel (with the Triton host time a call), profiler and depth-reduction benchmarks, and write everything
+# under results/gpu-<UTC date-time>/ (printed at the start and end).
 #
 #   bash benchmarks/gpu_check.sh            # full benchmark (batch 32)
 #   QUICK=1 bash benchmarks/gpu_check.sh    # batch 8, fewer repetitions
