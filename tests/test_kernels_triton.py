@@ -483,6 +483,17 @@ def test_gpu_direct_launch_per_alignment(direct, dtype, monkeypatch):
         assert torch.equal(counts, _reference(x, (0.0, 1.5), 1)), (x_offset, counts_offset)
     # Directly: one launch through JITFunction.run for each of the four alignments, the other six launched directly.
     assert len(through_jit) == (4 if direct else len(offsets))
+    # With a launch hook set (as Triton's profilers set one), every launch goes through JITFunction.run, which
+    # calls the hook.
+    import triton
+
+    seen = []
+    triton.knobs.runtime.launch_enter_hook.add(seen.append)
+    try:
+        count_states(base[:numel].view(shape), (0.0, 1.5), backend="triton")
+    finally:
+        triton.knobs.runtime.launch_enter_hook.remove(seen.append)
+    assert len(through_jit) == (5 if direct else len(offsets) + 1) and len(seen) == 1
 
 
 @pytest.mark.gpu
