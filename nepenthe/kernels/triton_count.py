@@ -412,10 +412,11 @@ def kernel_launch(
     # float16 425 -> 392, bfloat16 454 -> 387, 80 registers -> 53 and 68). Not with GELU: its loops took 16-18
     # registers more (three programs an SM instead of four) for 2% fewer instructions. bfloat16 only when compiled:
     # the interpreter holds bfloat16 as raw bits, which compare as integers.
+    bf16 = x.dtype == torch.bfloat16
     cmp16 = (
         HALF_COMPARES
         and act in (0, ACTIVATIONS["relu"], ACTIVATIONS["hardtanh"], ACTIVATIONS["leaky_relu"])
-        and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and compiled))
+        and (x.dtype == torch.float16 or (bf16 and compiled))
     )
     act16 = cmp16 and act in (ACTIVATIONS["relu"], ACTIVATIONS["hardtanh"])
     greater, tie = half_thresholds(kt, x.dtype) if cmp16 else (kt.greater, kt.tie)
@@ -426,7 +427,6 @@ def kernel_launch(
         y, y_view = job.y, job.y_view
     else:
         y, y_view = x, job.view  # never written: ACT == 0 compiles the store away
-    bf16 = x.dtype == torch.bfloat16
     static = _static_launch(
         job.view, y_view, x.element_size(), x.device, act, kt.num_states, job.ignore_ties, kt.compute_dtype,
         bf16, cmp16, act16, bf16 and not compiled,
@@ -529,12 +529,13 @@ def _launch_compiled(launch: KernelLaunch, device: torch.device) -> None:
     tensors = launch.args[:4]
     debug = triton.knobs.runtime.debug  # compiled in (device-side asserts): set by TRITON_DEBUG or by hand
     key = (debug, tensors[0].dtype, tensors[1].dtype, *(t.data_ptr() % 16 == 0 for t in tensors))
-    direct = launch.compiled.get(key) if DIRECT_LAUNCH and _no_launch_hooks() else None
+    use_direct = DIRECT_LAUNCH and _no_launch_hooks()
+    direct = launch.compiled.get(key) if use_direct else None
     if direct is None:
-        constexpr_args = _constexpr_args(launch) if DIRECT_LAUNCH else ()
+        constexpr_args = _constexpr_args(launch) if use_direct else ()
         grid = (launch.programs,)
         kernel = compiled_kernel()[grid](*launch.args, **launch.constexprs, num_warps=launch.num_warps)
-        if DIRECT_LAUNCH and kernel is not None:
+        if use_direct and kernel is not None:
             kernel = kernel.result() if hasattr(kernel, "result") else kernel  # an asynchronous compile's future
             launch.compiled[key] = (kernel, constexpr_args)
         return
