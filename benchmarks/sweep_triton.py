@@ -1,5 +1,5 @@
 """Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM, loop unrolling, software
-pipelining and 16-bit compares (in their own format or in float32).
+pipelining, 16-bit compares (in their own format or in float32) and channel blocks (fitted or widest).
 
 For activation tensors larger than the L2 cache, in NCHW, channels_last and token layouts, it times the counting
 kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, and GPU-only
@@ -14,6 +14,7 @@ Usage::
     python benchmarks/sweep_triton.py --match channels_last bfloat16   # channels_last or bfloat16 tensors only
     python benchmarks/sweep_triton.py --match float16 bfloat16 --half-compares 1 0 --tiles 8192 --per-sm 4 16
     python benchmarks/sweep_triton.py --match channels_last natural --unroll 1 2 --stages 0 3   # 4 settings
+    python benchmarks/sweep_triton.py --match channels_last natural --warps 4 8 --fit 0 1   # 4 settings
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def main(argv: list[str] | None = None) -> None:
         default=[1],
         help="1: 16-bit values compared in their own format, 0: in float32 (HALF_COMPARES)",
     )
+    parser.add_argument(
+        "--fit",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="1: channel blocks fitted to the channels, 0: the widest (CHANNEL_BLOCK_FIT)",
+    )
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument(
         "--match", nargs="+", default=None, help="only tensors whose 'name layout dtype' holds one of these strings"
@@ -80,14 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
     print(
         "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | stages | 16-bit compares "
-        "| time (us) "
+        "| fitted channel blocks | time (us) "
         "| / sum "
         "| GPU-only (us) | GPU GB/s | GPU / sum | counts |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
-        "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES",
+        "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES", "CHANNEL_BLOCK_FIT",
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
@@ -98,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
             read = time_it(lambda x=x: x.sum())
             read_gpu = gpu_time(lambda x=x: x.sum(), args.reps)
             settings = itertools.product(
-                args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares
+                args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares, args.fit
             )
-            for tile, warps, per_sm, unroll, stages, half in settings:
+            for tile, warps, per_sm, unroll, stages, half, fit in settings:
                 for constant, value in defaults.items():
                     setattr(triton_count, constant, value)
                 triton_count.HALF_COMPARES = bool(half)
@@ -112,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages or None
                 if warps is not None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
+                if fit is not None:
+                    triton_count.CHANNEL_BLOCK_FIT = bool(fit)
                 if per_sm is not None:
                     triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {_shown(tile)} | {_shown(warps)} "
                     f"| {_shown(per_sm)} | {_shown(unroll)} | {_shown(stages)} "
-                    f"| {'own format' if half else 'float32'} | {t * 1e6:.1f} "
+                    f"| {'own format' if half else 'float32'} | {_shown(fit)} | {t * 1e6:.1f} "
                     f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,
                 )

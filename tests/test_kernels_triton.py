@@ -276,6 +276,40 @@ def test_launch_config_keeps_packed_counts_and_tiles_in_range():
     assert cfg.block_c == 256 and cfg.block_c * cfg.block_i * 2 == TILE_BYTES  # tiles along the channels
 
 
+def test_channel_blocks_fitted_to_the_channels(monkeypatch):
+    from nepenthe.kernels import triton_count
+
+    widest = {(96, 2): 128, (384, 2): 256, (1280, 2): 256, (576, 2): 256, (96, 4): 128, (64, 4): 64, (3, 2): 4}
+    fitted = {(96, 2): 32, (384, 2): 128, (1280, 2): 256, (576, 2): 64, (96, 4): 32, (64, 4): 64, (3, 2): 4}
+    for (channels, itemsize), block in widest.items():
+        assert triton_count._channel_block(channels, itemsize) == block
+    monkeypatch.setattr(triton_count, "CHANNEL_BLOCK_FIT", True)
+    for (channels, itemsize), block in fitted.items():
+        assert triton_count._channel_block(channels, itemsize) == block, (channels, itemsize)
+        assert block * itemsize >= triton_count.MIN_ROW_BYTES or block == widest[channels, itemsize]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels", [96, 160])
+def test_fitted_channel_blocks_count_exactly(monkeypatch, channels, dtype):
+    """With CHANNEL_BLOCK_FIT, channels_last tensors count in several narrower channel blocks (96 channels: three of
+    32 rather than one of 128; 160: five of 32 rather than two of 128 or one of 256) and still exactly."""
+    from nepenthe.kernels import triton_count
+
+    monkeypatch.setattr(triton_count, "CHANNEL_BLOCK_FIT", True)
+    triton_count._static_launch.cache_clear()  # launches remembered with the widest blocks
+    try:
+        x = _values((2, channels, 5, 3), dtype, seed=channels).to(memory_format=torch.channels_last)
+        _, view = readable_view(x, 1)
+        cfg = launch_config(view, x.element_size(), target_programs=4)
+        assert cfg.n_cblocks > 1 and cfg.block_c < _pow2_at_most(channels, 1 << 20)
+        for thresholds in [(0.0,), (0.0, 6.0)]:
+            got = count_states(x, thresholds, backend="triton")
+            assert torch.equal(got, _reference(x, thresholds, 1)), thresholds
+    finally:
+        triton_count._static_launch.cache_clear()
+
+
 FUSED = [
     ("relu", {}, True),
     ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, True),

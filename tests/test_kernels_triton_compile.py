@@ -38,6 +38,7 @@ VARIANTS = {
     "relu-fp16-nchwbig-sm90": ("float16", "nchwbig", "relu", (0.0,), False, 90),
     "fp16-nchw14-sm90": ("float16", "nchw14", None, (0.0,), False, 90),
     "fp32-nhwc24-sm90": ("float32", "nhwc24", None, (0.0,), False, 90),
+    "fp16-nhwc96-sm90": ("float16", "nhwc96", None, (0.0, 6.0), False, 90),
     "fp32-nchw-sm80": ("float32", "nchw", None, (0.0,), False, 80),
     "fp16-nhwc-sm80": ("float16", "nhwc", None, (0.0,), False, 80),
     "bf16-nchw-sm80": ("bfloat16", "nchw", None, (0.0,), False, 80),
@@ -70,10 +71,13 @@ STAGED = {
     "bf16-nhwc-sm90-stages3": ("bf16-nhwc-sm90", 3),
     "hardtanh-fp16-nhwc-sm90-stages3": ("hardtanh-fp16-nhwc-sm90", 3),
 }
+# Variants compiled with channel blocks fitted to the channels (triton_count.CHANNEL_BLOCK_FIT, which
+# benchmarks/sweep_triton.py times): name: variant. MobileNet-V2's 96 channels in three blocks of 32.
+FITTED = {"fp16-nhwc96-sm90-fitted": "fp16-nhwc96-sm90"}
 MUST_VECTORISE = [
     name for name, (dt, layout, kind, *_) in VARIANTS.items()
     if kind is None and layout.startswith(("nchw", "nhwc")) and dt in ("float32", "float16")
-]  # fmt: skip
+] + list(FITTED)  # fmt: skip
 _PARAMS = {"hardtanh": (0.0, 6.0), "leaky_relu": (0.01, 0.0)}
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,6 +91,8 @@ def _tensor(dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, int]:
         return torch.zeros(2, 8, 14, 14, dtype=dtype), 1
     if layout == "nhwc24":  # MobileNet-V2's 24 channels
         return torch.zeros(2, 24, 8, 8, dtype=dtype).to(memory_format=torch.channels_last), 1
+    if layout == "nhwc96":  # MobileNet-V2's 96 channels
+        return torch.zeros(2, 96, 8, 8, dtype=dtype).to(memory_format=torch.channels_last), 1
     if layout == "nhwc":
         return torch.zeros(2, 256, 4, 4, dtype=dtype).to(memory_format=torch.channels_last), 1
     if layout == "vector":  # (N, C) features: one position per channel and sample, tiles one position wide
@@ -104,9 +110,9 @@ def _tensor(dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, int]:
     return torch.zeros(2, 6, 8, 10, dtype=dtype).permute(0, 2, 3, 1), 1  # neither stride is 1
 
 
-def _compile_variant(name: str, stages: int | None = None) -> dict[str, object]:
-    """Compile one variant in this (child) process, its tile loop pipelined in ``stages`` (None: as written); what
-    the test checks about it."""
+def _compile_variant(name: str, stages: int | None = None, fit: bool = False) -> dict[str, object]:
+    """Compile one variant in this (child) process, its tile loop pipelined in ``stages`` (None: as written), its
+    channel blocks fitted to the channels with ``fit``; what the test checks about it."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -119,7 +125,8 @@ def _compile_variant(name: str, stages: int | None = None) -> dict[str, object]:
     from nepenthe.kernels.triton_count import ACTIVATIONS, compiled_kernel, kernel_launch
 
     triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages
-    triton_count._static_launch.cache_clear()  # launches remembered with other stages
+    triton_count.CHANNEL_BLOCK_FIT = fit
+    triton_count._static_launch.cache_clear()  # launches remembered with other stages or blocks
 
     dtype_name, layout, kind, thresholds, ignore_ties, arch = VARIANTS[name]
     x, channel_dim = _tensor(getattr(torch, dtype_name), layout)
@@ -148,6 +155,7 @@ def _compile_variant(name: str, stages: int | None = None) -> dict[str, object]:
     kernel = triton.compile(src, target=target, options=options.__dict__)
     ptx = kernel.asm["ptx"]
     return {
+        "block_c": launch.constexprs["BLOCK_C"],
         "cubin_bytes": len(kernel.asm["cubin"]),
         "loads": sorted(set(re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx))),
         "scalar_loads": len(re.findall(r"ld\.global(?![.a-z0-9]*\.v[248]\b)(?:\.[a-z0-9]+)*\s", ptx)),
@@ -161,10 +169,12 @@ def _compile_variant(name: str, stages: int | None = None) -> dict[str, object]:
 
 def _child_main() -> None:
     results = {}
-    runs = [(name, name, None) for name in VARIANTS] + [(name, *staged) for name, staged in STAGED.items()]
-    for name, variant, stages in runs:
+    runs = [(name, name, None, False) for name in VARIANTS]
+    runs += [(name, *staged, False) for name, staged in STAGED.items()]
+    runs += [(name, variant, None, True) for name, variant in FITTED.items()]
+    for name, variant, stages, fit in runs:
         try:
-            results[name] = _compile_variant(variant, stages)
+            results[name] = _compile_variant(variant, stages, fit)
         except Exception as err:  # noqa: BLE001 - reported to the parent test, which fails that variant
             results[name] = {"error": f"{type(err).__name__}: {err}"}
     print(json.dumps(results))
@@ -198,7 +208,7 @@ def compiled() -> dict[str, dict[str, object]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", [*VARIANTS, *STAGED])
+@pytest.mark.parametrize("name", [*VARIANTS, *STAGED, *FITTED])
 def test_kernel_compiles_to_cubin(compiled, name):
     result = compiled[name]
     assert "error" not in result, result.get("error")
@@ -210,6 +220,11 @@ def test_kernel_compiles_to_cubin(compiled, name):
 def test_contiguous_kernels_use_vector_loads(compiled, name):
     loads = compiled[name].get("loads", [])
     assert any(".v4." in op or ".v2." in op for op in loads), loads
+
+
+def test_fitted_channel_blocks_are_narrower(compiled):
+    for name, variant in FITTED.items():
+        assert compiled[name]["block_c"] == 32 and compiled[variant]["block_c"] == 128, (name, variant)
 
 
 def test_pipelined_kernels_copy_tiles_asynchronously(compiled):

@@ -64,6 +64,12 @@ ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XO", "ALIGN_XC", "ALIGN_XI", "ALIGN_
 #   Fused with GELU, whose loop is arithmetic rather than loads, unrolling took 5-7% longer in 16 bits: not there.
 TILE_BYTES = 8192
 ROW_BYTES = 512
+# Along the channels, fit the channel block to the channels: the power of two, down to MIN_ROW_BYTES of a row, that
+# pads them least, rather than the widest (MobileNet-V2's 96 channels: three blocks of 32, not one of 128 with a
+# quarter of its lanes masked off; Swin-T's 384 in 16 bits: three of 128, not two of 256). Untimed (no GPU since it
+# was written): benchmarks/sweep_triton.py --fit 0 1 times both.
+CHANNEL_BLOCK_FIT = False
+MIN_ROW_BYTES = 64
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 4
 INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 2
@@ -350,7 +356,7 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> Lau
     """
     tile = TILE_BYTES // itemsize
     if tiles_along_channels(view):
-        block_c = _pow2_at_most(view.channels, ROW_BYTES // itemsize)
+        block_c = _channel_block(view.channels, itemsize)
         block_i = _pow2_at_most(view.inner, tile // block_c)
     else:
         block_i = _pow2_at_most(view.inner, tile)
@@ -360,6 +366,26 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> Lau
     total_tiles = view.outer * n_itiles
     iters = max(1, min(MAX_ITERS, _cdiv(n_cblocks * total_tiles, target_programs)))
     return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
+
+
+def _channel_block(channels: int, itemsize: int) -> int:
+    """Channels per tile along the channels: the widest power of two up to ``ROW_BYTES`` of a row, or with
+    ``CHANNEL_BLOCK_FIT`` the one that pads the channels least (the wider of equals), down to ``MIN_ROW_BYTES``.
+
+    Example::
+
+        >>> _channel_block(96, 2), _channel_block(384, 2), _channel_block(64, 4)
+        (128, 256, 64)
+    """
+    widest = _pow2_at_most(channels, ROW_BYTES // itemsize)
+    if not CHANNEL_BLOCK_FIT:
+        return widest
+    candidates = []
+    block = widest
+    while block == widest or block * itemsize >= MIN_ROW_BYTES:
+        candidates.append(block)
+        block //= 2
+    return min(candidates, key=lambda b: (_cdiv(channels, b) * b, -b))
 
 
 def _unroll(along_channels: bool, act: int) -> int:
