@@ -15,6 +15,7 @@
 #include "../common/count_args.h"
 #include "cpu_bitmaps.h"
 #include "cpu_byte_lanes.h"
+#include "cpu_byte_lanes_avx2.h"
 #include "cpu_counter.h"
 #include "cpu_fused_output.h"
 #include "cpu_job.h"
@@ -148,6 +149,12 @@ void run_channels(const Job<S>& job) {
   // Exactly 64 channels with threshold 0.0 (ResNet stage 1, ReLU): one group of byte lanes held in registers. With
   // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
   const bool bytes = kBytes && !words && (row_sweep || (sign_zero && p.chans == 64));
+#elif defined(NEP_BYTE_LANES_AVX2)
+  // Float compute from the caches, 32 channels or more: groups of 32 channels go through byte-lane counters
+  // (byte_sweep_avx2), the rest through tiles.
+  constexpr bool kBytes = std::is_same_v<T, float> && !kFromMemory;
+  const bool sign_zero = job.th.greater[0] == 0;  // threshold 0 is 0.0: counted from signs
+  const bool bytes = kBytes && !words && p.chans >= 32;
 #else
   const bool bytes = false;
 #endif
@@ -163,7 +170,7 @@ void run_channels(const Job<S>& job) {
     std::vector<T> buf(kChunk);
     std::vector<I> slots(static_cast<size_t>(Ctr::kAcc * nslots));
     int64_t* table = use_tables ? tables.mine() : nullptr;
-    std::vector<uint8_t> byte_counters(bytes ? static_cast<size_t>(64 * Ctr::kAcc * (p.chans / 64)) : 0);
+    std::vector<uint8_t> byte_counters(bytes ? static_cast<size_t>(kVecBytes * Ctr::kAcc * (p.chans / kVecBytes)) : 0);
     Ctr ctr[R];
     for (int r = 0; r < R; ++r) ctr[r] = Ctr(job.th);
 #if defined(NEP_WORD_LANES)
@@ -220,6 +227,19 @@ void run_channels(const Job<S>& job) {
                                            byte_counters.data(), kFromMemory);
           }
           v0 = 4 * (n / 64);
+        }
+      }
+#elif defined(NEP_BYTE_LANES_AVX2)
+      if constexpr (kBytes) {
+        if (bytes) {
+          if (sign_zero) {
+            byte_sweep_avx2<S, K, kTies, true>(ctr[0], base, v.s_inner, q0, q1, n / 32, slots.data(), nslots,
+                                               byte_counters.data());
+          } else {
+            byte_sweep_avx2<S, K, kTies, false>(ctr[0], base, v.s_inner, q0, q1, n / 32, slots.data(), nslots,
+                                                byte_counters.data());
+          }
+          v0 = 4 * (n / 32);
         }
       }
 #endif
