@@ -150,11 +150,14 @@ void run_channels(const Job<S>& job) {
   // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
   const bool bytes = kBytes && !words && (row_sweep || (sign_zero && p.chans == 64));
 #elif defined(NEP_BYTE_LANES_AVX2)
-  // Float compute from the caches, 32 channels or more: groups of 32 channels go through byte-lane counters
-  // (byte_sweep_avx2), the rest through tiles.
+  // Float compute from the caches, three groups of 32 channels or more, or exactly two: the groups go through
+  // byte-lane counters (byte_sweep_avx2), the channels left over through tiles. With fewer groups each counter row
+  // waits on its own store from one position to the next: 32 and 48 channels measured 1.35-1.68x slower than
+  // tiles, 80 (two groups and a tile that reads the positions again) 1.06-1.10; 64 channels 0.93-0.98 of their
+  // time, 96 to 576 channels 0.71-0.85 (ab.sh).
   constexpr bool kBytes = std::is_same_v<T, float> && !kFromMemory;
   const bool sign_zero = job.th.greater[0] == 0;  // threshold 0 is 0.0: counted from signs
-  const bool bytes = kBytes && !words && p.chans >= 32;
+  const bool bytes = kBytes && !words && (p.chans >= 96 || p.chans == 64);
 #else
   const bool bytes = false;
 #endif
