@@ -30,9 +30,9 @@ namespace {
 // never wraps) and then widen into the item's int32 lane counters.
 //
 // Valid values are not compared: a NaN guard (below) finds whether a block holds NaN, and one that does counts its
-// valid values again with comparisons (a second, rare pass). kSign: threshold 0 is
-// 0.0, counted from the signs of the values' bits (positive_bytes: one byte comparison for 32 values, where NaN with
-// a clear sign bit also passes; the guard's second pass then counts threshold 0 with comparisons too).
+// valid values again with comparisons (a second, rare pass). kSign: threshold 0 is 0.0, counted from the signs of
+// the values' bits (positive_bytes: one byte comparison for 32 values, where NaN with a clear sign bit also passes;
+// the guard's second pass then counts threshold 0 with comparisons too).
 //
 // Packing works within 128-bit halves: byte 16h + 4v + e holds lane 4h + e of vector v, so the dword 4h + v holds
 // channels 8v + 4h .. 8v + 4h + 3; a dword permutation puts a row back in channel order when it widens.
