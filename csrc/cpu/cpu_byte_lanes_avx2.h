@@ -51,11 +51,13 @@ void byte_sweep_avx2(const Ctr& c, const S* base, int64_t stride, int64_t q0, in
     return reinterpret_cast<const __m256&>(v);
   };
   auto row_of = [&](int j, int64_t g) { return reinterpret_cast<__m256i*>(counters + 32 * (j * groups + g)); };
-  auto bump = [&](int j, int64_t g, __m256 m0, __m256 m1, __m256 m2, __m256 m3) {
+  auto subtract = [&](int j, int64_t g, __m256i bytes) {  // -1 where true: counts one
     __m256i* r = row_of(j, g);
-    const __m256i m = packed_bytes(_mm256_castps_si256(m0), _mm256_castps_si256(m1), _mm256_castps_si256(m2),
-                                   _mm256_castps_si256(m3));
-    _mm256_storeu_si256(r, _mm256_sub_epi8(_mm256_loadu_si256(r), m));
+    _mm256_storeu_si256(r, _mm256_sub_epi8(_mm256_loadu_si256(r), bytes));
+  };
+  auto bump = [&](int j, int64_t g, __m256 m0, __m256 m1, __m256 m2, __m256 m3) {
+    subtract(j, g, packed_bytes(_mm256_castps_si256(m0), _mm256_castps_si256(m1), _mm256_castps_si256(m2),
+                                _mm256_castps_si256(m3)));
   };
   auto greater = [&](int j, int64_t g, __m256 x0, __m256 x1, __m256 x2, __m256 x3, __m256 t) {
     bump(j, g, _mm256_cmp_ps(x0, t, _CMP_GT_OQ), _mm256_cmp_ps(x1, t, _CMP_GT_OQ), _mm256_cmp_ps(x2, t, _CMP_GT_OQ),
@@ -81,10 +83,7 @@ void byte_sweep_avx2(const Ctr& c, const S* base, int64_t stride, int64_t q0, in
           sum2 = _mm256_add_ps(sum2, x2);
           sum3 = _mm256_add_ps(sum3, x3);
         }
-        if constexpr (kSign) {
-          __m256i* r = row_of(1, g);
-          _mm256_storeu_si256(r, _mm256_sub_epi8(_mm256_loadu_si256(r), positive_bytes(x0, x1, x2, x3)));
-        }
+        if constexpr (kSign) subtract(1, g, positive_bytes(x0, x1, x2, x3));
         for (int k = kSign ? 1 : 0; k < K; ++k) {
           greater(1 + k, g, x0, x1, x2, x3, reinterpret_cast<const __m256&>(c.g[k]));
         }

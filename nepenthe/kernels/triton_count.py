@@ -377,15 +377,12 @@ def _channel_block(channels: int, itemsize: int) -> int:
         >>> _channel_block(96, 2), _channel_block(384, 2), _channel_block(64, 4)
         (128, 256, 64)
     """
-    widest = _pow2_at_most(channels, ROW_BYTES // itemsize)
-    if not CHANNEL_BLOCK_FIT:
-        return widest
-    candidates = []
-    block = widest
-    while block == widest or block * itemsize >= MIN_ROW_BYTES:
-        candidates.append(block)
+    block = best = _pow2_at_most(channels, ROW_BYTES // itemsize)
+    while CHANNEL_BLOCK_FIT and block // 2 * itemsize >= MIN_ROW_BYTES:
         block //= 2
-    return min(candidates, key=lambda b: (_cdiv(channels, b) * b, -b))
+        if _cdiv(channels, block) * block < _cdiv(channels, best) * best:
+            best = block
+    return best
 
 
 def _unroll(along_channels: bool, act: int) -> int:
