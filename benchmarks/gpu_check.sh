@@ -7,7 +7,7 @@
 #   QUICK=1 bash benchmarks/gpu_check.sh    # batch 8, fewer repetitions
 #   KERNELS_ONLY=1 bash benchmarks/gpu_check.sh   # skip the profiler and depth-reduction model benchmarks
 #   BATCH=128 SWEEP=1 bash benchmarks/gpu_check.sh # kernel benchmark at batch 128, then sweep the Triton launch constants
-#     (SWEEP_ARGS="--unroll 1 2 --tiles 8192" passes options to benchmarks/sweep_triton.py)
+#     (SWEEP_ARGS="--unroll 1 2 --tiles 8192" passes options to benchmarks/sweep_triton.py; "A; B" runs two sweeps)
 #   NO_FUSED=1 bash benchmarks/gpu_check.sh        # kernel benchmark without the fused-activation table
 #   AB_OLD=results/old bash benchmarks/gpu_check.sh  # also A/B the CUDA kernels against an older version: a git
 #     revision where the checkout has its history, else a folder holding its csrc/ (made by `mkdir -p results/old &&
@@ -87,10 +87,14 @@ step "$PY" benchmarks/bench_triton_host.py --calls 1000 --out "$RESULTS/triton_h
 head -n 8 "$RESULTS/triton_host.txt"
 
 if [ -n "${SWEEP:-}" ]; then
-  echo "[${SECONDS} s] == Triton launch-constant sweep"
-  # shellcheck disable=SC2086 # SWEEP_ARGS: the sweep's own options, split on spaces
-  step_within "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py ${SWEEP_ARGS:-} 2>&1 | tee "$RESULTS/sweep_triton.txt"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  # SWEEP_ARGS: one sweep's options, or several sweeps' separated by ';', run in turn into one file
+  IFS=';' read -d '' -ra SWEEPS <<<"${SWEEP_ARGS:- }" || true  # -d '': the options may span lines
+  for sweep_args in "${SWEEPS[@]}"; do
+    echo "[${SECONDS} s] == Triton launch-constant sweep:${sweep_args}"
+    # shellcheck disable=SC2086 # the sweep's own options, split on spaces
+    step_within "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py $sweep_args 2>&1 | tee -a "$RESULTS/sweep_triton.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  done
 fi
 
 if [ -n "${AB_OLD:-}" ]; then

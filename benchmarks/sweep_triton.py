@@ -1,5 +1,7 @@
 """Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM, loop unrolling, software
-pipelining, 16-bit compares (in their own format or in float32) and channel blocks (fitted or widest).
+pipelining, 16-bit compares (in their own format or in float32) and channel blocks (fitted or widest); and, to tell
+arithmetic from memory as what bounds a tensor, the thresholds counted (the tensor's own, or others: a tensor whose
+time grows with the number of thresholds is bound by the kernel's arithmetic, not by its reads).
 
 For activation tensors larger than the L2 cache, in NCHW, channels_last and token layouts, it times the counting
 kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, and GPU-only
@@ -15,6 +17,7 @@ Usage::
     python benchmarks/sweep_triton.py --match float16 bfloat16 --half-compares 1 0 --tiles 8192 --per-sm 4 16
     python benchmarks/sweep_triton.py --match channels_last natural --unroll 1 2 --stages 0 3   # 4 settings
     python benchmarks/sweep_triton.py --match channels_last natural --warps 4 8 --fit 0 1   # 4 settings
+    python benchmarks/sweep_triton.py --match MobileNet --thresholds own 0 0,1,2,3,4,5,6   # 2, 1 and 7 thresholds
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ TENSORS = [
 ]
 
 
-def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype) -> torch.Tensor:
-    x = torch.randn(shape, device="cuda").mul_(2).to(dtype)
+def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype, cpu: bool = False) -> torch.Tensor:
+    x = torch.randn(shape, device="cpu" if cpu else "cuda").mul_(2).to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
 
 
@@ -74,41 +77,62 @@ def main(argv: list[str] | None = None) -> None:
         default=[None],
         help="1: channel blocks fitted to the channels, 0: the widest (CHANNEL_BLOCK_FIT)",
     )
+    parser.add_argument(
+        "--thresholds",
+        nargs="+",
+        default=["own"],
+        help="threshold sets counted: 'own' (the tensor's: ReLU's or ReLU6's) or comma-separated values, such as 0,6",
+    )
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="no GPU: every setting on small CPU stand-ins of the tensors, through the Triton interpreter "
+        "(TRITON_INTERPRET=1), counts checked and times meaningless; how the test suite checks this script runs",
+    )
     parser.add_argument(
         "--match", nargs="+", default=None, help="only tensors whose 'name layout dtype' holds one of these strings"
     )
     args = parser.parse_args(argv)
+    threshold_sets = [_threshold_set(text) for text in args.thresholds]
     tensors = [
         t for t in TENSORS if args.match is None or any(m in f"{t[0]} {t[3]} {str(t[4])[6:]}" for m in args.match)
     ]
-    props = torch.cuda.get_device_properties(0)
-    sms = props.multi_processor_count
-    time_it = timer("cuda", args.reps)
-    print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
+    if args.smoke:
+        sms, time_it, gpu_timer = 4, timer("cpu", 1), lambda fn, reps: None
+        print("smoke run: small CPU stand-ins through the Triton interpreter; the times mean nothing")
+    else:
+        props = torch.cuda.get_device_properties(0)
+        sms, time_it, gpu_timer = props.multi_processor_count, timer("cuda", args.reps), gpu_time
+        print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
     print(
         "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | stages | 16-bit compares "
-        "| fitted channel blocks | time (us) "
+        "| fitted channel blocks | thresholds | time (us) "
         "| / sum "
         "| GPU-only (us) | GPU GB/s | GPU / sum | counts |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
         "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES", "CHANNEL_BLOCK_FIT",
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
-        for name, shape, channel_dim, layout, dtype, thresholds in tensors:
-            x = make(shape, layout, dtype)
+        for name, shape, channel_dim, layout, dtype, own_thresholds in tensors:
+            x = make(_stand_in(shape, channel_dim) if args.smoke else shape, layout, dtype, args.smoke)
             gigabytes = x.numel() * x.element_size() / 1e9
-            reference = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
             read = time_it(lambda x=x: x.sum())
-            read_gpu = gpu_time(lambda x=x: x.sum(), args.reps)
+            read_gpu = gpu_timer(lambda x=x: x.sum(), args.reps)
+            references = {}
             settings = itertools.product(
-                args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares, args.fit
-            )
-            for tile, warps, per_sm, unroll, stages, half, fit in settings:
+                args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares, args.fit,
+                threshold_sets,
+            )  # fmt: skip
+            for tile, warps, per_sm, unroll, stages, half, fit, chosen in settings:
+                thresholds = own_thresholds if chosen is None else chosen
+                if thresholds not in references:
+                    references[thresholds] = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
+                reference = references[thresholds]
                 for constant, value in defaults.items():
                     setattr(triton_count, constant, value)
                 triton_count.HALF_COMPARES = bool(half)
@@ -128,16 +152,16 @@ def main(argv: list[str] | None = None) -> None:
                 run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
                 same = torch.equal(run(), reference)
                 t = time_it(run)
-                tg = gpu_time(run, args.reps)
+                tg = gpu_timer(run, args.reps)
                 gpu = (
                     "| n/a | | "
                     if tg is None or read_gpu is None
                     else (f"| {tg * 1e6:.1f} | {gigabytes / tg:.0f} | {tg / read_gpu:.2f} ")
                 )
                 print(
-                    f"| {name} | {shape} | {layout} | {str(dtype)[6:]} | {_shown(tile)} | {_shown(warps)} "
+                    f"| {name} | {tuple(x.shape)} | {layout} | {str(dtype)[6:]} | {_shown(tile)} | {_shown(warps)} "
                     f"| {_shown(per_sm)} | {_shown(unroll)} | {_shown(stages)} "
-                    f"| {'own format' if half else 'float32'} | {_shown(fit)} | {t * 1e6:.1f} "
+                    f"| {'own format' if half else 'float32'} | {_shown(fit)} | {_listed(thresholds)} | {t * 1e6:.1f} "
                     f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,
                 )
@@ -150,6 +174,23 @@ def main(argv: list[str] | None = None) -> None:
 
 def _shown(value: int | None) -> str:
     return "default" if value is None else str(value)
+
+
+def _stand_in(shape: tuple[int, ...], channel_dim: int) -> tuple[int, ...]:
+    """The shape with every size but the channels' cut to at most 3 (the same channel blocks, a few positions)."""
+    kept = channel_dim % len(shape)
+    return tuple(size if d == kept else min(size, 3) for d, size in enumerate(shape))
+
+
+def _threshold_set(text: str) -> tuple[float, ...] | None:
+    """A --thresholds value: None for 'own' (the tensor's), else the comma-separated values."""
+    if text == "own":
+        return None
+    return tuple(float(value) for value in text.split(","))
+
+
+def _listed(thresholds: tuple[float, ...]) -> str:
+    return ", ".join(f"{t:g}" for t in thresholds)
 
 
 if __name__ == "__main__":

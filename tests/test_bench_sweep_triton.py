@@ -1,0 +1,41 @@
+"""benchmarks/sweep_triton.py runs, so that a GPU session does not lose its sweep to an error in the script.
+
+``--smoke`` runs every setting on small CPU stand-ins of the sweep's tensors through the Triton interpreter and
+checks each setting's counts against the torch reference; only the timing (CUDA events and graphs) is left out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from cuda_toolkit import ROOT
+
+pytest.importorskip("triton")
+
+
+def _sweep(*args: str) -> list[str]:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sweep_triton.py"), "--smoke", *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| tensor")]
+
+
+def test_sweep_runs_every_setting_with_exact_counts():
+    # The channel-tile sweep of the next GPU session (benchmarks/README.md): 7 tensors, 8 settings.
+    rows = _sweep("--match", "channels_last", "natural", "--warps", "4", "8", "--per-sm", "4", "8", "--fit", "0", "1")
+    assert len(rows) == 7 * 8
+    assert all(row.rstrip().endswith("| exact |") for row in rows), [r for r in rows if "exact" not in r]
+
+
+def test_sweep_counts_other_threshold_sets():
+    rows = _sweep("--match", "MobileNet", "--thresholds", "own", "0", "0,1,2,3,4,5,6")
+    assert len(rows) == 3 * 3
+    shown = [row.split(" | ")[11] for row in rows[:3]]
+    assert shown == ["0, 6", "0", "0, 1, 2, 3, 4, 5, 6"], shown
+    assert all(row.rstrip().endswith("| exact |") for row in rows)
