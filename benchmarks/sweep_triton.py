@@ -1,5 +1,6 @@
 """Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM, loop unrolling, software
-pipelining, 16-bit compares (in their own format or in float32) and channel blocks (fitted or widest); and, to tell
+pipelining, 16-bit compares (in their own format or in float32), channel blocks (fitted or widest) and unmasked
+full tiles; and, to tell
 arithmetic from memory as what bounds a tensor, the thresholds counted (the tensor's own, or others: a tensor whose
 time grows with the number of thresholds is bound by the kernel's arithmetic, not by its reads).
 
@@ -78,6 +79,13 @@ def main(argv: list[str] | None = None) -> None:
         help="1: channel blocks fitted to the channels, 0: the widest (CHANNEL_BLOCK_FIT)",
     )
     parser.add_argument(
+        "--unmasked",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="1: tiles that cover the tensor exactly read without masks, 0: with them (UNMASKED_FULL_TILES)",
+    )
+    parser.add_argument(
         "--thresholds",
         nargs="+",
         default=["own"],
@@ -107,14 +115,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
     print(
         "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | stages | 16-bit compares "
-        "| fitted channel blocks | thresholds | time (us) "
+        "| fitted channel blocks | unmasked full tiles | thresholds | time (us) "
         "| / sum "
         "| GPU-only (us) | GPU GB/s | GPU / sum | counts |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
         "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES", "CHANNEL_BLOCK_FIT",
+        "UNMASKED_FULL_TILES",
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
@@ -126,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
             references = {}
             settings = itertools.product(
                 args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares, args.fit,
-                threshold_sets,
+                args.unmasked, threshold_sets,
             )  # fmt: skip
-            for tile, warps, per_sm, unroll, stages, half, fit, chosen in settings:
+            for tile, warps, per_sm, unroll, stages, half, fit, unmasked, chosen in settings:
                 thresholds = own_thresholds if chosen is None else chosen
                 if thresholds not in references:
                     references[thresholds] = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
@@ -146,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
                 if fit is not None:
                     triton_count.CHANNEL_BLOCK_FIT = bool(fit)
+                if unmasked is not None:
+                    triton_count.UNMASKED_FULL_TILES = bool(unmasked)
                 if per_sm is not None:
                     triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
@@ -161,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"| {name} | {tuple(x.shape)} | {layout} | {str(dtype)[6:]} | {_shown(tile)} | {_shown(warps)} "
                     f"| {_shown(per_sm)} | {_shown(unroll)} | {_shown(stages)} "
-                    f"| {'own format' if half else 'float32'} | {_shown(fit)} | {_listed(thresholds)} | {t * 1e6:.1f} "
+                    f"| {'own format' if half else 'float32'} | {_shown(fit)} | {_shown(unmasked)} "
+                    f"| {_listed(thresholds)} | {t * 1e6:.1f} "
                     f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,
                 )
@@ -177,9 +189,10 @@ def _shown(value: int | None) -> str:
 
 
 def _stand_in(shape: tuple[int, ...], channel_dim: int) -> tuple[int, ...]:
-    """The shape with every size but the channels' cut to at most 3 (the same channel blocks, a few positions)."""
+    """The shape with every size but the channels' cut to at most 4 (the same channel blocks, a few positions; 4x4
+    maps keep the channel tiles full where the real maps have them full)."""
     kept = channel_dim % len(shape)
-    return tuple(size if d == kept else min(size, 3) for d, size in enumerate(shape))
+    return tuple(size if d == kept else min(size, 4) for d, size in enumerate(shape))
 
 
 def _threshold_set(text: str) -> tuple[float, ...] | None:

@@ -16,26 +16,35 @@ from cuda_toolkit import ROOT
 pytest.importorskip("triton")
 
 
-def _sweep(*args: str) -> list[str]:
+def _sweep(*args: str) -> list[dict[str, str]]:
+    """The sweep's rows, each as {column: cell}."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "sweep_triton.py"), "--smoke", *args],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| tensor")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    header, rows = lines[0], lines[1:]
+    assert header.startswith("| tensor |"), header
+    cells = lambda line: [cell.strip() for cell in line.strip().strip("|").split("|")]  # noqa: E731
+    return [dict(zip(cells(header), cells(row), strict=True)) for row in rows]
 
 
 def test_sweep_runs_every_setting_with_exact_counts():
     # The channel-tile sweep of the next GPU session (benchmarks/README.md): 7 tensors, 8 settings.
     rows = _sweep("--match", "channels_last", "natural", "--warps", "4", "8", "--per-sm", "4", "8", "--fit", "0", "1")
     assert len(rows) == 7 * 8
-    assert all(row.rstrip().endswith("| exact |") for row in rows), [r for r in rows if "exact" not in r]
+    assert all(row["counts"] == "exact" for row in rows), [r for r in rows if r["counts"] != "exact"]
+    assert {(row["warps"], row["programs/SM"], row["fitted channel blocks"]) for row in rows} == {
+        (w, p, f) for w in "48" for p in "48" for f in "01"
+    }
 
 
-def test_sweep_counts_other_threshold_sets():
-    rows = _sweep("--match", "MobileNet", "--thresholds", "own", "0", "0,1,2,3,4,5,6")
-    assert len(rows) == 3 * 3
-    shown = [row.split(" | ")[11] for row in rows[:3]]
-    assert shown == ["0, 6", "0", "0, 1, 2, 3, 4, 5, 6"], shown
-    assert all(row.rstrip().endswith("| exact |") for row in rows)
+def test_sweep_counts_other_threshold_sets_with_and_without_masks():
+    rows = _sweep("--match", "MobileNet", "--thresholds", "own", "0", "0,1,2,3,4,5,6", "--unmasked", "0", "1")
+    assert len(rows) == 3 * 3 * 2
+    shown = [row["thresholds"] for row in rows[:6]]
+    assert shown == ["0, 6", "0", "0, 1, 2, 3, 4, 5, 6"] * 2, shown
+    assert [row["unmasked full tiles"] for row in rows[:6]] == ["0"] * 3 + ["1"] * 3
+    assert all(row["counts"] == "exact" for row in rows)

@@ -200,12 +200,13 @@ def test_empty_tensor_counts_nothing():
 
 @pytest.mark.parametrize(
     "shape, strides",
-    [((3, 2, 5), (2**30 + 16, 5, 1)), ((2, 3, 5), (5, 2**30 + 16, 1))],
-    ids=["outer-stride", "channel-stride"],
+    [((3, 2, 5), (2**30 + 16, 5, 1)), ((2, 3, 5), (5, 2**30 + 16, 1)), ((1, 5, 3), (5, 1, 2**30 + 16))],
+    ids=["outer-stride", "channel-stride", "inner-stride"],
 )
 def test_element_offsets_beyond_int32(shape, strides):
     # Strides that fit int32 but offsets (2 * stride) that do not. The 4 GiB base costs almost no memory: only
-    # the pages that are touched become resident.
+    # the pages that are touched become resident. inner-stride: tiles along the channels, several positions each, so
+    # an element's offset within its tile passes 2^31.
     try:
         base = torch.empty(2**31 + 2**20, dtype=torch.float16)
     except RuntimeError as err:
@@ -276,6 +277,41 @@ def test_launch_config_keeps_packed_counts_and_tiles_in_range():
     assert cfg.block_c == 256 and cfg.block_c * cfg.block_i * 2 == TILE_BYTES  # tiles along the channels
 
 
+@pytest.mark.parametrize(
+    "view",
+    [
+        ChannelView(3, 8, 196, 8 * 196, 196, 1),  # NCHW 14x14: rows start every 196 elements
+        ChannelView(4, 64, 3136, 64 * 3136, 3136, 1),  # NCHW 56x56
+        ChannelView(5, 24, 49, 24 * 49, 1, 24),  # channels_last, 24 channels
+        ChannelView(2, 96, 12544, 96 * 12544, 1, 96),  # channels_last, 96 channels
+        ChannelView(7, 10, 1, 10, 1, 0),  # (N, C) features
+        ChannelView(3, 5, 9, 7 * 11 * 9, 11 * 9, 3),  # a sliced view
+        ChannelView(3, 4, 30, 0, 5, 1),  # expanded: outer stride 0
+        ChannelView(3, 5, 64, 5 * 64, 1, 5),  # 5 channels_last channels, in tiles two positions wide (below)
+    ],
+    ids=["nchw14", "nchw56", "cl24", "cl96", "nc", "sliced", "expanded", "cl5-narrow-tiles"],
+)
+def test_tile_offsets_divisible_by_their_hint(view, monkeypatch):
+    """The kernel tells the compiler that every tile's offset (outer index times the outer stride, plus its first
+    inner position times the inner stride) is a multiple of ALIGN_XT, so that it can vectorise; a hint larger than
+    what divides them would make the GPU load misaligned vectors. Every tile of each view is checked. With the
+    default tiles, a row that takes several tiles takes at least 16 positions a tile; the last view's 64-byte tiles
+    (a size the sweep may try) take 2, where the inner stride alone decides the hint."""
+    from nepenthe.kernels import triton_count
+    from nepenthe.kernels.triton_count import _tile_alignment
+
+    if view.channels == 5:
+        monkeypatch.setattr(triton_count, "TILE_BYTES", 64)
+    for itemsize in (2, 4):
+        cfg = launch_config(view, itemsize, target_programs=4)
+        align = _tile_alignment(view, cfg.block_i)
+        for o in range(view.outer):
+            for itile in range(cfg.n_itiles):
+                offset = o * view.stride_outer + itile * cfg.block_i * view.stride_inner
+                assert offset % align == 0, (view, itemsize, o, itile, align)
+    assert _tile_alignment(ChannelView(4, 64, 3136, 64 * 3136, 3136, 1), 2048) == 16  # the hint says something
+
+
 def test_channel_blocks_fitted_to_the_channels(monkeypatch):
     from nepenthe.kernels import triton_count
 
@@ -308,6 +344,67 @@ def test_fitted_channel_blocks_count_exactly(monkeypatch, channels, dtype):
             assert torch.equal(got, _reference(x, thresholds, 1)), thresholds
     finally:
         triton_count._static_launch.cache_clear()
+
+
+# Tensors whose tiles cover them exactly (channels and inner positions multiples of the tile's), so that the kernel
+# loads and stores without masks (UNMASKED_FULL_TILES): NCHW maps of 32x32 (one tile of 1024 positions a row),
+# channels_last with 64 channels (tiles of 64 channels by 32 positions), tokens of 128 channels.
+FULL_TILE_CASES = [
+    ("nchw", (3, 4, 32, 32), 1, torch.float32),
+    ("nchw", (2, 4, 32, 64), 1, torch.bfloat16),
+    ("channels_last", (3, 64, 4, 8), 1, torch.float32),
+    ("channels_last", (2, 64, 8, 8), 1, torch.float16),
+    ("tokens", (3, 64, 128), -1, torch.float16),
+]
+
+
+def _full_tile_input(layout, shape, dtype, seed):
+    x = _values(shape, dtype, seed)
+    flat = x.view(-1) if layout != "channels_last" else x.permute(0, 2, 3, 1).reshape(-1)
+    flat[-1] = math.nan  # the tensor's last value, where a masked tile would end
+    flat[0] = math.inf
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+@pytest.mark.parametrize("unmasked", [True, False], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("layout, shape, channel_dim, dtype", FULL_TILE_CASES, ids=lambda v: str(v))
+def test_full_tiles_count_exactly_without_masks(monkeypatch, layout, shape, channel_dim, dtype, unmasked):
+    """Where tiles cover the tensor exactly, the kernel reads and writes without masks (FULL_TILES), and counts and
+    activates exactly as with them; other tensors keep their masks."""
+    from nepenthe.kernels import triton_count
+
+    monkeypatch.setattr(triton_count, "UNMASKED_FULL_TILES", unmasked)
+    triton_count._static_launch.cache_clear()  # launches remembered under the other setting
+    try:
+        x = _full_tile_input(layout, shape, dtype, seed=sum(shape))
+        _, view = readable_view(x, channel_dim % x.dim())
+        cfg = launch_config(view, x.element_size(), target_programs=4)
+        assert cfg.full_tiles(view), cfg
+        assert cfg.iters > 1 or cfg.programs > 1
+        for thresholds in [(0.0,), (0.0, 6.0), (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)]:
+            got = count_states(x, thresholds, channel_dim=channel_dim, backend="triton")
+            assert torch.equal(got, _reference(x, thresholds, channel_dim)), thresholds
+        counts = torch.zeros(x.shape[channel_dim], 3, dtype=torch.int64)
+        y = fused_activation(x, "hardtanh", counts, channel_dim=channel_dim, backend="triton", min_val=0.0, max_val=6.0)
+        assert_bit_equal(y, F.hardtanh(x, 0.0, 6.0))
+        assert torch.equal(counts, _reference(x, (0.0, 6.0), channel_dim))
+    finally:
+        triton_count._static_launch.cache_clear()
+
+
+def test_full_tiles_only_where_tiles_cover_the_tensor():
+    def full(shape, channel_dim=1, itemsize=4, channels_last=False):
+        x = torch.empty(shape)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _, view = readable_view(x, channel_dim % x.dim())
+        return launch_config(view, itemsize, target_programs=4).full_tiles(view)
+
+    assert full((3, 4, 32, 32)) and full((2, 64, 4, 8), channels_last=True) and full((3, 64, 128), -1)
+    assert not full((3, 5, 7, 9))  # a 63-position row in a tile of 64
+    assert not full((2, 96, 4, 8), channels_last=True)  # 96 channels in a block of 128
+    assert not full((2, 64, 5, 7), channels_last=True)  # 35 positions in tiles of 32
+    assert not full((37, 10))
 
 
 FUSED = [
@@ -357,7 +454,7 @@ def test_direct_launch_passes_constants_in_parameter_order():
     launch = kernel_launch(CountJob(x, 1, view, (0.0, 6.0), kt, True, torch.zeros(24, 3, dtype=torch.int64)))
     params = list(inspect.signature(_count_states_kernel).parameters)
     constants = params[len(launch.args) :]
-    assert constants[0] == "K" and constants[-1] == "STAGES"
+    assert constants[0] == "K" and constants[-1] == "FULL_TILES"
     assert _constexpr_args(launch) == tuple(launch.constexprs[name] for name in constants)
     assert _constexpr_args(launch)[:2] == (3, True)  # K states, IGNORE_TIES
 

@@ -156,6 +156,8 @@ def _compile_variant(name: str, stages: int | None = None, fit: bool = False) ->
     ptx = kernel.asm["ptx"]
     return {
         "block_c": launch.constexprs["BLOCK_C"],
+        "full_tiles": launch.constexprs["FULL_TILES"],
+        "masked_accesses": len(re.findall(r"@%p\d+\s+(?:ld|st)\.global", ptx)),
         "cubin_bytes": len(kernel.asm["cubin"]),
         "loads": sorted(set(re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx))),
         "scalar_loads": len(re.findall(r"ld\.global(?![.a-z0-9]*\.v[248]\b)(?:\.[a-z0-9]+)*\s", ptx)),
@@ -225,6 +227,19 @@ def test_contiguous_kernels_use_vector_loads(compiled, name):
 def test_fitted_channel_blocks_are_narrower(compiled):
     for name, variant in FITTED.items():
         assert compiled[name]["block_c"] == 32 and compiled[variant]["block_c"] == 128, (name, variant)
+
+
+def test_full_tiles_read_and_write_without_masks(compiled):
+    """Where the tiles cover the tensor exactly (triton_count.UNMASKED_FULL_TILES), no load or store of x or y is
+    predicated; elsewhere they are (at the tensor's edges)."""
+    full = [name for name in [*VARIANTS, *FITTED] if compiled[name].get("full_tiles")]
+    masked = [name for name in [*VARIANTS, *FITTED] if compiled[name].get("full_tiles") is False]
+    assert {"fp32-nchw-sm90", "relu-fp32-nchw-sm90", "fp16-nhwc96-sm90-fitted"} <= set(full), full
+    assert {"fp16-nhwc96-sm90", "fp32-nchw14-sm90"} <= set(masked), masked
+    for name in full:
+        assert compiled[name]["masked_accesses"] == 0, (name, compiled[name]["masked_accesses"])
+    for name in masked:
+        assert compiled[name]["masked_accesses"] > 0, name
 
 
 def test_pipelined_kernels_copy_tiles_asynchronously(compiled):

@@ -48,8 +48,9 @@ PARAM_OFFSET = tl.constexpr(16)
 FIELD_BITS = tl.constexpr(7)
 FIELD_MASK = tl.constexpr(127)
 MAX_ITERS = 127
-# The kernel's divisibility-hint constants: C, inner, then x's and y's (outer, channel, inner) strides.
-ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XO", "ALIGN_XC", "ALIGN_XI", "ALIGN_YO", "ALIGN_YC", "ALIGN_YI")
+# The kernel's divisibility-hint constants: C, inner, then for x and y a tile's offset (outer index times the outer
+# stride plus its first inner position times the inner stride) and the channel and inner strides.
+ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XT", "ALIGN_XC", "ALIGN_XI", "ALIGN_YT", "ALIGN_YC", "ALIGN_YI")
 # Launch constants, from benchmarks/sweep_triton.py (GPU-only times, benchmarks/gpu-results), 8 KiB tiles:
 # - Along the inner positions (NCHW): 8 warps, 16 programs per SM, the loop unrolled twice (H200 sweep, session 5;
 #   the H100 sweep of session 10 found nothing clearly better). Unrolled twice, ptxas issues both tiles' loads
@@ -70,6 +71,12 @@ ROW_BYTES = 512
 # was written): benchmarks/sweep_triton.py --fit 0 1 times both.
 CHANNEL_BLOCK_FIT = False
 MIN_ROW_BYTES = 64
+# Where the tiles cover the channels and the inner positions exactly (both sizes multiples of the tile's), load and
+# store without a mask: no bound checks and no NaN filled into the registers of masked lanes. sm_90 loops (4 16-byte
+# loads a thread): ResNet-18 layer1's 64 float32 channels_last 181 -> 151 instructions and 40 -> 32 registers (so 8
+# programs of 8 warps fit an SM); with fitted channel blocks, MobileNet-V2's 96 16-bit channels 271 -> 246, Swin-T's
+# 384 16-bit channels 221 -> 192. benchmarks/sweep_triton.py --unmasked 0 1 times both.
+UNMASKED_FULL_TILES = True
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 4
 INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 2
@@ -122,14 +129,15 @@ def _count_states_kernel(
     BLOCK_I: tl.constexpr,
     ALIGN_C: tl.constexpr,
     ALIGN_I: tl.constexpr,
-    ALIGN_XO: tl.constexpr,
+    ALIGN_XT: tl.constexpr,
     ALIGN_XC: tl.constexpr,
     ALIGN_XI: tl.constexpr,
-    ALIGN_YO: tl.constexpr,
+    ALIGN_YT: tl.constexpr,
     ALIGN_YC: tl.constexpr,
     ALIGN_YI: tl.constexpr,
     UNROLL: tl.constexpr,
     STAGES: tl.constexpr,
+    FULL_TILES: tl.constexpr,
 ):
     # 64-bit from the start: tile and element offsets of tensors over 2^31 elements overflow int32.
     pid = tl.program_id(0).to(tl.int64)
@@ -158,6 +166,18 @@ def _count_states_kernel(
         y_c = c[:, None] * ys_chan
         if ALIGN_YC > 1:
             y_c = tl.multiple_of(y_c, [ALIGN_YC, ALIGN_YC])
+    # Each element's offset within its tile, the same in every tile: computed once, so that the loop adds one scalar
+    # offset a tile rather than computing every element's address (sm_90, ResNet-18 layer1 channels_last float32:
+    # 151 -> 132 loop instructions for 4 16-byte loads a thread). 64-bit: positions times strides can pass 2^31.
+    x_li = i_loc.to(tl.int64)[None, :] * s_inner
+    if ALIGN_XI > 1:
+        x_li = tl.multiple_of(x_li, [ALIGN_XI, ALIGN_XI])
+    x_loc = x_c + x_li
+    if ACT != 0:
+        y_li = i_loc.to(tl.int64)[None, :] * ys_inner
+        if ALIGN_YI > 1:
+            y_li = tl.multiple_of(y_li, [ALIGN_YI, ALIGN_YI])
+        y_loc = y_c + y_li
     acc = tl.full([BLOCK_C, BLOCK_I], 0, dtype=ACC)
     one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
     # Thresholds and activation parameters, loaded once, before the tile loop: as far as the compiler knows, the
@@ -180,19 +200,20 @@ def _count_states_kernel(
     o = first // n_itiles
     itile = first - o * n_itiles
     for _ in tl.range(tl.minimum(iters, total_tiles - first), loop_unroll_factor=UNROLL, num_stages=STAGES):
-        i = itile * BLOCK_I + i_loc
-        i_ok = i < inner
-        if ALIGN_I > 1:
-            i_ok = tl.max_constancy(i_ok, ALIGN_I)
-        mask = c_ok[:, None] & i_ok[None, :]
-        x_o = o * s_outer
-        if ALIGN_XO > 1:
-            x_o = tl.multiple_of(x_o, ALIGN_XO)
-        x_i = i[None, :] * s_inner
-        if ALIGN_XI > 1:
-            x_i = tl.multiple_of(x_i, [ALIGN_XI, ALIGN_XI])
-        # Outside the tensor reads NaN, which counts in no state: no mask in the counting below.
-        raw = tl.load(x_ptr + (x_o + x_c + x_i), mask=mask, other=float("nan"))
+        first_i = itile * BLOCK_I
+        x_t = o * s_outer + first_i * s_inner
+        if ALIGN_XT > 1:
+            x_t = tl.multiple_of(x_t, ALIGN_XT)
+        if FULL_TILES:  # every tile lies inside the tensor
+            raw = tl.load(x_ptr + x_t + x_loc)
+        else:
+            # The tile's positions inside the tensor: fewer than BLOCK_I left only in a row's last tile.
+            i_ok = i_loc < tl.minimum(inner - first_i, BLOCK_I).to(tl.int32)
+            if ALIGN_I > 1:
+                i_ok = tl.max_constancy(i_ok, ALIGN_I)
+            mask = c_ok[:, None] & i_ok[None, :]
+            # Outside the tensor reads NaN, which counts in no state: no mask in the counting below.
+            raw = tl.load(x_ptr + x_t + x_loc, mask=mask, other=float("nan"))
         if BF16 and BF16_BY_HAND:
             # The interpreter: bfloat16 is the top half of a float32, so widen the bits (exact; its cast is not).
             # Compiled, the conversion below is exact, and cheaper: sm_90 fused leaky_relu, NCHW, bfloat16, 849 ->
@@ -254,13 +275,9 @@ def _count_states_kernel(
             z = 0.7978845608028654 * (v + 0.044715 * v * v * v)
             out = v / (1.0 + tl.exp(-2.0 * z))
         if ACT != 0:
-            y_o = o * ys_outer
-            if ALIGN_YO > 1:
-                y_o = tl.multiple_of(y_o, ALIGN_YO)
-            y_i = i[None, :] * ys_inner
-            if ALIGN_YI > 1:
-                y_i = tl.multiple_of(y_i, [ALIGN_YI, ALIGN_YI])
-            y_off = y_o + y_c + y_i
+            y_t = o * ys_outer + first_i * ys_inner
+            if ALIGN_YT > 1:
+                y_t = tl.multiple_of(y_t, ALIGN_YT)
             if BF16 and not ACT16 and BF16_BY_HAND:
                 # The interpreter: round to nearest even by hand, as torch does (its float32 -> bfloat16 cast
                 # rounds half up); NaN stays a quiet NaN. Compiled, the conversion below rounds so (sm_90
@@ -268,9 +285,13 @@ def _count_states_kernel(
                 bits = out.to(tl.uint32, bitcast=True)
                 rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
                 bits = tl.where(out == out, rounded, (bits >> 16) | 0x40)
-                tl.store(y_ptr + y_off, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+                out = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
             else:
-                tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+                out = out.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+            if FULL_TILES:
+                tl.store(y_ptr + y_t + y_loc, out)
+            else:
+                tl.store(y_ptr + y_t + y_loc, out, mask=mask)
         itile += 1
         wrap = itile == n_itiles
         o = tl.where(wrap, o + 1, o)
@@ -339,6 +360,10 @@ class LaunchConfig:
     def programs(self) -> int:
         return self.n_cblocks * _cdiv(self.total_tiles, self.iters)
 
+    def full_tiles(self, view: ChannelView) -> bool:
+        """Whether every tile lies wholly inside ``view`` (it needs no mask)."""
+        return view.channels % self.block_c == 0 and view.inner % self.block_i == 0
+
 
 def tiles_along_channels(view: ChannelView) -> bool:
     """Whether tiles run along the channels (their stride is the smaller: channels_last, tokens) rather than along
@@ -395,6 +420,11 @@ def _unroll(along_channels: bool, act: int) -> int:
 def _alignment(stride: int) -> int:
     """The largest power of two up to 16 that divides ``stride`` (0 divides by anything)."""
     return 16 if stride % 16 == 0 else stride & -stride
+
+
+def _tile_alignment(view: ChannelView, block_i: int) -> int:
+    """What divides every tile's offset, ``outer * stride_outer + itile * block_i * stride_inner``."""
+    return min(_alignment(view.stride_outer), _alignment(block_i * view.stride_inner))
 
 
 @dataclass(eq=False)
@@ -489,10 +519,10 @@ def _static_launch(
     alignments = (
         min(_alignment(view.channels), cfg.block_c),  # constancy hints cannot exceed the block
         min(_alignment(view.inner), cfg.block_i),
-        _alignment(view.stride_outer),
+        _tile_alignment(view, cfg.block_i),
         _alignment(view.stride_channel),
         inner_alignment(view.stride_inner),
-        _alignment(y_view.stride_outer),
+        _tile_alignment(y_view, cfg.block_i),
         _alignment(y_view.stride_channel),
         inner_alignment(y_view.stride_inner),
     )
@@ -513,6 +543,7 @@ def _static_launch(
         BLOCK_I=cfg.block_i,
         UNROLL=_unroll(along_channels, act),
         STAGES=CHANNEL_TILE_STAGES if along_channels else INNER_TILE_STAGES,
+        FULL_TILES=UNMASKED_FULL_TILES and cfg.full_tiles(view),
         # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
