@@ -42,9 +42,12 @@ def test_sweep_runs_every_setting_with_exact_counts():
 
 
 def test_sweep_counts_other_threshold_sets_with_and_without_masks():
-    rows = _sweep("--match", "MobileNet", "--thresholds", "own", "0", "0,1,2,3,4,5,6", "--unmasked", "0", "1")
-    assert len(rows) == 3 * 3 * 2
-    shown = [row["thresholds"] for row in rows[:6]]
-    assert shown == ["0, 6", "0", "0, 1, 2, 3, 4, 5, 6"] * 2, shown
-    assert [row["unmasked full tiles"] for row in rows[:6]] == ["0"] * 3 + ["1"] * 3
+    # The next GPU session's second sweep: the 5 channels_last tensors, masks on and off, own and seven thresholds.
+    masks = ("--unmasked", "0", "1")
+    rows = _sweep("--match", "channels_last", "--fit", "1", *masks, "--thresholds", "own", "0,1,2,3,4,5,6")
+    assert len(rows) == 5 * 2 * 2
+    assert [row["unmasked full tiles"] for row in rows[:4]] == ["0", "0", "1", "1"]
+    seven = "0, 1, 2, 3, 4, 5, 6"
+    assert [row["thresholds"] for row in rows if "MobileNet" in row["tensor"]][:2] == ["0, 6", seven]
+    assert [row["thresholds"] for row in rows if "layer1" in row["tensor"]][:2] == ["0", seven]
     assert all(row["counts"] == "exact" for row in rows)

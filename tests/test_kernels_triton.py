@@ -200,15 +200,21 @@ def test_empty_tensor_counts_nothing():
 
 @pytest.mark.parametrize(
     "shape, strides",
-    [((3, 2, 5), (2**30 + 16, 5, 1)), ((2, 3, 5), (5, 2**30 + 16, 1)), ((1, 5, 3), (5, 1, 2**30 + 16))],
-    ids=["outer-stride", "channel-stride", "inner-stride"],
+    [
+        ((3, 2, 5), (2**30 + 16, 5, 1)),
+        ((2, 3, 5), (5, 2**30 + 16, 1)),
+        ((1, 5, 3), (5, 1, 2**30 + 16)),
+        ((1, 8, 4), (4, 1, 2**30 + 16)),
+    ],
+    ids=["outer-stride", "channel-stride", "inner-stride", "inner-stride-full-tiles"],
 )
 def test_element_offsets_beyond_int32(shape, strides):
-    # Strides that fit int32 but offsets (2 * stride) that do not. The 4 GiB base costs almost no memory: only
+    # Strides that fit int32 but offsets (2 * stride) that do not. The 4-6 GiB base costs almost no memory: only
     # the pages that are touched become resident. inner-stride: tiles along the channels, several positions each, so
-    # an element's offset within its tile passes 2^31.
+    # an element's offset within its tile passes 2^31; with full tiles (8 channels by 4 positions), offsets that the
+    # kernel computes once, before its tile loop.
     try:
-        base = torch.empty(2**31 + 2**20, dtype=torch.float16)
+        base = torch.empty(sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) + 2**20, dtype=torch.float16)
     except RuntimeError as err:
         pytest.skip(f"cannot reserve 4 GiB of address space: {err}")
     x = base.as_strided(shape, strides)

@@ -166,18 +166,20 @@ def _count_states_kernel(
         y_c = c[:, None] * ys_chan
         if ALIGN_YC > 1:
             y_c = tl.multiple_of(y_c, [ALIGN_YC, ALIGN_YC])
-    # Each element's offset within its tile, the same in every tile: computed once, so that the loop adds one scalar
-    # offset a tile rather than computing every element's address (sm_90, ResNet-18 layer1 channels_last float32:
-    # 151 -> 132 loop instructions for 4 16-byte loads a thread). 64-bit: positions times strides can pass 2^31.
-    x_li = i_loc.to(tl.int64)[None, :] * s_inner
-    if ALIGN_XI > 1:
-        x_li = tl.multiple_of(x_li, [ALIGN_XI, ALIGN_XI])
-    x_loc = x_c + x_li
-    if ACT != 0:
-        y_li = i_loc.to(tl.int64)[None, :] * ys_inner
-        if ALIGN_YI > 1:
-            y_li = tl.multiple_of(y_li, [ALIGN_YI, ALIGN_YI])
-        y_loc = y_c + y_li
+    # Full tiles: each element's offset within its tile, the same in every tile, computed once, so that the loop adds
+    # one scalar offset a tile rather than computing every element's address (sm_90, ResNet-18 layer1 channels_last
+    # float32: 151 -> 132 loop instructions for 4 16-byte loads a thread). 64-bit: positions times strides can pass
+    # 2^31. (Masked tiles compute their addresses in the loop: hoisted, their offsets took up to 20 more registers.)
+    if FULL_TILES:
+        x_li = i_loc.to(tl.int64)[None, :] * s_inner
+        if ALIGN_XI > 1:
+            x_li = tl.multiple_of(x_li, [ALIGN_XI, ALIGN_XI])
+        x_loc = x_c + x_li
+        if ACT != 0:
+            y_li = i_loc.to(tl.int64)[None, :] * ys_inner
+            if ALIGN_YI > 1:
+                y_li = tl.multiple_of(y_li, [ALIGN_YI, ALIGN_YI])
+            y_loc = y_c + y_li
     acc = tl.full([BLOCK_C, BLOCK_I], 0, dtype=ACC)
     one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
     # Thresholds and activation parameters, loaded once, before the tile loop: as far as the compiler knows, the
@@ -201,19 +203,25 @@ def _count_states_kernel(
     itile = first - o * n_itiles
     for _ in tl.range(tl.minimum(iters, total_tiles - first), loop_unroll_factor=UNROLL, num_stages=STAGES):
         first_i = itile * BLOCK_I
-        x_t = o * s_outer + first_i * s_inner
-        if ALIGN_XT > 1:
-            x_t = tl.multiple_of(x_t, ALIGN_XT)
         if FULL_TILES:  # every tile lies inside the tensor
+            x_t = o * s_outer + first_i * s_inner
+            if ALIGN_XT > 1:
+                x_t = tl.multiple_of(x_t, ALIGN_XT)
             raw = tl.load(x_ptr + x_t + x_loc)
         else:
-            # The tile's positions inside the tensor: fewer than BLOCK_I left only in a row's last tile.
-            i_ok = i_loc < tl.minimum(inner - first_i, BLOCK_I).to(tl.int32)
+            i = first_i + i_loc
+            i_ok = i < inner
             if ALIGN_I > 1:
                 i_ok = tl.max_constancy(i_ok, ALIGN_I)
             mask = c_ok[:, None] & i_ok[None, :]
+            x_o = o * s_outer
+            if ALIGN_XT > 1:
+                x_o = tl.multiple_of(x_o, ALIGN_XT)
+            x_i = i[None, :] * s_inner
+            if ALIGN_XI > 1:
+                x_i = tl.multiple_of(x_i, [ALIGN_XI, ALIGN_XI])
             # Outside the tensor reads NaN, which counts in no state: no mask in the counting below.
-            raw = tl.load(x_ptr + x_t + x_loc, mask=mask, other=float("nan"))
+            raw = tl.load(x_ptr + (x_o + x_c + x_i), mask=mask, other=float("nan"))
         if BF16 and BF16_BY_HAND:
             # The interpreter: bfloat16 is the top half of a float32, so widen the bits (exact; its cast is not).
             # Compiled, the conversion below is exact, and cheaper: sm_90 fused leaky_relu, NCHW, bfloat16, 849 ->
@@ -275,7 +283,15 @@ def _count_states_kernel(
             z = 0.7978845608028654 * (v + 0.044715 * v * v * v)
             out = v / (1.0 + tl.exp(-2.0 * z))
         if ACT != 0:
-            y_t = o * ys_outer + first_i * ys_inner
+            if FULL_TILES:
+                y_t = o * ys_outer + first_i * ys_inner
+                y_off = y_loc
+            else:
+                y_t = o * ys_outer
+                y_i = i[None, :] * ys_inner
+                if ALIGN_YI > 1:
+                    y_i = tl.multiple_of(y_i, [ALIGN_YI, ALIGN_YI])
+                y_off = y_c + y_i
             if ALIGN_YT > 1:
                 y_t = tl.multiple_of(y_t, ALIGN_YT)
             if BF16 and not ACT16 and BF16_BY_HAND:
@@ -289,9 +305,9 @@ def _count_states_kernel(
             else:
                 out = out.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
             if FULL_TILES:
-                tl.store(y_ptr + y_t + y_loc, out)
+                tl.store(y_ptr + (y_t + y_off), out)
             else:
-                tl.store(y_ptr + y_t + y_loc, out, mask=mask)
+                tl.store(y_ptr + (y_t + y_off), out, mask=mask)
         itile += 1
         wrap = itile == n_itiles
         o = tl.where(wrap, o + 1, o)
