@@ -554,6 +554,7 @@ struct ChannelVecArgs {
   int64_t pos_blocks;         // items per (outer index, chunk)
   unsigned long long* counts;
   int flush_items;            // items a block counts into shared memory between flushes (flush_items())
+  int hold_items;             // items a thread counts in registers between adds into shared memory (hold_items())
 };
 
 template <class S, int NT, int A>
@@ -572,19 +573,23 @@ __global__ void __launch_bounds__(kThreads, min_blocks<A>())
   const int64_t items = a.v.outer * a.chunks * a.pos_blocks;
   for (int64_t j = tid; j < G * kVec * kN; j += nthreads) shared[j] = 0;
   __syncthreads();
+  // A thread's counts stay in registers from item to item while its items count the same channels (a.hold_items
+  // > 1 only then), and go into shared memory every a.hold_items items and before each flush: one round of shared
+  // atomics (kVec * kN a thread, bank conflicts among threads of one warp) per a.hold_items items, not per item.
+  uint32_t acc[kVec][kN], packed[4][kN];  // packed[w]: channels 2w (low half) and 2w + 1 of 16-bit words
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) {
+#pragma unroll
+    for (int j = 0; j < kN; ++j) acc[e][j] = packed[e % 4][j] = 0;
+  }
   int since = 0;  // items counted into `shared` since its last flush (the same for every thread of the block)
+  int held = 0;   // items counted in registers since their last add into `shared`
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const int64_t cb = item % a.chunks;
     const int64_t pb = (item / a.chunks) % a.pos_blocks;
     const int64_t o = item / (a.chunks * a.pos_blocks);
     const int64_t g0 = cb * G, gn = min(G, a.groups - g0);
     const int64_t q0 = pb * a.positions, q1 = min(a.v.inner, q0 + a.positions);
-    uint32_t acc[kVec][kN], packed[4][kN];  // packed[w]: channels 2w (low half) and 2w + 1 of 16-bit words
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-#pragma unroll
-      for (int j = 0; j < kN; ++j) acc[e][j] = packed[e % 4][j] = 0;
-    }
     if (g < gn) {
       const int64_t base = o * a.v.s_outer + (g0 + g) * kVec;  // element offset of this group at position 0
       for (int64_t q = q0 + r; q < q1; q += per * kUnroll) {
@@ -623,30 +628,42 @@ __global__ void __launch_bounds__(kThreads, min_blocks<A>())
           }
         }
       }
-      if constexpr (kPairs) {
+    }
+    const bool flush = ++since >= a.flush_items || item + gridDim.x >= items;
+    if (++held >= a.hold_items || flush) {
+      if (g < gn) {
+        if constexpr (kPairs) {
 #pragma unroll
-        for (int w = 0; w < 4; ++w) {
+          for (int w = 0; w < 4; ++w) {
+#pragma unroll
+            for (int j = 0; j < kN; ++j) {
+              acc[2 * w][j] = low_count(packed[w][j]);
+              acc[2 * w + 1][j] = high_count(packed[w][j]);
+            }
+          }
+        }
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
 #pragma unroll
           for (int j = 0; j < kN; ++j) {
-            acc[2 * w][j] = low_count(packed[w][j]);
-            acc[2 * w + 1][j] = high_count(packed[w][j]);
+            if (acc[e][j] != 0) atomicAdd(&shared[(g * kVec + e) * kN + j], acc[e][j]);
           }
         }
       }
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
 #pragma unroll
-        for (int j = 0; j < kN; ++j) {
-          if (acc[e][j] != 0) atomicAdd(&shared[(g * kVec + e) * kN + j], acc[e][j]);
-        }
+        for (int j = 0; j < kN; ++j) acc[e][j] = packed[e % 4][j] = 0;
       }
+      held = 0;
     }
     // Flush the block's counts to global memory every a.flush_items items and after its last: once per block
     // where its items all count the same channels (flush_items()). A flush after every item costs three
     // barriers, during which the block loads nothing, and C * (NT + 1) global atomics: Swin-T's 384-channel
     // tokens come in items of 38-80 positions, and on the H200 took 1.34-1.36x x.sum()'s time, about the same
-    // time as on the H100, whose memory is 1.4x slower (session 13; this change is not yet timed).
-    if (++since < a.flush_items && item + gridDim.x < items) continue;
+    // time as on the H100, whose memory is 1.4x slower (session 13; this change and a.hold_items are not yet
+    // timed).
+    if (!flush) continue;
     __syncthreads();
     for (int64_t idx = tid; idx < gn * kVec * (NT + 1); idx += nthreads) {
       const int64_t ch = idx / (NT + 1);
@@ -747,6 +764,20 @@ int flush_items(int64_t blocks, int64_t chunks, int64_t positions) {
   return static_cast<int>(clamp64(kMaxPending / positions, 1, int64_t{1} << 30));
 }
 
+// Items a thread of channels_vec_kernel counts in registers before it adds them into shared memory: as many as its
+// packed 16-bit counters hold (a thread counts at most `per_item` positions an item), where the block's items all
+// count the same channels (flush_items > 1); else one. Emulated (tests/native), two, so that the tests see counts
+// held across items and added between flushes.
+int hold_items(int flush_items, int64_t per_item) {
+  if (flush_items == 1) return 1;
+#if defined(NEPENTHE_CUDA_EMULATION)
+  (void)per_item;
+  return 2;
+#else
+  return static_cast<int>(clamp64(0xffff / per_item, 1, int64_t{1} << 30));
+#endif
+}
+
 template <class S>
 void launch_channels(const CountRequest& r, const View& v, const View& yv, const Params<typename Dev<S>::T>& p,
                      cudaStream_t stream) {
@@ -788,7 +819,7 @@ void launch_channels_vec(const CountRequest& r, View v, const Params<typename De
     v.s_outer = 0;
   }
   ChannelVecArgs<S> a{static_cast<const S*>(r.x), static_cast<S*>(r.y), v, v.channels / kVec, 1, 1, 1, 1,
-                      reinterpret_cast<unsigned long long*>(r.counts), 1};
+                      reinterpret_cast<unsigned long long*>(r.counts), 1, 1};
   a.chunks = ceil_div(a.groups, kThreads);
   a.chunk_groups = ceil_div(a.groups, a.chunks);
   const int64_t per = kThreads / a.chunk_groups;
@@ -802,6 +833,7 @@ void launch_channels_vec(const CountRequest& r, View v, const Params<typename De
   a.pos_blocks = ceil_div(v.inner, a.positions);
   const int64_t blocks = std::min(v.outer * a.chunks * a.pos_blocks, slots);
   a.flush_items = flush_items(blocks, a.chunks, a.positions);
+  a.hold_items = hold_items(a.flush_items, ceil_div(a.positions, per));
   launch(kernel, blocks, block, stream, "nepenthe channels_vec_kernel launch", a, p);
 }
 
