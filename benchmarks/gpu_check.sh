@@ -86,6 +86,13 @@ step "$PY" benchmarks/bench_triton_host.py --calls 1000 --out "$RESULTS/triton_h
   || { echo "bench_triton_host.py failed, see $RESULTS/triton_host.txt"; status=1; }
 head -n 8 "$RESULTS/triton_host.txt"
 
+# The A/B before the sweeps: shorter, and what a DEADLINE should least cut off.
+if [ -n "${AB_OLD:-}" ]; then
+  echo "[${SECONDS} s] == CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
+  FUSED_CASES="${AB_FUSED:-}" step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
 if [ -n "${SWEEP:-}" ]; then
   # SWEEP_ARGS: one sweep's options, or several sweeps' separated by ';', run in turn into one file
   IFS=';' read -d '' -ra SWEEPS <<<"${SWEEP_ARGS:- }" || true  # -d '': the options may span lines
@@ -95,12 +102,6 @@ if [ -n "${SWEEP:-}" ]; then
     step_within "${SWEEP_TIMEOUT:-$STEP_TIMEOUT}" "$PY" benchmarks/sweep_triton.py $sweep_args 2>&1 | tee -a "$RESULTS/sweep_triton.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   done
-fi
-
-if [ -n "${AB_OLD:-}" ]; then
-  echo "[${SECONDS} s] == CUDA A/B: $AB_OLD (A) against this checkout's csrc/ (B)"
-  FUSED_CASES="${AB_FUSED:-}" step bash benchmarks/ab/ab_cuda.sh "$AB_OLD" . 2>&1 | tee "$RESULTS/ab_cuda.txt"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if [ -z "${KERNELS_ONLY:-}" ]; then
