@@ -1,6 +1,6 @@
 """Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM, loop unrolling, software
-pipelining, 16-bit compares (in their own format or in float32), channel blocks (fitted or widest) and unmasked
-full tiles; and, to tell
+pipelining, 16-bit compares (in their own format or in float32), channel and inner blocks (fitted or widest) and
+unmasked full tiles; and, to tell
 arithmetic from memory as what bounds a tensor, the thresholds counted (the tensor's own, or others: a tensor whose
 time grows with the number of thresholds is bound by the kernel's arithmetic, not by its reads).
 
@@ -19,6 +19,7 @@ Usage::
     python benchmarks/sweep_triton.py --match channels_last natural --unroll 1 2 --stages 0 3   # 4 settings
     python benchmarks/sweep_triton.py --match channels_last natural --warps 4 8 --fit 0 1   # 4 settings
     python benchmarks/sweep_triton.py --match MobileNet --thresholds own 0 0,1,2,3,4,5,6   # 2, 1 and 7 thresholds
+    python benchmarks/sweep_triton.py --match nchw --inner-fit 0 1   # NCHW rows in tiles that divide them
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ TENSORS = [
     ("ResNet-18 layer4", (1024, 512, 7, 7), 1, "nchw", torch.float32, (0.0,)),
     ("ResNet-18 layer4", (1024, 512, 7, 7), 1, "channels_last", torch.float16, (0.0,)),
     ("MobileNet-V2 block1", (32, 96, 112, 112), 1, "nchw", torch.float32, (0.0, 6.0)),
+    ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "nchw", torch.float16, (0.0, 6.0)),
     ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "channels_last", torch.float16, (0.0, 6.0)),
     ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "channels_last", torch.bfloat16, (0.0, 6.0)),
     ("Swin-T stage1 MLP", (64, 56, 56, 384), -1, "natural", torch.float16, (0.0,)),
@@ -77,6 +79,13 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=[None],
         help="1: channel blocks fitted to the channels, 0: the widest (CHANNEL_BLOCK_FIT)",
+    )
+    parser.add_argument(
+        "--inner-fit",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="1: NCHW tiles as long as the largest power of two dividing a row, 0: the widest (INNER_BLOCK_FIT)",
     )
     parser.add_argument(
         "--unmasked",
@@ -115,15 +124,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{torch.cuda.get_device_name()}, {sms} SMs, L2 {getattr(props, 'L2_cache_size', 0) / 2**20:.0f} MiB")
     print(
         "| tensor | shape | layout | dtype | tile bytes | warps | programs/SM | unroll | stages | 16-bit compares "
-        "| fitted channel blocks | unmasked full tiles | thresholds | time (us) "
+        "| fitted channel blocks | fitted inner blocks | unmasked full tiles | thresholds | time (us) "
         "| / sum "
         "| GPU-only (us) | GPU GB/s | GPU / sum | counts |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
         "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES", "CHANNEL_BLOCK_FIT",
-        "UNMASKED_FULL_TILES",
+        "UNMASKED_FULL_TILES", "INNER_BLOCK_FIT",
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
@@ -135,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
             references = {}
             settings = itertools.product(
                 args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares, args.fit,
-                args.unmasked, threshold_sets,
+                args.inner_fit, args.unmasked, threshold_sets,
             )  # fmt: skip
-            for tile, warps, per_sm, unroll, stages, half, fit, unmasked, chosen in settings:
+            for tile, warps, per_sm, unroll, stages, half, fit, inner_fit, unmasked, chosen in settings:
                 thresholds = own_thresholds if chosen is None else chosen
                 if thresholds not in references:
                     references[thresholds] = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
@@ -155,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
                 if fit is not None:
                     triton_count.CHANNEL_BLOCK_FIT = bool(fit)
+                if inner_fit is not None:
+                    triton_count.INNER_BLOCK_FIT = bool(inner_fit)
                 if unmasked is not None:
                     triton_count.UNMASKED_FULL_TILES = bool(unmasked)
                 if per_sm is not None:
@@ -172,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"| {name} | {tuple(x.shape)} | {layout} | {str(dtype)[6:]} | {_shown(tile)} | {_shown(warps)} "
                     f"| {_shown(per_sm)} | {_shown(unroll)} | {_shown(stages)} "
-                    f"| {'own format' if half else 'float32'} | {_shown(fit)} | {_shown(unmasked)} "
+                    f"| {'own format' if half else 'float32'} | {_shown(fit)} | {_shown(inner_fit)} "
+                    f"| {_shown(unmasked)} "
                     f"| {_listed(thresholds)} | {t * 1e6:.1f} "
                     f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,

@@ -51,3 +51,11 @@ def test_sweep_counts_other_threshold_sets_with_and_without_masks():
     assert [row["thresholds"] for row in rows if "MobileNet" in row["tensor"]][:2] == ["0, 6", seven]
     assert [row["thresholds"] for row in rows if "layer1" in row["tensor"]][:2] == ["0", seven]
     assert all(row["counts"] == "exact" for row in rows)
+
+
+def test_sweep_of_inner_blocks():
+    # The next GPU session's third sweep: the 5 NCHW tensors with inner blocks widest and fitted.
+    rows = _sweep("--match", "nchw", "--inner-fit", "0", "1")
+    assert len(rows) == 5 * 2
+    assert [row["fitted inner blocks"] for row in rows] == ["0", "1"] * 5
+    assert all(row["counts"] == "exact" for row in rows)

@@ -352,6 +352,34 @@ def test_fitted_channel_blocks_count_exactly(monkeypatch, channels, dtype):
         triton_count._static_launch.cache_clear()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_inner_blocks_fitted_to_the_rows_count_exactly(monkeypatch, dtype):
+    """With INNER_BLOCK_FIT, NCHW rows of 192 positions (64 x 3) go in tiles of 64 positions by as many channels as
+    fill a tile (32 float32, 64 16-bit), which cover the tensor, rather than tiles of 256 positions with 64 idle; the
+    counts and fused outputs stay exact. Too few channels to fill such a tile keep the widest tiles."""
+    from nepenthe.kernels import triton_count
+
+    monkeypatch.setattr(triton_count, "INNER_BLOCK_FIT", True)
+    triton_count._static_launch.cache_clear()  # launches remembered with the widest blocks
+    try:
+        channels = 32 if dtype == torch.float32 else 64
+        x = _full_tile_input("nchw", (2, channels, 12, 16), dtype, seed=channels)
+        _, view = readable_view(x, 1)
+        cfg = launch_config(view, x.element_size(), target_programs=4)
+        assert (cfg.block_c, cfg.block_i) == (channels, 64) and cfg.full_tiles(view), cfg
+        few = launch_config(ChannelView(2, channels // 2, 192, channels // 2 * 192, 192, 1), x.element_size(), 4)
+        assert few.block_i == 256, few
+        for thresholds in [(0.0,), (0.0, 6.0)]:
+            got = count_states(x, thresholds, backend="triton")
+            assert torch.equal(got, _reference(x, thresholds, 1)), thresholds
+        counts = torch.zeros(channels, 2, dtype=torch.int64)
+        y = fused_activation(x, "relu", counts, backend="triton")
+        assert_bit_equal(y, F.relu(x))
+        assert torch.equal(counts, _reference(x, (0.0,), 1))
+    finally:
+        triton_count._static_launch.cache_clear()
+
+
 # Tensors whose tiles cover them exactly (channels and inner positions multiples of the tile's), so that the kernel
 # loads and stores without masks (UNMASKED_FULL_TILES): NCHW maps of 32x32 (one tile of 1024 positions a row),
 # channels_last with 64 channels (tiles of 64 channels by 32 positions), tokens of 128 channels.

@@ -39,6 +39,7 @@ VARIANTS = {
     "fp16-nchw14-sm90": ("float16", "nchw14", None, (0.0,), False, 90),
     "fp32-nhwc24-sm90": ("float32", "nhwc24", None, (0.0,), False, 90),
     "fp16-nhwc96-sm90": ("float16", "nhwc96", None, (0.0, 6.0), False, 90),
+    "fp16-nchw56-sm90": ("float16", "nchw56", None, (0.0, 6.0), False, 90),
     "fp32-nchw-sm80": ("float32", "nchw", None, (0.0,), False, 80),
     "fp16-nhwc-sm80": ("float16", "nhwc", None, (0.0,), False, 80),
     "bf16-nchw-sm80": ("bfloat16", "nchw", None, (0.0,), False, 80),
@@ -71,9 +72,10 @@ STAGED = {
     "bf16-nhwc-sm90-stages3": ("bf16-nhwc-sm90", 3),
     "hardtanh-fp16-nhwc-sm90-stages3": ("hardtanh-fp16-nhwc-sm90", 3),
 }
-# Variants compiled with channel blocks fitted to the channels (triton_count.CHANNEL_BLOCK_FIT, which
-# benchmarks/sweep_triton.py times): name: variant. MobileNet-V2's 96 channels in three blocks of 32.
-FITTED = {"fp16-nhwc96-sm90-fitted": "fp16-nhwc96-sm90"}
+# Variants compiled with blocks fitted to the tensor (triton_count.CHANNEL_BLOCK_FIT and INNER_BLOCK_FIT, which
+# benchmarks/sweep_triton.py times): name: variant. MobileNet-V2's 96 channels in three blocks of 32; 56x56 maps
+# (3136 positions) in tiles of 64 positions, not 4096.
+FITTED = {"fp16-nhwc96-sm90-fitted": "fp16-nhwc96-sm90", "fp16-nchw56-sm90-fitted": "fp16-nchw56-sm90"}
 MUST_VECTORISE = [
     name for name, (dt, layout, kind, *_) in VARIANTS.items()
     if kind is None and layout.startswith(("nchw", "nhwc")) and dt in ("float32", "float16")
@@ -87,6 +89,8 @@ def _tensor(dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, int]:
         return torch.zeros(2, 8, 32, 32, dtype=dtype), 1
     if layout == "nchwbig":  # maps of a whole tile or more: one channel per tile
         return torch.zeros(2, 3, 64, 70, dtype=dtype), 1
+    if layout == "nchw56":  # rows of 3136 elements: 64 x 49
+        return torch.zeros(2, 64, 56, 56, dtype=dtype), 1
     if layout == "nchw14":  # rows of 196 elements: aligned to 16 bytes, not to 16 elements
         return torch.zeros(2, 8, 14, 14, dtype=dtype), 1
     if layout == "nhwc24":  # MobileNet-V2's 24 channels
@@ -112,7 +116,7 @@ def _tensor(dtype: torch.dtype, layout: str) -> tuple[torch.Tensor, int]:
 
 def _compile_variant(name: str, stages: int | None = None, fit: bool = False) -> dict[str, object]:
     """Compile one variant in this (child) process, its tile loop pipelined in ``stages`` (None: as written), its
-    channel blocks fitted to the channels with ``fit``; what the test checks about it."""
+    blocks fitted to the tensor with ``fit``; what the test checks about it."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -125,7 +129,7 @@ def _compile_variant(name: str, stages: int | None = None, fit: bool = False) ->
     from nepenthe.kernels.triton_count import ACTIVATIONS, compiled_kernel, kernel_launch
 
     triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages
-    triton_count.CHANNEL_BLOCK_FIT = fit
+    triton_count.CHANNEL_BLOCK_FIT = triton_count.INNER_BLOCK_FIT = fit
     triton_count._static_launch.cache_clear()  # launches remembered with other stages or blocks
 
     dtype_name, layout, kind, thresholds, ignore_ties, arch = VARIANTS[name]
@@ -156,6 +160,7 @@ def _compile_variant(name: str, stages: int | None = None, fit: bool = False) ->
     ptx = kernel.asm["ptx"]
     return {
         "block_c": launch.constexprs["BLOCK_C"],
+        "block_i": launch.constexprs["BLOCK_I"],
         "full_tiles": launch.constexprs["FULL_TILES"],
         "masked_accesses": len(re.findall(r"@%p\d+\s+(?:ld|st)\.global", ptx)),
         "cubin_bytes": len(kernel.asm["cubin"]),
@@ -224,9 +229,10 @@ def test_contiguous_kernels_use_vector_loads(compiled, name):
     assert any(".v4." in op or ".v2." in op for op in loads), loads
 
 
-def test_fitted_channel_blocks_are_narrower(compiled):
-    for name, variant in FITTED.items():
-        assert compiled[name]["block_c"] == 32 and compiled[variant]["block_c"] == 128, (name, variant)
+def test_fitted_blocks_are_narrower(compiled):
+    blocks = {name: (compiled[name]["block_c"], compiled[name]["block_i"]) for name in [*FITTED, *FITTED.values()]}
+    assert blocks["fp16-nhwc96-sm90"][0] == 128 and blocks["fp16-nhwc96-sm90-fitted"][0] == 32, blocks
+    assert blocks["fp16-nchw56-sm90"] == (1, 4096) and blocks["fp16-nchw56-sm90-fitted"] == (64, 64), blocks
 
 
 def test_full_tiles_read_and_write_without_masks(compiled):
@@ -234,8 +240,8 @@ def test_full_tiles_read_and_write_without_masks(compiled):
     predicated; elsewhere they are (at the tensor's edges)."""
     full = [name for name in [*VARIANTS, *FITTED] if compiled[name].get("full_tiles")]
     masked = [name for name in [*VARIANTS, *FITTED] if compiled[name].get("full_tiles") is False]
-    assert {"fp32-nchw-sm90", "relu-fp32-nchw-sm90", "fp16-nhwc96-sm90-fitted"} <= set(full), full
-    assert {"fp16-nhwc96-sm90", "fp32-nchw14-sm90"} <= set(masked), masked
+    assert {"fp32-nchw-sm90", "relu-fp32-nchw-sm90", "fp16-nhwc96-sm90-fitted", "fp16-nchw56-sm90-fitted"} <= set(full)
+    assert {"fp16-nhwc96-sm90", "fp32-nchw14-sm90", "fp16-nchw56-sm90"} <= set(masked), masked
     for name in full:
         assert compiled[name]["masked_accesses"] == 0, (name, compiled[name]["masked_accesses"])
     for name in masked:

@@ -78,6 +78,14 @@ MIN_ROW_BYTES = 64
 # float32 tokens 175 -> 132; with fitted channel blocks, MobileNet-V2's 96 16-bit channels 271 -> 224, Swin-T's 384
 # 16-bit channels 221 -> 172. Untimed (no GPU since it was written): benchmarks/sweep_triton.py --unmasked 0 1.
 UNMASKED_FULL_TILES = True
+# Along the inner positions (NCHW), tiles of the largest power of two that divides a row, rather than the widest, when
+# the widest leave each row's last tile partial: 56x56 maps (3136 = 64 x 49 positions) in tiles of 64 positions by up
+# to 32 channels, 112x112 in tiles of 256, not rows of 2048 or 4096 whose last tile is 53% or 6% full. The tiles then
+# cover the tensor (unmasked, UNMASKED_FULL_TILES) and no lane idles: sm_90, per value, ResNet-18 layer1 float32 13.1
+# -> 7.8 instructions, MobileNet-V2 block1 float16 10.3 -> 6.8. Off until a GPU times it (rows read in 256-512
+# byte pieces, not 8 KiB): benchmarks/sweep_triton.py --inner-fit 0 1.
+INNER_BLOCK_FIT = False
+MIN_INNER_ROW_BYTES = 128
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 4
 INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 2
@@ -401,13 +409,31 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> Lau
         block_c = _channel_block(view.channels, itemsize)
         block_i = _pow2_at_most(view.inner, tile // block_c)
     else:
-        block_i = _pow2_at_most(view.inner, tile)
+        block_i = _inner_block(view, itemsize, tile)
         block_c = _pow2_at_most(view.channels, tile // block_i)
     n_cblocks = _cdiv(view.channels, block_c)
     n_itiles = _cdiv(view.inner, block_i)
     total_tiles = view.outer * n_itiles
     iters = max(1, min(MAX_ITERS, _cdiv(n_cblocks * total_tiles, target_programs)))
     return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
+
+
+def _inner_block(view: ChannelView, itemsize: int, tile: int) -> int:
+    """Positions per tile along the inner positions: the widest power of two up to the tile, or with
+    ``INNER_BLOCK_FIT``, where that leaves a row's last tile partial, the largest power of two dividing the row, if it
+    is at least ``MIN_INNER_ROW_BYTES`` long and the channels fill whole tiles of ``tile`` values with it.
+
+    Example (NCHW float32, 64 channels of 56x56: 3136 = 64 x 49 positions)::
+
+        >>> _inner_block(ChannelView(32, 64, 3136, 64 * 3136, 3136, 1), 4, 2048)  # with INNER_BLOCK_FIT: 64
+        2048
+    """
+    block = _pow2_at_most(view.inner, tile)
+    if INNER_BLOCK_FIT and view.inner % block:
+        divisor = view.inner & -view.inner
+        if divisor * itemsize >= MIN_INNER_ROW_BYTES and view.channels % (tile // divisor) == 0:
+            return divisor
+    return block
 
 
 def _channel_block(channels: int, itemsize: int) -> int:
