@@ -403,8 +403,8 @@ def _full_tile_input(layout, shape, dtype, seed):
 @pytest.mark.parametrize("unmasked", [True, False], ids=["unmasked", "masked"])
 @pytest.mark.parametrize("layout, shape, channel_dim, dtype", FULL_TILE_CASES, ids=lambda v: str(v))
 def test_full_tiles_count_exactly_without_masks(monkeypatch, layout, shape, channel_dim, dtype, unmasked):
-    """Where tiles cover the tensor exactly, the kernel reads and writes without masks (FULL_TILES), and counts and
-    activates exactly as with them; other tensors keep their masks."""
+    """Where tiles cover the tensor exactly, counting reads without masks (FULL_TILES) and counts exactly as with
+    them; fused kernels on the same tensors keep their masks and stay exact."""
     from nepenthe.kernels import triton_count
 
     monkeypatch.setattr(triton_count, "UNMASKED_FULL_TILES", unmasked)

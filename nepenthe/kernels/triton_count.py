@@ -71,12 +71,13 @@ ROW_BYTES = 512
 # was written): benchmarks/sweep_triton.py --fit 0 1 times both.
 CHANNEL_BLOCK_FIT = False
 MIN_ROW_BYTES = 64
-# Where the tiles cover the channels and the inner positions exactly (both sizes multiples of the tile's), load and
-# store without a mask (no bound checks, no NaN moved into the registers of masked lanes) and compute each element's
-# offset within its tile once, before the tile loop. sm_90 loops (4 16-byte loads a thread): ResNet-18 layer1's 64
-# float32 channels_last 181 -> 132 instructions and 40 -> 32 registers (so 8 programs of 8 warps fit an SM), Swin-T's
-# float32 tokens 175 -> 132; with fitted channel blocks, MobileNet-V2's 96 16-bit channels 271 -> 224, Swin-T's 384
-# 16-bit channels 221 -> 172. Untimed (no GPU since it was written): benchmarks/sweep_triton.py --unmasked 0 1.
+# Where the tiles cover the channels and the inner positions exactly (both sizes multiples of the tile's), count
+# without masks (no bound checks, no NaN moved into the registers of masked lanes) and compute each element's offset
+# within its tile once, before the tile loop (counting only: not fused kernels). sm_90 loops (4 16-byte loads a
+# thread): ResNet-18 layer1's 64 float32 channels_last 181 -> 132 instructions and 40 -> 32 registers (so 8 programs
+# of 8 warps fit an SM), Swin-T's float32 tokens 175 -> 132; with fitted channel blocks, MobileNet-V2's 96 16-bit
+# channels 271 -> 224, Swin-T's 384 16-bit channels 221 -> 172. Untimed (no GPU since it was written):
+# benchmarks/sweep_triton.py --unmasked 0 1.
 UNMASKED_FULL_TILES = True
 # Along the inner positions (NCHW), tiles of the largest power of two that divides a row, rather than the widest, when
 # the widest leave each row's last tile partial: 56x56 maps (3136 = 64 x 49 positions) in tiles of 64 positions by up
@@ -175,20 +176,16 @@ def _count_states_kernel(
         y_c = c[:, None] * ys_chan
         if ALIGN_YC > 1:
             y_c = tl.multiple_of(y_c, [ALIGN_YC, ALIGN_YC])
-    # Full tiles: each element's offset within its tile, the same in every tile, computed once, so that the loop adds
-    # one scalar offset a tile rather than computing every element's address (sm_90, ResNet-18 layer1 channels_last
-    # float32: 151 -> 132 loop instructions for 4 16-byte loads a thread). 64-bit: positions times strides can pass
-    # 2^31. (Masked tiles compute their addresses in the loop: hoisted, their offsets took up to 20 more registers.)
+    # Full tiles (counting only): each element's offset within its tile, the same in every tile, computed once, so
+    # that the loop adds one scalar offset a tile rather than computing every element's address (sm_90, ResNet-18
+    # layer1 channels_last float32: 151 -> 132 loop instructions for 4 16-byte loads a thread). 64-bit: positions
+    # times strides can pass 2^31. Masked tiles compute their addresses in the loop: hoisted there, the offsets took up
+    # to 20 more registers (fused hardtanh channels_last 16-bit 80 -> 100).
     if FULL_TILES:
         x_li = i_loc.to(tl.int64)[None, :] * s_inner
         if ALIGN_XI > 1:
             x_li = tl.multiple_of(x_li, [ALIGN_XI, ALIGN_XI])
         x_loc = x_c + x_li
-        if ACT != 0:
-            y_li = i_loc.to(tl.int64)[None, :] * ys_inner
-            if ALIGN_YI > 1:
-                y_li = tl.multiple_of(y_li, [ALIGN_YI, ALIGN_YI])
-            y_loc = y_c + y_li
     acc = tl.full([BLOCK_C, BLOCK_I], 0, dtype=ACC)
     one = tl.full([BLOCK_C, BLOCK_I], 1, dtype=ACC)
     # Thresholds and activation parameters, loaded once, before the tile loop: as far as the compiler knows, the
@@ -292,17 +289,13 @@ def _count_states_kernel(
             z = 0.7978845608028654 * (v + 0.044715 * v * v * v)
             out = v / (1.0 + tl.exp(-2.0 * z))
         if ACT != 0:
-            if FULL_TILES:
-                y_t = o * ys_outer + first_i * ys_inner
-                y_off = y_loc
-            else:
-                y_t = o * ys_outer
-                y_i = i[None, :] * ys_inner
-                if ALIGN_YI > 1:
-                    y_i = tl.multiple_of(y_i, [ALIGN_YI, ALIGN_YI])
-                y_off = y_c + y_i
+            y_o = o * ys_outer
             if ALIGN_YT > 1:
-                y_t = tl.multiple_of(y_t, ALIGN_YT)
+                y_o = tl.multiple_of(y_o, ALIGN_YT)
+            y_i = i[None, :] * ys_inner
+            if ALIGN_YI > 1:
+                y_i = tl.multiple_of(y_i, [ALIGN_YI, ALIGN_YI])
+            y_off = y_o + y_c + y_i
             if BF16 and not ACT16 and BF16_BY_HAND:
                 # The interpreter: round to nearest even by hand, as torch does (its float32 -> bfloat16 cast
                 # rounds half up); NaN stays a quiet NaN. Compiled, the conversion below rounds so (sm_90
@@ -310,13 +303,9 @@ def _count_states_kernel(
                 bits = out.to(tl.uint32, bitcast=True)
                 rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
                 bits = tl.where(out == out, rounded, (bits >> 16) | 0x40)
-                out = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+                tl.store(y_ptr + y_off, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
             else:
-                out = out.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
-            if FULL_TILES:
-                tl.store(y_ptr + (y_t + y_off), out)
-            else:
-                tl.store(y_ptr + (y_t + y_off), out, mask=mask)
+                tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
         itile += 1
         wrap = itile == n_itiles
         o = tl.where(wrap, o + 1, o)
@@ -586,7 +575,9 @@ def _static_launch(
         BLOCK_I=cfg.block_i,
         UNROLL=_unroll(along_channels, act),
         STAGES=CHANNEL_TILE_STAGES if along_channels else INNER_TILE_STAGES,
-        FULL_TILES=UNMASKED_FULL_TILES and cfg.full_tiles(view),
+        # Counting only: fused kernels keep their masks (unmasked, they took up to 16 more registers: fused bfloat16
+        # relu channels_last 62 -> 66, leaky_relu 59 -> 75, one program less an SM).
+        FULL_TILES=UNMASKED_FULL_TILES and act == 0 and cfg.full_tiles(view),
         # Divisibility hints (see the kernel), as separate scalars: Triton 3.6 takes only a constexpr, not an
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
