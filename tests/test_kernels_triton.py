@@ -354,9 +354,9 @@ def test_fitted_channel_blocks_count_exactly(monkeypatch, channels, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_inner_blocks_fitted_to_the_rows_count_exactly(monkeypatch, dtype):
-    """With INNER_BLOCK_FIT, NCHW rows of 192 positions (64 x 3) go in tiles of 64 positions by as many channels as
-    fill a tile (32 float32, 64 16-bit), which cover the tensor, rather than tiles of 256 positions with 64 idle; the
-    counts and fused outputs stay exact. Too few channels to fill such a tile keep the widest tiles."""
+    """With INNER_BLOCK_FIT, NCHW rows of 192 positions (64 x 3) are counted in tiles of 64 positions by as many
+    channels as fill a tile (32 float32, 64 16-bit), which cover the tensor, rather than tiles of 256 positions with
+    64 idle, and exactly. Too few channels to fill such a tile, and fused kernels, keep the widest tiles."""
     from nepenthe.kernels import triton_count
 
     monkeypatch.setattr(triton_count, "INNER_BLOCK_FIT", True)
@@ -376,6 +376,12 @@ def test_inner_blocks_fitted_to_the_rows_count_exactly(monkeypatch, dtype):
         y = fused_activation(x, "relu", counts, backend="triton")
         assert_bit_equal(y, F.relu(x))
         assert torch.equal(counts, _reference(x, (0.0,), 1))
+        cpu = torch.device("cpu")
+        for act, block_i in [(0, 64), (triton_count.ACTIVATIONS["relu"], 256)]:
+            launch = triton_count._static_launch(
+                view, view, x.element_size(), cpu, act, 2, False, torch.float32, False, False, False, False
+            )
+            assert launch.constexprs["BLOCK_I"] == block_i, (act, launch.constexprs["BLOCK_I"])
     finally:
         triton_count._static_launch.cache_clear()
 

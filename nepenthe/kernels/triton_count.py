@@ -83,8 +83,8 @@ UNMASKED_FULL_TILES = True
 # the widest leave each row's last tile partial: 56x56 maps (3136 = 64 x 49 positions) in tiles of 64 positions by up
 # to 32 channels, 112x112 in tiles of 256, not rows of 2048 or 4096 whose last tile is 53% or 6% full. The tiles then
 # cover the tensor (unmasked, UNMASKED_FULL_TILES) and no lane idles: sm_90, per value, ResNet-18 layer1 float32 13.1
-# -> 7.8 instructions, MobileNet-V2 block1 float16 10.3 -> 6.8. Off until a GPU times it (rows read in 256-512
-# byte pieces, not 8 KiB): benchmarks/sweep_triton.py --inner-fit 0 1.
+# -> 7.8 instructions, MobileNet-V2 block1 float16 10.3 -> 6.8. Counting only (fused kernels keep the widest tiles).
+# Off until a GPU times it (rows read in 256-512 byte pieces, not 8 KiB): benchmarks/sweep_triton.py --inner-fit 0 1.
 INNER_BLOCK_FIT = False
 MIN_INNER_ROW_BYTES = 128
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
@@ -385,8 +385,9 @@ def tiles_along_channels(view: ChannelView) -> bool:
     return view.inner == 1 or (view.channels > 1 and view.stride_channel < view.stride_inner)
 
 
-def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> LaunchConfig:
+def launch_config(view: ChannelView, itemsize: int, target_programs: int, fit_rows: bool = True) -> LaunchConfig:
     """Tiles of ``TILE_BYTES`` laid along the axis with the smaller stride (the contiguous one when there is one).
+    ``fit_rows``: NCHW tiles may be fitted to the rows (``INNER_BLOCK_FIT``; counting only, not fused kernels).
 
     Example::
 
@@ -398,7 +399,7 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int) -> Lau
         block_c = _channel_block(view.channels, itemsize)
         block_i = _pow2_at_most(view.inner, tile // block_c)
     else:
-        block_i = _inner_block(view, itemsize, tile)
+        block_i = _inner_block(view, itemsize, tile) if fit_rows else _pow2_at_most(view.inner, tile)
         block_c = _pow2_at_most(view.channels, tile // block_i)
     n_cblocks = _cdiv(view.channels, block_c)
     n_itiles = _cdiv(view.inner, block_i)
@@ -539,7 +540,9 @@ def _static_launch(
     Remembered per shape and setting, since a model counts the same activation shapes batch after batch (the
     constants dict is shared: callers copy it, never change it)."""
     along_channels = tiles_along_channels(view)
-    cfg = launch_config(view, itemsize, _target_programs(device, along_channels))
+    # Fused kernels keep the widest NCHW tiles: fitted, their masked loops took 13-32 more registers (float16 relu
+    # 59 -> 72, hardtanh 64 -> 91).
+    cfg = launch_config(view, itemsize, _target_programs(device, along_channels), fit_rows=act == 0)
     ints = (
         view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters, cfg.n_cblocks,
         view.stride_outer, view.stride_channel, view.stride_inner,
