@@ -18,7 +18,7 @@ Usage::
     python benchmarks/sweep_triton.py --match float16 bfloat16 --half-compares 1 0 --tiles 8192 --per-sm 4 16
     python benchmarks/sweep_triton.py --match channels_last natural --unroll 1 2 --stages 0 3   # 4 settings
     python benchmarks/sweep_triton.py --match channels_last natural --warps 4 8 --fit 0 1   # 4 settings
-    python benchmarks/sweep_triton.py --match MobileNet --thresholds own 0 0,1,2,3,4,5,6   # 2, 1 and 7 thresholds
+    python benchmarks/sweep_triton.py --match MobileNet --thresholds own 0 0,1,2   # 2, 1 and 3 thresholds
     python benchmarks/sweep_triton.py --match nchw --inner-fit 0 1   # NCHW rows in tiles that divide them
 """
 
