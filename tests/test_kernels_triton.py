@@ -399,11 +399,17 @@ FULL_TILE_CASES = [
 
 
 def _full_tile_input(layout, shape, dtype, seed):
+    """Random values (``_values``) with inf first and NaN last in memory, where a tile that read past the tensor's
+    edges, or stopped short of them, would miscount."""
     x = _values(shape, dtype, seed)
-    flat = x.view(-1) if layout != "channels_last" else x.permute(0, 2, 3, 1).reshape(-1)
-    flat[-1] = math.nan  # the tensor's last value, where a masked tile would end
-    flat[0] = math.inf
-    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        memory = x.permute(0, 2, 3, 1).view(-1)  # the same storage, in memory order
+    else:
+        memory = x.view(-1)
+    memory[-1] = math.nan
+    memory[0] = math.inf
+    return x
 
 
 @pytest.mark.parametrize("unmasked", [True, False], ids=["unmasked", "masked"])
