@@ -213,10 +213,11 @@ def test_element_offsets_beyond_int32(shape, strides):
     # the pages that are touched become resident. inner-stride: tiles along the channels, several positions each, so
     # an element's offset within its tile passes 2^31; with full tiles (8 channels by 4 positions), offsets that the
     # kernel computes once, before its tile loop.
+    size = sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) + 2**20
     try:
-        base = torch.empty(sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) + 2**20, dtype=torch.float16)
+        base = torch.empty(size, dtype=torch.float16)
     except RuntimeError as err:
-        pytest.skip(f"cannot reserve 4 GiB of address space: {err}")
+        pytest.skip(f"cannot reserve {size * 2 / 2**30:.1f} GiB of address space: {err}")
     x = base.as_strided(shape, strides)
     x.copy_(_values(shape, torch.float16, seed=11))
     got = count_states(x, (-1.0, 0.0, 1.0), backend="triton")
