@@ -597,6 +597,30 @@ def test_gpu_counts_equal_reference(layout, dtype):
 
 @pytest.mark.gpu
 @cuda_only
+@pytest.mark.parametrize("setting", ["unmasked", "masked", "fitted"])
+@pytest.mark.parametrize("layout, shape, channel_dim, dtype", FULL_TILE_CASES, ids=lambda v: str(v))
+def test_gpu_full_tiles(monkeypatch, layout, shape, channel_dim, dtype, setting):
+    """Compiled, tiles that cover the tensor count exactly with and without masks (UNMASKED_FULL_TILES), and with
+    blocks fitted to the channels and the rows (CHANNEL_BLOCK_FIT, INNER_BLOCK_FIT), as the interpreter checks."""
+    from nepenthe.kernels import triton_count
+
+    monkeypatch.setattr(triton_count, "UNMASKED_FULL_TILES", setting != "masked")
+    monkeypatch.setattr(triton_count, "CHANNEL_BLOCK_FIT", setting == "fitted")
+    monkeypatch.setattr(triton_count, "INNER_BLOCK_FIT", setting == "fitted")
+    triton_count._static_launch.cache_clear()
+    try:
+        x = _full_tile_input(layout, shape, dtype, seed=sum(shape)).cuda()
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        for thresholds in [(0.0,), (0.0, 6.0), (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)]:
+            got = count_states(x, thresholds, channel_dim=channel_dim, backend="triton")
+            assert torch.equal(got, _reference(x, thresholds, channel_dim)), thresholds
+    finally:
+        triton_count._static_launch.cache_clear()
+
+
+@pytest.mark.gpu
+@cuda_only
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_realistic_activation_without_host_sync(dtype, memory_format):
