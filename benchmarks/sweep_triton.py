@@ -1,8 +1,8 @@
 """Sweep the Triton kernel's launch constants on a GPU: tile bytes, warps, programs per SM, loop unrolling, software
 pipelining, 16-bit compares (in their own format or in float32), channel and inner blocks (fitted or widest) and
-unmasked full tiles; and, to tell
-arithmetic from memory as what bounds a tensor, the thresholds counted (the tensor's own, or others: a tensor whose
-time grows with the number of thresholds is bound by the kernel's arithmetic, not by its reads).
+unmasked full tiles; and, to tell arithmetic from memory as what bounds a tensor, the thresholds counted (the
+tensor's own, or others: a tensor whose time grows with the number of thresholds is bound by the kernel's
+arithmetic, not by its reads).
 
 For activation tensors larger than the L2 cache, in NCHW, channels_last and token layouts, it times the counting
 kernel under each setting against ``x.sum()`` on the same tensor (CUDA events over back-to-back calls, and GPU-only
@@ -51,6 +51,15 @@ TENSORS = [
 ]
 
 
+# On/off constants of triton_count, each swept by its own option (1 on, 0 off, left out: the module's own value):
+# option's destination: (constant, option's help).
+SWITCHES = {
+    "fit": ("CHANNEL_BLOCK_FIT", "channel blocks fitted to the channels, 0: the widest"),
+    "inner_fit": ("INNER_BLOCK_FIT", "NCHW tiles as long as the largest power of two dividing a row, 0: the widest"),
+    "unmasked": ("UNMASKED_FULL_TILES", "tiles that cover the tensor exactly read without masks, 0: with them"),
+}
+
+
 def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype, cpu: bool = False) -> torch.Tensor:
     x = torch.randn(shape, device="cpu" if cpu else "cuda").mul_(2).to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
@@ -73,27 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         default=[1],
         help="1: 16-bit values compared in their own format, 0: in float32 (HALF_COMPARES)",
     )
-    parser.add_argument(
-        "--fit",
-        type=int,
-        nargs="+",
-        default=[None],
-        help="1: channel blocks fitted to the channels, 0: the widest (CHANNEL_BLOCK_FIT)",
-    )
-    parser.add_argument(
-        "--inner-fit",
-        type=int,
-        nargs="+",
-        default=[None],
-        help="1: NCHW tiles as long as the largest power of two dividing a row, 0: the widest (INNER_BLOCK_FIT)",
-    )
-    parser.add_argument(
-        "--unmasked",
-        type=int,
-        nargs="+",
-        default=[None],
-        help="1: tiles that cover the tensor exactly read without masks, 0: with them (UNMASKED_FULL_TILES)",
-    )
+    for dest, (constant, meaning) in SWITCHES.items():
+        flag = "--" + dest.replace("_", "-")
+        parser.add_argument(flag, type=int, nargs="+", default=[None], help=f"1: {meaning} ({constant})")
     parser.add_argument(
         "--thresholds",
         nargs="+",
@@ -131,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
-        "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES", "CHANNEL_BLOCK_FIT",
-        "UNMASKED_FULL_TILES", "INNER_BLOCK_FIT",
+        "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES",
+        *(constant for constant, _ in SWITCHES.values()),
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
     try:
@@ -143,10 +134,10 @@ def main(argv: list[str] | None = None) -> None:
             read_gpu = gpu_timer(lambda x=x: x.sum(), args.reps)
             references = {}
             settings = itertools.product(
-                args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares, args.fit,
-                args.inner_fit, args.unmasked, threshold_sets,
+                args.tiles, args.warps, args.per_sm, args.unroll, args.stages, args.half_compares,
+                itertools.product(*(getattr(args, dest) for dest in SWITCHES)), threshold_sets,
             )  # fmt: skip
-            for tile, warps, per_sm, unroll, stages, half, fit, inner_fit, unmasked, chosen in settings:
+            for tile, warps, per_sm, unroll, stages, half, switches, chosen in settings:
                 thresholds = own_thresholds if chosen is None else chosen
                 if thresholds not in references:
                     references[thresholds] = count_states(x, thresholds, channel_dim=channel_dim, backend="torch")
@@ -162,12 +153,9 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages or None
                 if warps is not None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
-                if fit is not None:
-                    triton_count.CHANNEL_BLOCK_FIT = bool(fit)
-                if inner_fit is not None:
-                    triton_count.INNER_BLOCK_FIT = bool(inner_fit)
-                if unmasked is not None:
-                    triton_count.UNMASKED_FULL_TILES = bool(unmasked)
+                for (constant, _), value in zip(SWITCHES.values(), switches, strict=True):
+                    if value is not None:
+                        setattr(triton_count, constant, bool(value))
                 if per_sm is not None:
                     triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
@@ -183,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"| {name} | {tuple(x.shape)} | {layout} | {str(dtype)[6:]} | {_shown(tile)} | {_shown(warps)} "
                     f"| {_shown(per_sm)} | {_shown(unroll)} | {_shown(stages)} "
-                    f"| {'own format' if half else 'float32'} | {_shown(fit)} | {_shown(inner_fit)} "
-                    f"| {_shown(unmasked)} "
+                    f"| {'own format' if half else 'float32'} | {' | '.join(map(_shown, switches))} "
                     f"| {_listed(thresholds)} | {t * 1e6:.1f} "
                     f"| {t / read:.2f} {gpu}| {'exact' if same else 'WRONG'} |",
                     flush=True,
