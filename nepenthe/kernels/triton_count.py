@@ -399,7 +399,7 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int, fit_ro
         block_c = _channel_block(view.channels, itemsize)
         block_i = _pow2_at_most(view.inner, tile // block_c)
     else:
-        block_i = _inner_block(view, itemsize, tile) if fit_rows else _pow2_at_most(view.inner, tile)
+        block_i = _inner_block(view, itemsize, tile, fit_rows)
         block_c = _pow2_at_most(view.channels, tile // block_i)
     n_cblocks = _cdiv(view.channels, block_c)
     n_itiles = _cdiv(view.inner, block_i)
@@ -408,18 +408,18 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int, fit_ro
     return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
 
 
-def _inner_block(view: ChannelView, itemsize: int, tile: int) -> int:
-    """Positions per tile along the inner positions: the widest power of two up to the tile, or with
+def _inner_block(view: ChannelView, itemsize: int, tile: int, fit: bool) -> int:
+    """Positions per tile along the inner positions: the widest power of two up to the tile, or with ``fit`` and
     ``INNER_BLOCK_FIT``, where that leaves a row's last tile partial, the largest power of two dividing the row, if it
     is at least ``MIN_INNER_ROW_BYTES`` long and the channels fill whole tiles of ``tile`` values with it.
 
     Example (NCHW float32, 64 channels of 56x56: 3136 = 64 x 49 positions)::
 
-        >>> _inner_block(ChannelView(32, 64, 3136, 64 * 3136, 3136, 1), 4, 2048)  # with INNER_BLOCK_FIT: 64
+        >>> _inner_block(ChannelView(32, 64, 3136, 64 * 3136, 3136, 1), 4, 2048, True)  # with INNER_BLOCK_FIT: 64
         2048
     """
     block = _pow2_at_most(view.inner, tile)
-    if INNER_BLOCK_FIT and view.inner % block:
+    if fit and INNER_BLOCK_FIT and view.inner % block:
         divisor = view.inner & -view.inner
         if divisor * itemsize >= MIN_INNER_ROW_BYTES and view.channels % (tile // divisor) == 0:
             return divisor
