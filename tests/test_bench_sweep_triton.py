@@ -18,7 +18,9 @@ pytest.importorskip("triton")
 
 def _sweep(*args: str) -> list[dict[str, str]]:
     """The sweep's rows, each as {column: cell}."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    # The script imports the package of this checkout, whatever an installed nepenthe points to.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "sweep_triton.py"), "--smoke", *args],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False,
