@@ -1,8 +1,8 @@
-// Bitmaps of the short-row path filled 32 values a step (AVX2 builds): each comparison of 32 values becomes one
-// 32-bit mask, packed from vector comparisons, instead of a comparison, a mask move and a byte store per vector of
-// 8. float16/bfloat16 values are compared in their own 16 bits (WordMasks); float32 values through packed
-// comparisons, threshold 0.0 from their signs (FloatMasks, packed as count_row_signs packs them). A block that
-// holds NaN is not filled: bitmap_slab then compares it as floats.
+// Bitmaps of the short-row path filled 32 values a step: each comparison of 32 values becomes one 32-bit mask
+// instead of a comparison, a mask move and a byte store per vector of 8 (AVX2) or a widening and a comparison per
+// vector of 16 (AVX-512). float16/bfloat16 values are compared in their own 16 bits (WordMasks, AVX-512 BW or
+// AVX2); with AVX2, float32 values through packed comparisons, threshold 0.0 from their signs (FloatMasks, packed
+// as count_row_signs packs them). A block that holds NaN is not filled: bitmap_slab then compares it as floats.
 //
 // Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
 // is in an anonymous namespace).
@@ -24,7 +24,60 @@
 namespace nepenthe {
 namespace {
 
-#if defined(NEP_WORD_LANES) && !defined(__AVX512F__)
+#if defined(NEP_WORD_LANES) && defined(__AVX512F__)
+#define NEP_PACKED_BITMAPS 1
+// Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds, AVX-512 BW: 32 values a
+// step compared in their own 16 bits (WordThresholds), each comparison one 32-bit mask, instead of two widenings
+// and two float comparisons per comparison (Zen 4, 7x7 NCHW maps: see benchmarks/README.md).
+template <int K>
+struct WordMasks {
+  __m512i t[K];
+  __m512i inf;
+  bool key;
+  template <class S>
+  WordMasks(const Thresholds<float>& th, S) {
+    const WordThresholds wt(th, S{});
+    for (int k = 0; k < K; ++k) t[k] = _mm512_set1_epi16(static_cast<short>(wt.bits[k]));
+    inf = _mm512_set1_epi16(static_cast<short>(wt.inf));
+    key = wt.key;
+  }
+  // The comparison masks of values [0, m) from p (m <= kBitBlock; words past m read as +0) into bitmaps 1..K of
+  // `maps` (bitmap j at j * map_bytes, bit i of a bitmap is value i); false if a value is NaN (then the bitmaps
+  // are not usable: NaN would compare above every threshold).
+  template <class S>
+  bool fill(const S* x, int64_t m, uint8_t* maps, int64_t map_bytes) const {
+    const auto* p = reinterpret_cast<const uint16_t*>(x);
+    return key ? fill_as<true>(p, m, maps, map_bytes) : fill_as<false>(p, m, maps, map_bytes);
+  }
+  template <bool kKey>
+  bool fill_as(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
+    __m512i top = WordOps::zero();
+    auto step = [&](__m512i x, int64_t g) {
+      top = WordOps::max(top, WordOps::magnitude(x));
+      if constexpr (kKey) x = WordOps::key(x);
+      for (int k = 0; k < K; ++k) {
+        const uint32_t bits = _mm512_cmpgt_epi16_mask(x, t[k]);
+        std::memcpy(maps + (1 + k) * map_bytes + 4 * g, &bits, sizeof bits);
+      }
+    };
+    int64_t g = 0;
+    for (; 32 * g + 32 <= m; ++g) step(WordOps::load(p + 32 * g), g);
+    if (32 * g < m) step(_mm512_maskz_loadu_epi16((__mmask32{1} << (m - 32 * g)) - 1, p + 32 * g), g);
+    return !WordOps::any_above(top, inf);
+  }
+};
+
+// The packed bitmaps of a job's values: WordMasks for float16/bfloat16 without ties and with 1-2 thresholds; else
+// a placeholder (the bitmaps come from float comparisons, which AVX-512 turns into masks directly).
+template <class S, int K, bool kTies, class T>
+auto packed_masks_if(const Thresholds<T>& th) {
+  if constexpr (sizeof(S) == 2 && !kTies && K <= 2) {
+    return WordMasks<K>(th, S{});
+  } else {
+    return std::nullptr_t{};
+  }
+}
+#elif defined(NEP_WORD_LANES)
 #define NEP_PACKED_BITMAPS 1
 // Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds: 32 values a step
 // compared in their own 16 bits (WordThresholds), each comparison's two word masks packed into one 32-bit mask,

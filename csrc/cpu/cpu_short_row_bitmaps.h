@@ -1,6 +1,7 @@
 // The short-row bitmap path (run_short_rows_bitmap): contiguous NCHW rows of up to kBitmapRows values (7x7 to
 // 32x32 maps) counted through comparison bitmaps, a block of whole rows at a time, the fused output written after
-// each block while it is in L1. AVX2 builds fill the bitmaps 32 values a step (cpu_packed_masks.h) where they can.
+// each block while it is in L1. float16/bfloat16 bitmaps (and float32 ones with AVX2) are filled 32 values a step
+// (cpu_packed_masks.h) where they can.
 //
 // Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
 // is in an anonymous namespace).

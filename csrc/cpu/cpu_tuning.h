@@ -22,6 +22,7 @@ constexpr int64_t kTableBytes = 16 << 10;  // short-row path: per-channel lane-c
 constexpr int64_t kSmallItem = 1 << 17;    // short-row path: elements per work item
 constexpr int64_t kMinPositions = 1024;    // channel path: positions per item, to amortize the per-channel flush
 constexpr int64_t kMinSplitPositions = 256;  // channel path: positions per item when splitting items evenly
+constexpr int64_t kWordTilesMaxBytes = 16 << 20;  // channel path, AVX-512: 16-bit tensors up to this size in word tiles
 
 }  // namespace
 }  // namespace nepenthe
