@@ -60,10 +60,6 @@ template <class S, int K, bool kTies, bool kSign, class I>
 void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
                 I* slots, int64_t nslots, uint8_t* counters, bool prefetch) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
-  // A NaN guard instead of counting valid values (see below): always but for float32 with one threshold counted
-  // through L1 (more than one group), where the comparison measured 4-5% faster.
-  constexpr bool kGuard = !std::is_same_v<S, float> || K >= 2;
-  const bool guard = kGuard || groups == 1;
   const __m512i minus_one = _mm512_set1_epi8(-1);
   auto bump = [&](auto& rows, int j, int64_t g, __mmask16 m0, __mmask16 m1, __mmask16 m2, __mmask16 m3) {
     const __mmask64 m = _mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0));
@@ -82,16 +78,15 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
   for (int64_t qb = q0; qb < q1; qb += 255) {
     const int64_t qe = std::min(q1, qb + 255);
     std::memset(counters, 0, static_cast<size_t>(64 * A * groups));
-    // guard: a NaN guard, as in bitmap_slab. Valid counts are the block's positions unless a float sum of its
-    // values per lane (four chains) is NaN or infinite; then counter row 0 counts the valid values exactly (a
-    // second, rare pass). Measured against an ordered comparison per vector: float16/bfloat16 15-32% faster,
-    // float32 with two thresholds 12% faster; float32 with one threshold 11-13% faster for a single group
-    // (counters in registers: ResNet-18 layer1 channels_last, from memory) but 4-5% slower for 512 and 2048
-    // channels from the caches, which keep the comparison.
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps(), sum2 = sum0, sum3 = sum0;
+    // A NaN guard, as in bitmap_slab: valid counts are the block's positions unless a float sum of its values per
+    // lane is NaN or infinite; then counter row 0 counts the valid values exactly (a second, rare pass). Each group's
+    // four vectors are summed as a tree and added into one of two chains, so that a chain takes one add per group:
+    // four chains of one add per vector made each group wait on the adds' latency. Against an ordered comparison
+    // per vector, float32 with one threshold from the caches (Zen 4, ab.sh): 0.80-0.87 of the time for 256-2048
+    // channels; with four chains it had been 4-5% slower on Zen 5 (and 1.11-1.30x on Zen 4). Float16/bfloat16 (four
+    // chains): 15-32% faster than the comparison, float32 with two thresholds 12%.
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     auto sweep = [&](auto& rows, auto prefetching) {
-      // groups == 1 exactly when the counters are in registers
-      constexpr bool kGuarded = kGuard || std::is_same_v<std::decay_t<decltype(rows)>, RowsInRegisters<A>>;
       for (int64_t q = qb; q < qe; ++q) {
         const S* row = base + q * stride;
         for (int64_t g = 0; g < groups; ++g) {
@@ -102,14 +97,11 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
           }
           const __m512 x0 = lanes(row + 64 * g), x1 = lanes(row + 64 * g + 16);
           const __m512 x2 = lanes(row + 64 * g + 32), x3 = lanes(row + 64 * g + 48);
-          if constexpr (kGuarded) {
-            sum0 = _mm512_add_ps(sum0, x0);
-            sum1 = _mm512_add_ps(sum1, x1);
-            sum2 = _mm512_add_ps(sum2, x2);
-            sum3 = _mm512_add_ps(sum3, x3);
+          const __m512 sum = _mm512_add_ps(_mm512_add_ps(x0, x1), _mm512_add_ps(x2, x3));
+          if (g & 1) {
+            sum1 = _mm512_add_ps(sum1, sum);
           } else {
-            bump(rows, 0, g, _mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), _mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q),
-                 _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
+            sum0 = _mm512_add_ps(sum0, sum);
           }
           if constexpr (kSign) {
             const __mmask64 m = positive_bytes(x0, x1, x2, x3);
@@ -142,30 +134,18 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
       prefetch ? sweep(in_memory, std::true_type{}) : sweep(in_memory, std::false_type{});
     }
     const auto positions = static_cast<decltype(I{}[0] + 0)>(qe - qb);
-    const bool exact_valid =
-        !guard || !all_finite(_mm512_add_ps(_mm512_add_ps(sum0, sum1), _mm512_add_ps(sum2, sum3)));
-    bool recount_sign = false;  // the block may hold NaN: count threshold 0 with comparisons, in channel order
-    if constexpr (kSign) {
-      if (guard) {
-        recount_sign = exact_valid;
-      } else {  // float32 counted its valid values: NaN is there if a valid count falls short of the positions
-        const __m512i all = _mm512_set1_epi8(static_cast<char>(positions));
-        for (int64_t g = 0; g < groups && !recount_sign; ++g) {
-          recount_sign = _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(counters + 64 * g), all) != 0;
-        }
-      }
-      if (recount_sign) std::memset(counters + 64 * groups, 0, static_cast<size_t>(64 * groups));
-    }
-    if ((guard && exact_valid) || recount_sign) {
+    const bool exact_valid = !all_finite(_mm512_add_ps(sum0, sum1));  // the block may hold NaN
+    // then threshold 0 is counted again with comparisons, in channel order
+    const bool recount_sign = kSign && exact_valid;
+    if (recount_sign) std::memset(counters + 64 * groups, 0, static_cast<size_t>(64 * groups));
+    if (exact_valid) {
       for (int64_t q = qb; q < qe; ++q) {
         const S* row = base + q * stride;
         for (int64_t g = 0; g < groups; ++g) {
           const __m512 x0 = lanes(row + 64 * g), x1 = lanes(row + 64 * g + 16);
           const __m512 x2 = lanes(row + 64 * g + 32), x3 = lanes(row + 64 * g + 48);
-          if (guard && exact_valid) {
-            bump(in_memory, 0, g, _mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), _mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q),
-                 _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
-          }
+          bump(in_memory, 0, g, _mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), _mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q),
+               _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
           if (recount_sign) {
             const __m512 t = ms.g[0];
             bump(in_memory, 1, g, _mm512_cmp_ps_mask(x0, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x1, t, _CMP_GT_OQ),
