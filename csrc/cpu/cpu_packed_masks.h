@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -24,21 +25,23 @@
 namespace nepenthe {
 namespace {
 
-#if defined(NEP_WORD_LANES) && defined(__AVX512F__)
+#if defined(NEP_WORD_LANES)
 #define NEP_PACKED_BITMAPS 1
-// Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds, AVX-512 BW: 32 values a
-// step compared in their own 16 bits (WordThresholds), each comparison one 32-bit mask, instead of two widenings
-// and two float comparisons per comparison (Zen 4, 7x7 NCHW maps: see benchmarks/README.md).
+// Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds: 32 values a step compared in
+// their own 16 bits (WordThresholds), each comparison one 32-bit mask: one compare of 32 lanes with AVX-512 BW, or
+// two compares of 16 lanes packed into one mask with AVX2. The widening they replace took two widenings and two
+// float compares per comparison and 32 values (AVX-512), or four of each and four mask moves (AVX2).
 template <int K>
 struct WordMasks {
-  __m512i t[K];
-  __m512i inf;
+  static constexpr int kVectors = 32 / kWordLanes;  // word vectors per 32 values
+  WordVec t[K];
+  WordVec inf;
   bool key;
   template <class S>
   WordMasks(const Thresholds<float>& th, S) {
     const WordThresholds wt(th, S{});
-    for (int k = 0; k < K; ++k) t[k] = _mm512_set1_epi16(static_cast<short>(wt.bits[k]));
-    inf = _mm512_set1_epi16(static_cast<short>(wt.inf));
+    for (int k = 0; k < K; ++k) t[k] = WordOps::splat(wt.bits[k]);
+    inf = WordOps::splat(wt.inf);
     key = wt.key;
   }
   // The comparison masks of values [0, m) from p (m <= kBitBlock; words past m read as +0) into bitmaps 1..K of
@@ -51,22 +54,47 @@ struct WordMasks {
   }
   template <bool kKey>
   bool fill_as(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
-    __m512i top = WordOps::zero();
-    auto step = [&](__m512i x, int64_t g) {
-      top = WordOps::max(top, WordOps::magnitude(x));
-      if constexpr (kKey) x = WordOps::key(x);
+    WordVec top = WordOps::zero();
+    auto step = [&](WordVec (&x)[kVectors], int64_t g) {
+      for (WordVec& v : x) {
+        top = WordOps::max(top, WordOps::magnitude(v));
+        if constexpr (kKey) v = WordOps::key(v);
+      }
       for (int k = 0; k < K; ++k) {
-        const uint32_t bits = _mm512_cmpgt_epi16_mask(x, t[k]);
+        const uint32_t bits = above(x, t[k]);
         std::memcpy(maps + (1 + k) * map_bytes + 4 * g, &bits, sizeof bits);
       }
     };
     int64_t g = 0;
-    for (; 32 * g + 32 <= m; ++g) step(WordOps::load(p + 32 * g), g);
-    if (32 * g < m) step(_mm512_maskz_loadu_epi16((__mmask32{1} << (m - 32 * g)) - 1, p + 32 * g), g);
+    for (; 32 * g + 32 <= m; ++g) {
+      WordVec x[kVectors];
+      for (int v = 0; v < kVectors; ++v) x[v] = WordOps::load(p + 32 * g + kWordLanes * v);
+      step(x, g);
+    }
+    if (32 * g < m) {
+      WordVec x[kVectors];
+      for (int v = 0; v < kVectors; ++v) {
+        const int64_t n = std::clamp<int64_t>(m - 32 * g - kWordLanes * v, 0, kWordLanes);
+        x[v] = WordOps::load_partial(p + 32 * g + kWordLanes * v, n);
+      }
+      step(x, g);
+    }
     return !WordOps::any_above(top, inf);
   }
+  // Bit i set where word i of the 32 in x is above t (signed).
+  static uint32_t above(const WordVec (&x)[kVectors], WordVec t) {
+#if defined(__AVX512BW__)
+    return _mm512_cmpgt_epi16_mask(x[0], t);
+#else
+    // packing works within 128-bit lanes: bytes [x0 0-7, x1 0-7 | x0 8-15, x1 8-15], put back in order
+    const __m256i b = _mm256_packs_epi16(_mm256_cmpgt_epi16(x[0], t), _mm256_cmpgt_epi16(x[1], t));
+    return static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_permute4x64_epi64(b, 0xD8)));
+#endif
+  }
 };
+#endif
 
+#if defined(NEP_WORD_LANES) && defined(__AVX512F__)
 // The packed bitmaps of a job's values: WordMasks for float16/bfloat16 without ties and with 1-2 thresholds; else
 // a placeholder (the bitmaps come from float comparisons, which AVX-512 turns into masks directly).
 template <class S, int K, bool kTies, class T>
@@ -78,58 +106,6 @@ auto packed_masks_if(const Thresholds<T>& th) {
   }
 }
 #elif defined(NEP_WORD_LANES)
-#define NEP_PACKED_BITMAPS 1
-// Bitmap comparisons of float16/bfloat16 values without ties and with 1-2 thresholds: 32 values a step
-// compared in their own 16 bits (WordThresholds), each comparison's two word masks packed into one 32-bit mask,
-// instead of four widenings, compares and mask moves per comparison.
-template <int K>
-struct WordMasks {
-  __m256i t[K];
-  __m256i inf;
-  bool key;
-  template <class S>
-  WordMasks(const Thresholds<float>& th, S) {
-    const WordThresholds wt(th, S{});
-    for (int k = 0; k < K; ++k) t[k] = _mm256_set1_epi16(static_cast<short>(wt.bits[k]));
-    inf = _mm256_set1_epi16(static_cast<short>(wt.inf));
-    key = wt.key;
-  }
-  // The comparison masks of values [0, m) from p (m <= kBitBlock; words past m read as +0) into bitmaps 1..K of
-  // `maps` (bitmap j at j * map_bytes, bit i of a bitmap is value i); false if a value is NaN (then the bitmaps
-  // are not usable: NaN would compare above every threshold).
-  template <class S>
-  bool fill(const S* x, int64_t m, uint8_t* maps, int64_t map_bytes) const {
-    const auto* p = reinterpret_cast<const uint16_t*>(x);
-    return key ? fill_as<true>(p, m, maps, map_bytes) : fill_as<false>(p, m, maps, map_bytes);
-  }
-  template <bool kKey>
-  bool fill_as(const uint16_t* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
-    __m256i top = WordOps::zero();
-    auto step = [&](__m256i x0, __m256i x1, int64_t g) {
-      top = WordOps::max(top, WordOps::max(WordOps::magnitude(x0), WordOps::magnitude(x1)));
-      if constexpr (kKey) {
-        x0 = WordOps::key(x0);
-        x1 = WordOps::key(x1);
-      }
-      for (int k = 0; k < K; ++k) {
-        // packing works within 128-bit lanes: bytes [x0 0-7, x1 0-7 | x0 8-15, x1 8-15], put back in order
-        const __m256i b = _mm256_packs_epi16(_mm256_cmpgt_epi16(x0, t[k]), _mm256_cmpgt_epi16(x1, t[k]));
-        const auto bits = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_permute4x64_epi64(b, 0xD8)));
-        std::memcpy(maps + (1 + k) * map_bytes + 4 * g, &bits, sizeof bits);
-      }
-    };
-    int64_t g = 0;
-    for (; 32 * g + 32 <= m; ++g) step(WordOps::load(p + 32 * g), WordOps::load(p + 32 * g + 16), g);
-    if (32 * g < m) {
-      alignas(32) uint16_t tail[32] = {};
-      std::memcpy(tail, p + 32 * g, static_cast<size_t>(m - 32 * g) * sizeof(uint16_t));
-      step(_mm256_load_si256(reinterpret_cast<const __m256i*>(tail)),
-           _mm256_load_si256(reinterpret_cast<const __m256i*>(tail + 16)), g);
-    }
-    return !WordOps::any_above(top, inf);
-  }
-};
-
 // Bitmap comparisons of float32 values without ties: 32 values (four vectors) a step, each comparison's four vector
 // masks packed twice with signed saturation and put back in order, one mask move and one store per comparison
 // instead of four of each. A threshold of 0.0 is counted from the values' signs, as count_row_signs does: their

@@ -137,6 +137,9 @@ struct WordOps {
   static V splat(uint16_t b) { return _mm512_set1_epi16(static_cast<short>(b)); }
   static V zero() { return _mm512_setzero_si512(); }
   static V load(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static V load_partial(const uint16_t* p, int64_t n) {  // words [0, n) of p (n <= kLanes), the rest +0
+    return _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t{1} << n) - 1), p);
+  }
   static void store(uint8_t* p, V v) { _mm512_storeu_si512(p, v); }
   static V max(V a, V b) { return _mm512_max_epu16(a, b); }
   static V magnitude(V x) { return _mm512_and_si512(x, _mm512_set1_epi16(0x7fff)); }
@@ -158,6 +161,11 @@ struct WordOps {
   static V splat(uint16_t b) { return _mm256_set1_epi16(static_cast<short>(b)); }
   static V zero() { return _mm256_setzero_si256(); }
   static V load(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static V load_partial(const uint16_t* p, int64_t n) {  // words [0, n) of p (n <= kLanes), the rest +0
+    alignas(32) uint16_t words[kLanes] = {};
+    std::memcpy(words, p, static_cast<size_t>(n) * sizeof(uint16_t));
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(words));
+  }
   static void store(uint8_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
   static V max(V a, V b) { return _mm256_max_epu16(a, b); }
   static V magnitude(V x) { return _mm256_and_si256(x, _mm256_set1_epi16(0x7fff)); }
