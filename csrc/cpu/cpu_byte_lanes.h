@@ -82,7 +82,7 @@ void byte_sweep(const MaskSet<K, kTies>& ms, const S* base, int64_t stride, int6
     // lane is NaN or infinite; then counter row 0 counts the valid values exactly (a second, rare pass). Each group's
     // four vectors are summed as a tree and added into one of two chains, so that a chain takes one add per group:
     // four chains of one add per vector made each group wait on the adds' latency. Against an ordered comparison
-    // per vector, float32 with one threshold from the caches (Zen 4, ab.sh): 0.80-0.87 of the time for 256-2048
+    // per vector, float32 with one threshold from the caches (Zen 4, ab.sh): 0.76-0.90 of the time for 256-2048
     // channels; with four chains it had been 4-5% slower on Zen 5 (and 1.11-1.30x on Zen 4). Float16/bfloat16 (four
     // chains): 15-32% faster than the comparison, float32 with two thresholds 12%.
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();

@@ -135,7 +135,7 @@ void run_channels(const Job<S>& job) {
   // More channels than one tile holds go tile after tile when the tensor stays in the caches. AVX2: channels_last
   // 7x7 maps of 512 and 1280 channels measured 1.3-1.6x faster than float tiles. AVX-512 (Zen 4), against the
   // byte lanes' float compute: 0.6-0.8 of their time on 7x7 to 28x28 maps of 192-1280 channels up to 14 MB; a
-  // 19 MB map, which the L3 no longer held, took 1.03-1.25x as long (the tiles read each row once per tile).
+  // 19 MB map, which the L3 no longer held, took 1.03-1.29x as long (the tiles read each row once per tile).
   const bool word_tiles =
       !kFromMemory && (kVecBytes == 32 || v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(S)) <=
                                               kWordTilesMaxBytes);
