@@ -27,6 +27,7 @@ enum Activation : int { kNone = -1, kRelu = 0, kHardtanh = 1, kLeakyRelu = 2, kG
 struct View {
   int64_t outer, channels, inner;
   int64_t s_outer, s_channel, s_inner;
+  int64_t numel() const { return outer * channels * inner; }
 };
 
 // Thresholds in the compute precision: v > greater[k]; v ties threshold k when v == tie[k] (NaN never ties).

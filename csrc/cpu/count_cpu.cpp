@@ -47,7 +47,7 @@ void with_flags(const Job<S>& job, F&& f) {
   using No = std::false_type;
   if constexpr (!std::is_same_v<S, double>) {
     const View& v = job.v;
-    const bool memory = v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(S)) >= kMemoryBytes;
+    const bool memory = v.numel() * static_cast<int64_t>(sizeof(S)) >= kMemoryBytes;
     if (job.th.ignore_ties) {
       memory ? f(Yes{}, Yes{}) : f(Yes{}, No{});
     } else {

@@ -28,7 +28,7 @@ void run_activation(const Job<S>& job) {
   const int64_t chan_blocks = clamp64(ceil_div(4 * int64_t{job.threads}, v.outer), 1, v.channels);
   const int64_t chans = ceil_div(v.channels, chan_blocks);
   const int64_t items = v.outer * chan_blocks;
-  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const bool parallel = job.threads > 1 && items > 1 && v.numel() >= kParallelMin;
 #pragma omp parallel num_threads(job.threads) if (parallel)
   {
     std::vector<T> buf(kChunk);

@@ -137,8 +137,7 @@ void run_channels(const Job<S>& job) {
   // byte lanes' float compute: 0.6-0.8 of their time on 7x7 to 28x28 maps of 192-1280 channels up to 14 MB; a
   // 19 MB map, which the L3 no longer held, took 1.03-1.29x as long (the tiles read each row once per tile).
   const bool word_tiles =
-      !kFromMemory && (kVecBytes == 32 || v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(S)) <=
-                                              kWordTilesMaxBytes);
+      !kFromMemory && (kVecBytes == 32 || v.numel() * static_cast<int64_t>(sizeof(S)) <= kWordTilesMaxBytes);
   const bool words = kWords && p.chans >= kWordLanes &&
                      (word_tiles || p.chans / kWordLanes <= kTile);
 #else
@@ -166,7 +165,7 @@ void run_channels(const Job<S>& job) {
   const bool bytes = false;
 #endif
   const int64_t items = p.items(v.outer);
-  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const bool parallel = job.threads > 1 && items > 1 && v.numel() >= kParallelMin;
   const int threads = parallel ? job.threads : 1;
   using Tables = ThreadTables<K, kTies>;
   static_assert(Tables::kAcc == Ctr::kAcc, "tables hold the counter's comparisons");

@@ -40,7 +40,7 @@ void run_rows(const Job<S>& job) {
   p.chan_blocks = ceil_div(v.channels, p.chans);
   p.inner_blocks = ceil_div(v.inner, p.inner);
   const int64_t items = p.items();
-  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const bool parallel = job.threads > 1 && items > 1 && v.numel() >= kParallelMin;
   // Whole rows of consecutive channels that lie back to back in x and in y (contiguous NCHW): the fused output
   // of an item's rows is then written as one run per outer index instead of one short run per row.
   const bool slabs = job.y != nullptr && p.inner == v.inner && v.s_inner == 1 && v.s_channel == v.inner &&

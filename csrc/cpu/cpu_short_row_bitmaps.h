@@ -114,7 +114,7 @@ template <class S, int K, bool kTies>
 void run_short_rows_bitmap(const Job<S>& job) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
   const View& v = job.v;
-  const bool parallel = job.threads > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const bool parallel = job.threads > 1 && v.numel() >= kParallelMin;
   const int threads = parallel ? job.threads : 1;
   // One block of outer indices per thread; with fewer outer indices than threads, split the channels too.
   const int64_t chan_blocks = std::min<int64_t>(v.channels, ceil_div(threads, v.outer));

@@ -85,7 +85,7 @@ void run_short_rows(const Job<S>& job) {
   }
   const int64_t row_blocks = ceil_div(v.outer, rows);
   const int64_t items = row_blocks * chan_blocks;
-  const bool parallel = job.threads > 1 && items > 1 && v.outer * v.channels * v.inner >= kParallelMin;
+  const bool parallel = job.threads > 1 && items > 1 && v.numel() >= kParallelMin;
   const bool stream = v.s_channel == v.inner && v.inner >= Ctr::W;
 #pragma omp parallel num_threads(job.threads) if (parallel)
   {

@@ -735,7 +735,7 @@ int64_t resident_blocks(int block) {
 
 // Elements per work item: about kItemsPerBlock items for each block that fits on the device at once.
 int64_t item_elements(const View& v, int64_t slots) {
-  return clamp64(ceil_div(v.outer * v.channels * v.inner, slots * kItemsPerBlock), kMinItem, kMaxItem);
+  return clamp64(ceil_div(v.numel(), slots * kItemsPerBlock), kMinItem, kMaxItem);
 }
 
 template <class S, int NT, int A>
