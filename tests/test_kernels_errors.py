@@ -4,12 +4,19 @@ says why; a missing extension never breaks ``import nepenthe``."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
 import nepenthe
 from nepenthe.kernels import BackendUnavailable, count_states, cpu_backend, dispatch, fused_activation
+
+
+def _sparse_csr(x: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
+        warnings.simplefilter("ignore", UserWarning)
+        return x.to_sparse_csr()
 
 
 @pytest.mark.parametrize(
@@ -20,8 +27,10 @@ from nepenthe.kernels import BackendUnavailable, count_states, cpu_backend, disp
         (torch.ones(4, 3, dtype=torch.complex64), TypeError, "x"),
         ([1.0, 2.0], TypeError, "x"),
         (torch.tensor(1.0), ValueError, "x"),
+        (torch.ones(4, 3).to_sparse(), TypeError, "x"),
+        (_sparse_csr(torch.ones(4, 3)), TypeError, "x"),
     ],
-    ids=["int32", "bool", "complex", "list", "0-d"],
+    ids=["int32", "bool", "complex", "list", "0-d", "sparse_coo", "sparse_csr"],
 )
 def test_bad_x(x, error, name):
     with pytest.raises(error, match=rf"\b{name}\b"):
@@ -65,8 +74,9 @@ def test_bad_thresholds(thresholds, error):
         (torch.zeros(2, 3, dtype=torch.int64).T, ValueError),
         (torch.zeros(3, 2, dtype=torch.int64, device="meta"), ValueError),
         ([[0, 0]] * 3, TypeError),
+        (torch.zeros(3, 2, dtype=torch.int64).to_sparse(), TypeError),
     ],
-    ids=["shape_k", "shape_c", "int32", "float", "non_contiguous", "other_device", "list"],
+    ids=["shape_k", "shape_c", "int32", "float", "non_contiguous", "other_device", "list", "sparse"],
 )
 def test_bad_counts(counts, error):
     with pytest.raises(error, match="counts"):
@@ -135,6 +145,8 @@ def test_fused_bad_counts_and_input():
         fused_activation(torch.ones(4, 3), "relu", torch.zeros(3, 3, dtype=torch.int64))
     with pytest.raises(TypeError, match="x"):
         fused_activation(torch.ones(4, 3, dtype=torch.int64), "relu", torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x must be a dense"):
+        fused_activation(torch.ones(4, 3).to_sparse(), "relu", torch.zeros(3, 2, dtype=torch.int64))
 
 
 def test_triton_without_the_internals_the_kernel_uses_is_left_out_with_the_reason(monkeypatch):

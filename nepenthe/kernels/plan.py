@@ -38,7 +38,12 @@ _plans: dict[tuple[object, ...], CountPlan] = {}
 
 def count_plan(x: torch.Tensor, thresholds: Sequence[float] | torch.Tensor, channel_dim: int) -> CountPlan:
     """The checked plan of counting ``x`` around ``channel_dim`` against ``thresholds`` (raises on bad input)."""
-    if type(x) is not torch.Tensor or type(channel_dim) is not int or type(thresholds) is not tuple:
+    if (
+        type(x) is not torch.Tensor
+        or type(channel_dim) is not int
+        or type(thresholds) is not tuple
+        or x.layout is not torch.strided
+    ):
         return _make(x, thresholds, channel_dim)
     key = (x.dtype, x.shape, x.stride(), channel_dim, thresholds)
     try:

@@ -17,6 +17,8 @@ def check_input(x: object, channel_dim: int) -> int:
     """Check ``x`` and return ``channel_dim`` made non-negative."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"x must be a dense (strided) tensor, got layout {x.layout}: call x.to_dense() first")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.dim() == 0:
@@ -63,6 +65,8 @@ def check_counts(counts: object, channels: int, states: int, device: torch.devic
     """Check a caller's ``counts`` accumulator: int64, shape (C, K), contiguous, on x's device."""
     if not isinstance(counts, torch.Tensor):
         raise TypeError(f"counts must be a torch.Tensor, got {type(counts).__name__}")
+    if counts.layout != torch.strided:
+        raise TypeError(f"counts must be a dense (strided) tensor, got layout {counts.layout}")
     if counts.dtype != torch.int64:
         raise TypeError(f"counts must be int64, got {counts.dtype}")
     if tuple(counts.shape) != (channels, states):
