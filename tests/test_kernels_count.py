@@ -12,6 +12,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -344,6 +345,44 @@ def test_backends_agree_on_channels_last_activation(device_backend):
     got = count_states(x, (0.0,), backend=backend)
     positive = (x > 0).sum(dim=(0, 2, 3))
     assert torch.equal(got[:, 1], positive)
+
+
+def test_concurrent_calls_from_python_threads(device_backend):
+    """Compiled kernels release the GIL: four Python threads counting at once (each its own tensors, paths and
+    accumulators, the CPU ones with OpenMP threads of their own) still count exactly as the reference."""
+    device, backend = device_backend
+    if device == "cpu" and backend != "cpu":
+        pytest.skip(
+            "the Triton interpreter and the CUDA emulation are stand-ins for GPU kernels, too slow for 200 calls"
+        )
+    cases = [  # (tensor, thresholds, channel_dim): each large enough for the CPU's parallel paths
+        (random_values((8, 256, 7, 7), torch.float32, 1, device), (0.0, 6.0), 1),
+        (
+            random_values((4, 64, 16, 16), torch.bfloat16, 2, device).contiguous(memory_format=torch.channels_last),
+            (0.0,),
+            1,
+        ),
+        (random_values((4, 197, 96), torch.float16, 3, device), (-1.0, 0.0, 1.0), -1),
+        (random_values((4, 48, 30, 30), torch.float32, 4, device)[:, :, ::2, 1:], (0.5,), 1),
+        (random_values((4, 64, 300), torch.float64, 5, device), (0.0,), 1),
+    ]
+    want = [count_states_reference(x.cpu(), th, cd % x.dim(), False) for x, th, cd in cases]
+    rounds = 8
+
+    def work(worker: int) -> list[torch.Tensor]:
+        order = [(worker + i) % len(cases) for i in range(len(cases))]  # each thread in its own order
+        counts = [torch.zeros_like(w, device=device) for w in want]
+        for _ in range(rounds):
+            for i in order:
+                x, th, cd = cases[i]
+                count_states(x, th, channel_dim=cd, counts=counts[i], backend=backend)
+        return [c.cpu() for c in counts]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(4)))
+    for worker, counts in enumerate(results):
+        for i, (got, w) in enumerate(zip(counts, want, strict=True)):
+            assert torch.equal(got, w * rounds), f"thread {worker}, case {i}"
 
 
 @pytest.mark.slow
