@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -145,6 +146,47 @@ def test_fused_maps_in_parallel(device_backend, shape, dtype):
     y = fused_activation(x, "hardtanh", counts, backend=backend, min_val=0.0, max_val=6.0)
     assert_bit_equal(y, _as_on(device_backend, F.hardtanh(x, 0.0, 6.0), x, "hardtanh"))
     assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), (0.0, 6.0), 1, False))
+
+
+def test_fused_concurrent_calls_from_python_threads(device_backend):
+    """Four Python threads running fused activations at once (the compiled kernels release the GIL), each with
+    its own inputs and accumulators: every output and every count exact."""
+    device, backend = device_backend
+    if device == "cpu" and backend != "cpu":
+        pytest.skip(
+            "the Triton interpreter and the CUDA emulation are stand-ins for GPU kernels, too slow for 384 calls"
+        )
+    cases = []  # (x, kind, params, thresholds, torch's output): maps large enough for the CPU's parallel paths
+    for i, (shape, channels_last, dtype) in enumerate(
+        [((8, 300, 7, 7), False, torch.float32), ((4, 64, 16, 16), True, torch.bfloat16)]
+    ):
+        x = _input(dtype, device, _seed_of(shape, dtype, "threads"), with_inf=True).flatten()
+        x = x.repeat(math.prod(shape) // x.numel() + 1)[: math.prod(shape)].reshape(shape)
+        x = x * torch.linspace(0.5, 1.5, shape[1], device=device, dtype=dtype).view(1, -1, 1, 1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if i == 0:
+            cases.append((x, "relu", {}, (0.0,), _as_on(device_backend, F.relu(x), x, "relu")))
+        else:
+            want = _as_on(device_backend, F.hardtanh(x, 0.0, 6.0), x, "hardtanh")
+            cases.append((x, "hardtanh", {"min_val": 0.0, "max_val": 6.0}, (0.0, 6.0), want))
+    counts_want = [count_states_reference(x.cpu(), th, 1, False) for x, _, _, th, _ in cases]
+    rounds = 48
+
+    def work(worker: int) -> list[torch.Tensor]:
+        counts = [torch.zeros_like(w, device=device) for w in counts_want]
+        for r in range(rounds):
+            for i in ((r + worker) % 2, (r + worker + 1) % 2):  # the threads interleave the two kinds
+                x, kind, params, _, want = cases[i]
+                y = fused_activation(x, kind, counts[i], backend=backend, **params)
+                assert_bit_equal(y, want)
+        return [c.cpu() for c in counts]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(4)))
+    for worker, counts in enumerate(results):
+        for i, (got, w) in enumerate(zip(counts, counts_want, strict=True)):
+            assert torch.equal(got, w * rounds), f"thread {worker}, case {i}"
 
 
 @pytest.mark.parametrize(
