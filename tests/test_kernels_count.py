@@ -12,12 +12,12 @@ import math
 import os
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from cuda_toolkit import find_nvcc
 from special_values import DENORMAL, WORD_THRESHOLDS, values_around
+from thread_checks import assert_each_thread_counted
 
 from nepenthe.kernels import backend_status, count_states
 from nepenthe.kernels.reference import count_states_reference
@@ -376,13 +376,9 @@ def test_concurrent_calls_from_python_threads(device_backend):
             for i in order:
                 x, th, cd = cases[i]
                 count_states(x, th, channel_dim=cd, counts=counts[i], backend=backend)
-        return [c.cpu() for c in counts]
+        return counts
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(work, range(4)))
-    for worker, counts in enumerate(results):
-        for i, (got, w) in enumerate(zip(counts, want, strict=True)):
-            assert torch.equal(got, w * rounds), f"thread {worker}, case {i}"
+    assert_each_thread_counted(work, want, rounds)
 
 
 @pytest.mark.slow

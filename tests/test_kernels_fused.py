@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 import torch.nn.functional as F
 from activation_oracles import as_cuda_computes, assert_bit_equal, assert_gelu_close, gelu_float64, torch_activation
 from special_values import far_from_zero
+from thread_checks import assert_each_thread_counted
 
 from nepenthe.kernels import fused_activation
 from nepenthe.kernels.fused import default_thresholds
@@ -180,13 +180,9 @@ def test_fused_concurrent_calls_from_python_threads(device_backend):
                 x, kind, params, _, want = cases[i]
                 y = fused_activation(x, kind, counts[i], backend=backend, **params)
                 assert_bit_equal(y, want)
-        return [c.cpu() for c in counts]
+        return counts
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(work, range(4)))
-    for worker, counts in enumerate(results):
-        for i, (got, w) in enumerate(zip(counts, counts_want, strict=True)):
-            assert torch.equal(got, w * rounds), f"thread {worker}, case {i}"
+    assert_each_thread_counted(work, counts_want, rounds)
 
 
 @pytest.mark.parametrize(
