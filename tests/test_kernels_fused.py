@@ -131,6 +131,13 @@ def test_fused_empty(device_backend):
     assert y.shape == x.shape and int(counts.abs().sum()) == 0
 
 
+def _large_map(shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: int) -> torch.Tensor:
+    """A map of ``shape`` tiled from ``_input`` (special values included), each channel scaled differently."""
+    x = _input(dtype, device, seed, with_inf=True).flatten()
+    x = x.repeat(math.prod(shape) // x.numel() + 1)[: math.prod(shape)].reshape(shape)
+    return x * torch.linspace(0.5, 1.5, shape[1], device=device, dtype=dtype).view(1, -1, 1, 1)
+
+
 @pytest.mark.parametrize("shape", [(9, 300, 7, 7), (1, 1400, 7, 7), (3, 20, 28, 28), (2, 9, 20, 50)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_fused_maps_in_parallel(device_backend, shape, dtype):
@@ -139,9 +146,7 @@ def test_fused_maps_in_parallel(device_backend, shape, dtype):
     device, backend = device_backend
     if backend == "triton" and device == "cpu":
         pytest.skip("too large for the Triton interpreter")
-    x = _input(dtype, device, _seed_of(shape, dtype), with_inf=True).flatten()
-    x = x.repeat(math.prod(shape) // x.numel() + 1)[: math.prod(shape)].reshape(shape)
-    x = x * torch.linspace(0.5, 1.5, shape[1], device=device, dtype=dtype).view(1, -1, 1, 1)
+    x = _large_map(shape, dtype, device, _seed_of(shape, dtype))
     counts = torch.zeros(shape[1], 3, dtype=torch.int64, device=device)
     y = fused_activation(x, "hardtanh", counts, backend=backend, min_val=0.0, max_val=6.0)
     assert_bit_equal(y, _as_on(device_backend, F.hardtanh(x, 0.0, 6.0), x, "hardtanh"))
@@ -156,20 +161,20 @@ def test_fused_concurrent_calls_from_python_threads(device_backend):
         pytest.skip(
             "the Triton interpreter and the CUDA emulation are stand-ins for GPU kernels, too slow for 384 calls"
         )
-    cases = []  # (x, kind, params, thresholds, torch's output): maps large enough for the CPU's parallel paths
-    for i, (shape, channels_last, dtype) in enumerate(
-        [((8, 300, 7, 7), False, torch.float32), ((4, 64, 16, 16), True, torch.bfloat16)]
-    ):
-        x = _input(dtype, device, _seed_of(shape, dtype, "threads"), with_inf=True).flatten()
-        x = x.repeat(math.prod(shape) // x.numel() + 1)[: math.prod(shape)].reshape(shape)
-        x = x * torch.linspace(0.5, 1.5, shape[1], device=device, dtype=dtype).view(1, -1, 1, 1)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if i == 0:
-            cases.append((x, "relu", {}, (0.0,), _as_on(device_backend, F.relu(x), x, "relu")))
-        else:
-            want = _as_on(device_backend, F.hardtanh(x, 0.0, 6.0), x, "hardtanh")
-            cases.append((x, "hardtanh", {"min_val": 0.0, "max_val": 6.0}, (0.0, 6.0), want))
+    # (x, kind, params, thresholds, torch's output): maps large enough for the CPU's parallel paths
+    x = _large_map((8, 300, 7, 7), torch.float32, device, _seed_of("threads", 0))
+    y = _large_map((4, 64, 16, 16), torch.bfloat16, device, _seed_of("threads", 1))
+    y = y.contiguous(memory_format=torch.channels_last)
+    cases = [
+        (x, "relu", {}, (0.0,), _as_on(device_backend, F.relu(x), x, "relu")),
+        (
+            y,
+            "hardtanh",
+            {"min_val": 0.0, "max_val": 6.0},
+            (0.0, 6.0),
+            _as_on(device_backend, F.hardtanh(y, 0.0, 6.0), y, "hardtanh"),
+        ),
+    ]
     counts_want = [count_states_reference(x.cpu(), th, 1, False) for x, _, _, th, _ in cases]
     rounds = 48
 
