@@ -19,6 +19,12 @@ def _sparse_csr(x: torch.Tensor) -> torch.Tensor:
         return x.to_sparse_csr()
 
 
+def _nested(layout: torch.layout) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch's "nested tensors are in prototype stage" notice
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(4, 3)], layout=layout)
+
+
 @pytest.mark.parametrize(
     "x,error,name",
     [
@@ -29,8 +35,10 @@ def _sparse_csr(x: torch.Tensor) -> torch.Tensor:
         (torch.tensor(1.0), ValueError, "x"),
         (torch.ones(4, 3).to_sparse(), TypeError, "x"),
         (_sparse_csr(torch.ones(4, 3)), TypeError, "x"),
+        (_nested(torch.strided), TypeError, "x"),  # strided layout, but no sizes: failed inside torch before
+        (_nested(torch.jagged), TypeError, "x"),
     ],
-    ids=["int32", "bool", "complex", "list", "0-d", "sparse_coo", "sparse_csr"],
+    ids=["int32", "bool", "complex", "list", "0-d", "sparse_coo", "sparse_csr", "nested", "nested_jagged"],
 )
 def test_bad_x(x, error, name):
     with pytest.raises(error, match=rf"\b{name}\b"):
@@ -54,8 +62,9 @@ def test_bad_channel_dim(channel_dim, error):
         ((math.inf,), ValueError),
         (("a",), TypeError),
         (None, TypeError),
+        ("0", TypeError),  # a str is a sequence of characters: it was read as (0.0,)
     ],
-    ids=["decreasing", "equal", "empty", "eight", "nan", "inf", "string", "none"],
+    ids=["decreasing", "equal", "empty", "eight", "nan", "inf", "string", "none", "str"],
 )
 def test_bad_thresholds(thresholds, error):
     counts = torch.zeros(3, 2, dtype=torch.int64)
@@ -147,6 +156,10 @@ def test_fused_bad_counts_and_input():
         fused_activation(torch.ones(4, 3, dtype=torch.int64), "relu", torch.zeros(3, 2, dtype=torch.int64))
     with pytest.raises(TypeError, match="x must be a dense"):
         fused_activation(torch.ones(4, 3).to_sparse(), "relu", torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="nested"):
+        fused_activation(_nested(torch.strided), "relu", torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="thresholds"):
+        fused_activation(torch.ones(4, 3), "relu", torch.zeros(3, 2, dtype=torch.int64), thresholds="0")
 
 
 def test_triton_without_the_internals_the_kernel_uses_is_left_out_with_the_reason(monkeypatch):

@@ -45,10 +45,10 @@ def count_plan(x: torch.Tensor, thresholds: Sequence[float] | torch.Tensor, chan
         or x.layout is not torch.strided
     ):
         return _make(x, thresholds, channel_dim)
-    key = (x.dtype, x.shape, x.stride(), channel_dim, thresholds)
     try:
+        key = (x.dtype, x.shape, x.stride(), channel_dim, thresholds)
         plan = _plans.get(key)
-    except TypeError:  # unhashable thresholds: _make names the problem
+    except (TypeError, RuntimeError):  # unhashable thresholds, or a nested x without sizes: _make names it
         return _make(x, thresholds, channel_dim)
     if plan is None:
         plan = _make(x, thresholds, channel_dim)

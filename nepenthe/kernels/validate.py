@@ -17,6 +17,8 @@ def check_input(x: object, channel_dim: int) -> int:
     """Check ``x`` and return ``channel_dim`` made non-negative."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_nested:
+        raise TypeError("x must be a dense tensor, got a nested tensor: count each of its tensors (x.unbind())")
     if x.layout != torch.strided:
         raise TypeError(f"x must be a dense (strided) tensor, got layout {x.layout}: call x.to_dense() first")
     if x.dtype not in FLOAT_DTYPES:
@@ -46,6 +48,8 @@ def _checked_tuple(thresholds: tuple) -> tuple[float, ...]:
 
 
 def _checked(thresholds: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
+    if isinstance(thresholds, (str, bytes)):  # iterable, and "06" would read as (0.0, 6.0)
+        raise TypeError(f"thresholds must be a sequence of numbers, got {type(thresholds).__name__} {thresholds!r}")
     if isinstance(thresholds, torch.Tensor):
         thresholds = thresholds.tolist()
     try:
