@@ -5,7 +5,8 @@ strided, transposed, expanded), a random channel dim, dtype, threshold set (1 to
 16-bit formats cannot hold) and ``ignore_ties``, filled with values that tie the thresholds, NaN, infinities,
 signed zeros and denormals. Counts must equal the torch reference exactly; fused activations (relu, hardtanh with
 random bounds, leaky_relu, GELU) must give torch's output (GELU: a float64 oracle without cancellation, within
-dtype tolerance) and the reference counts. The default run takes two seeds a backend; ``pytest -m slow`` more.
+dtype tolerance) and the reference counts. The default run takes two seeds a backend; ``pytest -m slow`` more, and
+model-sized maps (up to 6 M values) with random CPU thread counts.
 The fuzz this grew from found a CPU GELU bug (see ``test_fused_gelu_far_from_zero``).
 """
 
@@ -130,6 +131,60 @@ def _check_counts(device_backend: tuple[str, str], seed: int) -> None:
         x, channel_dim, ignore_ties, want = _draw(rng, device, thresholds)
         got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend)
         assert torch.equal(got, want), _describe(x, thresholds, channel_dim, ignore_ties)
+
+
+# Model-sized cases (slow): activation maps like the benchmarked ones, large enough for every blocked and threaded
+# path of the CPU kernels (bitmap blocks, byte-lane blocks of 255 positions, word tiles, the cache limits) and for
+# full GPU grids, with NaN and the like either dense or as one value in millions (a block that must be recounted).
+MODEL_CHANNELS = [1, 3, 63, 64, 65, 96, 192, 255, 256, 384, 576, 1280, 1281, 2048]
+MODEL_MAPS = [1, 3, 7, 8, 14, 15, 28, 32, 33, 56, 57, 112]
+MODEL_BATCHES = [1, 2, 3, 17, 32]
+MODEL_MAX_ELEMENTS = 6_000_000
+MODEL_CASES_PER_SEED = 24
+
+
+def _model_sized_case(rng: random.Random, thresholds: tuple[float, ...]) -> tuple[torch.Tensor, int]:
+    """A random activation map of model size, in NCHW, channels_last, tokens (N, L, C) or a channel slice."""
+    n, c, hw = rng.choice(MODEL_BATCHES), rng.choice(MODEL_CHANNELS), rng.choice(MODEL_MAPS)
+    while n * c * hw * hw > MODEL_MAX_ELEMENTS:
+        n, hw = (n // 2, hw) if n > 1 else (n, hw // 2)
+    dtype = rng.choice(DTYPES)
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    x = torch.randn(n * c * hw * hw, generator=gen, dtype=torch.float64) * rng.choice([1e-3, 0.5, 2.0, 10.0])
+    pool = {"ties": thresholds, "specials": tuple(SPECIAL), "clean": ()}[rng.choice(["ties", "specials", "clean"])]
+    if pool:
+        picks = torch.randint(0, x.numel(), (rng.choice([1, 3, max(1, x.numel() // 8)]),), generator=gen)
+        x[picks] = torch.tensor(pool, dtype=torch.float64)[torch.randint(0, len(pool), picks.shape, generator=gen)]
+    x = x.to(dtype)
+    layout = rng.choice(["nchw", "channels_last", "tokens", "channel_slice"])
+    if layout == "channels_last":
+        return x.reshape(n, hw, hw, c).permute(0, 3, 1, 2), 1
+    if layout == "tokens":
+        return x.reshape(n, hw * hw, c), 2
+    x = x.reshape(n, c, hw, hw)
+    return (x[:, c // 3 :] if layout == "channel_slice" else x), 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2], ids=lambda s: f"seed{s}")
+def test_random_model_sized_counts_equal_reference(device_backend, seed):
+    """Model-sized maps, each with a random number of CPU threads (1-5; the kernels split work by it)."""
+    device, backend = device_backend
+    rng = random.Random(2000 + seed)
+    before = torch.get_num_threads()
+    try:
+        for _ in range(MODEL_CASES_PER_SEED):
+            torch.set_num_threads(rng.choice([1, 2, 3, 5]))
+            thresholds = _thresholds(rng)
+            x, channel_dim = _model_sized_case(rng, thresholds)
+            ignore_ties = rng.random() < 0.3
+            x = x.to(device)
+            want = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
+            got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend)
+            where = _describe(x, thresholds, channel_dim, ignore_ties, f"threads {torch.get_num_threads()}")
+            assert torch.equal(got, want), where
+    finally:
+        torch.set_num_threads(before)
 
 
 def _activation(rng: random.Random) -> tuple[str, dict[str, object]]:
