@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -165,26 +166,56 @@ def _model_sized_case(rng: random.Random, thresholds: tuple[float, ...]) -> tupl
     return (x[:, c // 3 :] if layout == "channel_slice" else x), 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2], ids=lambda s: f"seed{s}")
-def test_random_model_sized_counts_equal_reference(device_backend, seed):
-    """Model-sized maps, each with a random number of CPU threads (1-5; the kernels split work by it)."""
-    device, backend = device_backend
-    rng = random.Random(2000 + seed)
+def _model_sized_draws(rng: random.Random, device: str, thresholds_for: Callable[[], tuple[float, ...]]):
+    """Model-sized cases on ``device``, each under a random number of CPU threads (1-5; the kernels split work by
+    it), restored afterwards: yields (x, channel_dim, thresholds, ignore_ties, where)."""
     before = torch.get_num_threads()
     try:
         for _ in range(MODEL_CASES_PER_SEED):
             torch.set_num_threads(rng.choice([1, 2, 3, 5]))
-            thresholds = _thresholds(rng)
+            thresholds = thresholds_for()
             x, channel_dim = _model_sized_case(rng, thresholds)
             ignore_ties = rng.random() < 0.3
-            x = x.to(device)
-            want = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
-            got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend)
             where = _describe(x, thresholds, channel_dim, ignore_ties, f"threads {torch.get_num_threads()}")
-            assert torch.equal(got, want), where
+            yield x.to(device), channel_dim, thresholds, ignore_ties, where
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2], ids=lambda s: f"seed{s}")
+def test_random_model_sized_counts_equal_reference(device_backend, seed):
+    device, backend = device_backend
+    rng = random.Random(2000 + seed)
+    for x, channel_dim, thresholds, ignore_ties, where in _model_sized_draws(rng, device, lambda: _thresholds(rng)):
+        want = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
+        got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend)
+        assert torch.equal(got, want), where
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1], ids=lambda s: f"seed{s}")
+def test_random_model_sized_fused_activations_equal_torch(device_backend, seed):
+    device, backend = device_backend
+    on_cuda = device == "cuda" or tuple(device_backend) == ("cpu", "cuda")
+    rng = random.Random(3000 + seed)
+    kinds = [_activation(rng) for _ in range(MODEL_CASES_PER_SEED)]
+    knees = iter(default_thresholds(kind, params) for kind, params in kinds)
+    for (kind, params), (x, channel_dim, thresholds, ignore_ties, where) in zip(
+        kinds, _model_sized_draws(rng, device, lambda: next(knees)), strict=True
+    ):
+        want_counts = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
+        counts = torch.zeros_like(want_counts)
+        y = fused_activation(
+            x, kind, counts, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend, **params
+        )
+        where = f"{where} {kind} {params}"
+        assert torch.equal(counts, want_counts), where
+        want = _want(x, kind, params, on_cuda)
+        if kind == "gelu":
+            assert_gelu_close(y.cpu(), want, where)
+        else:
+            assert_bit_equal(y.cpu(), want, where)
 
 
 def _activation(rng: random.Random) -> tuple[str, dict[str, object]]:
