@@ -197,7 +197,7 @@ def test_random_model_sized_counts_equal_reference(device_backend, seed):
 @pytest.mark.parametrize("seed", [0, 1], ids=lambda s: f"seed{s}")
 def test_random_model_sized_fused_activations_equal_torch(device_backend, seed):
     device, backend = device_backend
-    on_cuda = device == "cuda" or tuple(device_backend) == ("cpu", "cuda")
+    on_cuda = _on_cuda(device_backend)
     rng = random.Random(3000 + seed)
     kinds = [_activation(rng) for _ in range(MODEL_CASES_PER_SEED)]
     knees = iter(default_thresholds(kind, params) for kind, params in kinds)
@@ -210,12 +210,31 @@ def test_random_model_sized_fused_activations_equal_torch(device_backend, seed):
             x, kind, counts, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend, **params
         )
         where = f"{where} {kind} {params}"
-        assert torch.equal(counts, want_counts), where
-        want = _want(x, kind, params, on_cuda)
-        if kind == "gelu":
-            assert_gelu_close(y.cpu(), want, where)
-        else:
-            assert_bit_equal(y.cpu(), want, where)
+        _assert_fused(x, y, counts, want_counts, kind, params, on_cuda, where)
+
+
+def _on_cuda(device_backend: tuple[str, str]) -> bool:
+    """Whether the kernels compute as CUDA does: on a GPU, or the emulated CUDA kernels on the CPU."""
+    return device_backend[0] == "cuda" or tuple(device_backend) == ("cpu", "cuda")
+
+
+def _assert_fused(  # noqa: PLR0913
+    x: torch.Tensor,
+    y: torch.Tensor,
+    counts: torch.Tensor,
+    want_counts: torch.Tensor,
+    kind: str,
+    params: dict[str, object],
+    on_cuda: bool,
+    where: str,
+) -> None:
+    """A fused activation's counts equal the reference's, and its output torch's (GELU: the float64 oracle)."""
+    assert torch.equal(counts, want_counts), where
+    want = _want(x, kind, params, on_cuda)
+    if kind == "gelu":
+        assert_gelu_close(y.cpu(), want, where)
+    else:
+        assert_bit_equal(y.cpu(), want, where)
 
 
 def _activation(rng: random.Random) -> tuple[str, dict[str, object]]:
@@ -252,7 +271,7 @@ def test_random_fused_activations_equal_torch_triton_interpreted(triton_interpre
 
 def _check_fused(device_backend: tuple[str, str], seed: int) -> None:
     device, backend = device_backend
-    on_cuda = device == "cuda" or tuple(device_backend) == ("cpu", "cuda")  # the emulated CUDA kernels too
+    on_cuda = _on_cuda(device_backend)
     rng = random.Random(1000 + seed)
     for _ in range(CASES_PER_SEED // 2):
         kind, params = _activation(rng)
@@ -265,9 +284,4 @@ def _check_fused(device_backend: tuple[str, str], seed: int) -> None:
             ignore_ties=ignore_ties, backend=backend, **params,
         )  # fmt: skip
         where = _describe(x, kind, params, thresholds, channel_dim, ignore_ties)
-        assert torch.equal(counts, want_counts), where
-        want = _want(x, kind, params, on_cuda)
-        if kind == "gelu":
-            assert_gelu_close(y.cpu(), want, where)
-        else:
-            assert_bit_equal(y.cpu(), want, where)
+        _assert_fused(x, y, counts, want_counts, kind, params, on_cuda, where)
