@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -166,14 +165,13 @@ def _model_sized_case(rng: random.Random, thresholds: tuple[float, ...]) -> tupl
     return (x[:, c // 3 :] if layout == "channel_slice" else x), 1
 
 
-def _model_sized_draws(rng: random.Random, device: str, thresholds_for: Callable[[], tuple[float, ...]]):
-    """Model-sized cases on ``device``, each under a random number of CPU threads (1-5; the kernels split work by
-    it), restored afterwards: yields (x, channel_dim, thresholds, ignore_ties, where)."""
+def _model_sized_draws(rng: random.Random, device: str, threshold_sets: list[tuple[float, ...]]):
+    """A model-sized case on ``device`` for each threshold set, each under a random number of CPU threads (1-5;
+    the kernels split work by it), restored afterwards: yields (x, channel_dim, thresholds, ignore_ties, where)."""
     before = torch.get_num_threads()
     try:
-        for _ in range(MODEL_CASES_PER_SEED):
+        for thresholds in threshold_sets:
             torch.set_num_threads(rng.choice([1, 2, 3, 5]))
-            thresholds = thresholds_for()
             x, channel_dim = _model_sized_case(rng, thresholds)
             ignore_ties = rng.random() < 0.3
             where = _describe(x, thresholds, channel_dim, ignore_ties, f"threads {torch.get_num_threads()}")
@@ -187,7 +185,8 @@ def _model_sized_draws(rng: random.Random, device: str, thresholds_for: Callable
 def test_random_model_sized_counts_equal_reference(device_backend, seed):
     device, backend = device_backend
     rng = random.Random(2000 + seed)
-    for x, channel_dim, thresholds, ignore_ties, where in _model_sized_draws(rng, device, lambda: _thresholds(rng)):
+    threshold_sets = [_thresholds(rng) for _ in range(MODEL_CASES_PER_SEED)]
+    for x, channel_dim, thresholds, ignore_ties, where in _model_sized_draws(rng, device, threshold_sets):
         want = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
         got = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend=backend)
         assert torch.equal(got, want), where
@@ -200,9 +199,9 @@ def test_random_model_sized_fused_activations_equal_torch(device_backend, seed):
     on_cuda = _on_cuda(device_backend)
     rng = random.Random(3000 + seed)
     kinds = [_activation(rng) for _ in range(MODEL_CASES_PER_SEED)]
-    knees = iter(default_thresholds(kind, params) for kind, params in kinds)
+    knees = [default_thresholds(kind, params) for kind, params in kinds]
     for (kind, params), (x, channel_dim, thresholds, ignore_ties, where) in zip(
-        kinds, _model_sized_draws(rng, device, lambda: next(knees)), strict=True
+        kinds, _model_sized_draws(rng, device, knees), strict=True
     ):
         want_counts = count_states(x, thresholds, channel_dim=channel_dim, ignore_ties=ignore_ties, backend="torch")
         counts = torch.zeros_like(want_counts)
