@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import zlib
 
+import cuda_emulated
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ def _input(dtype: torch.dtype, device: str, seed: int, with_inf: bool) -> torch.
 def _as_on(device_backend: tuple[str, str], y: torch.Tensor, x: torch.Tensor, kind: str, lo: float = 0.0):
     """y, torch's activation of x on x's device, as torch computes it on the device the kernels ran for: for the
     CUDA kernels emulated on CPU tensors (tests/cuda_emulated.py), as torch's CUDA kernels give it."""
-    return as_cuda_computes(y, x, kind, lo) if tuple(device_backend) == ("cpu", "cuda") else y
+    return as_cuda_computes(y, x, kind, lo) if tuple(device_backend) == cuda_emulated.PAIR else y
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

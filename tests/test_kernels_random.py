@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 
+import cuda_emulated
 import pytest
 import torch
 from activation_oracles import as_cuda_computes, assert_bit_equal, assert_gelu_close, gelu_float64, torch_activation
@@ -214,7 +215,7 @@ def test_random_model_sized_fused_activations_equal_torch(device_backend, seed):
 
 def _on_cuda(device_backend: tuple[str, str]) -> bool:
     """Whether the kernels compute as CUDA does: on a GPU, or the emulated CUDA kernels on the CPU."""
-    return device_backend[0] == "cuda" or tuple(device_backend) == ("cpu", "cuda")
+    return device_backend[0] == "cuda" or tuple(device_backend) == cuda_emulated.PAIR
 
 
 def _assert_fused(  # noqa: PLR0913
