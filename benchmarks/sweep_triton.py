@@ -68,7 +68,9 @@ def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype, cpu: bool = Fa
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # An option left out keeps triton_count's own constants (each tile axis its own); one given sets both axes.
-    parser.add_argument("--tiles", type=int, nargs="+", default=[None], help="TILE_BYTES values")
+    parser.add_argument(
+        "--tiles", type=int, nargs="+", default=[None], help="tile bytes (TILE_BYTES and CHANNEL_TILE_BYTES)"
+    )
     parser.add_argument("--warps", type=int, nargs="+", default=[None], help="warps per program (both tile axes)")
     parser.add_argument("--per-sm", type=int, nargs="+", default=[None], help="programs per SM (both tile axes)")
     parser.add_argument("--unroll", type=int, nargs="+", default=[None], help="tiles per unrolled loop step")
@@ -121,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---|")
     names = (
-        "TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs", "INNER_TILE_UNROLL",
-        "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES",
+        "TILE_BYTES", "CHANNEL_TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs",
+        "INNER_TILE_UNROLL", "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES",
         *(constant for constant, _ in SWITCHES.values()),
     )  # fmt: skip
     defaults = {name: getattr(triton_count, name) for name in names}
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                     setattr(triton_count, constant, value)
                 triton_count.HALF_COMPARES = bool(half)
                 if tile is not None:
-                    triton_count.TILE_BYTES = tile
+                    triton_count.TILE_BYTES = triton_count.CHANNEL_TILE_BYTES = tile
                 if unroll is not None:
                     triton_count.INNER_TILE_UNROLL = triton_count.CHANNEL_TILE_UNROLL = unroll
                 if stages is not None:
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                     if value is not None:
                         setattr(triton_count, constant, bool(value))
                 if per_sm is not None:
-                    triton_count._target_programs = lambda device, along, per_sm=per_sm: per_sm * sms
+                    triton_count._target_programs = lambda device, along, fused, per_sm=per_sm: per_sm * sms
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
                 run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
                 same = torch.equal(run(), reference)

@@ -28,7 +28,14 @@ from nepenthe.kernels import (  # noqa: E402
 )
 from nepenthe.kernels.layout import ChannelView, readable_view  # noqa: E402
 from nepenthe.kernels.reference import count_states_reference  # noqa: E402
-from nepenthe.kernels.triton_count import MAX_ITERS, TILE_BYTES, _cdiv, _pow2_at_most, launch_config  # noqa: E402
+from nepenthe.kernels.triton_count import (  # noqa: E402
+    CHANNEL_TILE_BYTES,
+    MAX_ITERS,
+    TILE_BYTES,
+    _cdiv,
+    _pow2_at_most,
+    launch_config,
+)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 THRESHOLDS = [(0.0,), (0.0, 6.0), (-3.0, 3.0), (0.1,), (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)]
@@ -275,13 +282,15 @@ def test_launch_config_keeps_packed_counts_and_tiles_in_range():
     cfg = launch_config(huge, 2, target_programs=2112)
     assert cfg.iters == MAX_ITERS  # capped: a 7-bit packed count per element and state cannot overflow
     assert cfg.programs * cfg.iters >= cfg.n_cblocks * cfg.total_tiles
-    assert cfg.block_c * cfg.block_i * 2 <= TILE_BYTES
+    assert cfg.block_c * cfg.block_i * 2 <= CHANNEL_TILE_BYTES
     nchw = ChannelView(256, 64, 3136, 64 * 3136, 3136, 1)
     cfg = launch_config(nchw, 4, target_programs=2112)
     assert (cfg.block_c, cfg.block_i) == (1, TILE_BYTES // 4)  # tiles run along the contiguous inner axis
     cl = ChannelView(1, 768, 256 * 49, 0, 1, 768)
     cfg = launch_config(cl, 2, target_programs=2112)
-    assert cfg.block_c == 256 and cfg.block_c * cfg.block_i * 2 == TILE_BYTES  # tiles along the channels
+    assert cfg.block_c == 256 and cfg.block_c * cfg.block_i * 2 == CHANNEL_TILE_BYTES  # tiles along the channels
+    fused = launch_config(cl, 2, target_programs=2112, counting=False)
+    assert fused.block_c == 256 and fused.block_c * fused.block_i * 2 == TILE_BYTES  # fused: the smaller tiles
 
 
 @pytest.mark.parametrize(
@@ -308,7 +317,7 @@ def test_tile_offsets_divisible_by_their_hint(view, monkeypatch):
     from nepenthe.kernels.triton_count import _tile_alignment
 
     if view.channels == 5:
-        monkeypatch.setattr(triton_count, "TILE_BYTES", 64)
+        monkeypatch.setattr(triton_count, "CHANNEL_TILE_BYTES", 64)
     for itemsize in (2, 4):
         cfg = launch_config(view, itemsize, target_programs=4)
         align = _tile_alignment(view, cfg.block_i)
@@ -324,6 +333,7 @@ def test_channel_blocks_fitted_to_the_channels(monkeypatch):
 
     widest = {(96, 2): 128, (384, 2): 256, (1280, 2): 256, (576, 2): 256, (96, 4): 128, (64, 4): 64, (3, 2): 4}
     fitted = {(96, 2): 32, (384, 2): 128, (1280, 2): 256, (576, 2): 64, (96, 4): 32, (64, 4): 64, (3, 2): 4}
+    monkeypatch.setattr(triton_count, "CHANNEL_BLOCK_FIT", False)
     for (channels, itemsize), block in widest.items():
         assert triton_count._channel_block(channels, itemsize) == block
     monkeypatch.setattr(triton_count, "CHANNEL_BLOCK_FIT", True)
@@ -389,12 +399,12 @@ def test_inner_blocks_fitted_to_the_rows_count_exactly(monkeypatch, dtype):
 
 # Tensors whose tiles cover them exactly (channels and inner positions multiples of the tile's), so that the kernel
 # loads and stores without masks (UNMASKED_FULL_TILES): NCHW maps of 32x32 (one tile of 1024 positions a row),
-# channels_last with 64 channels (tiles of 64 channels by 32 positions), tokens of 128 channels.
+# channels_last with 64 channels (tiles of 64 channels by 64 float32 or 128 16-bit positions), tokens of 128 channels.
 FULL_TILE_CASES = [
     ("nchw", (3, 4, 32, 32), 1, torch.float32),
     ("nchw", (2, 4, 32, 64), 1, torch.bfloat16),
-    ("channels_last", (3, 64, 4, 8), 1, torch.float32),
-    ("channels_last", (2, 64, 8, 8), 1, torch.float16),
+    ("channels_last", (4, 64, 4, 8), 1, torch.float32),
+    ("channels_last", (4, 64, 8, 8), 1, torch.float16),
     ("tokens", (3, 64, 128), -1, torch.float16),
 ]
 
@@ -449,8 +459,8 @@ def test_full_tiles_only_where_tiles_cover_the_tensor():
 
     assert full((3, 4, 32, 32)) and full((2, 64, 4, 8), channels_last=True) and full((3, 64, 128), -1)
     assert not full((3, 5, 7, 9))  # a 63-position row in a tile of 64
-    assert not full((2, 96, 4, 8), channels_last=True)  # 96 channels in a block of 128
-    assert not full((2, 64, 5, 7), channels_last=True)  # 35 positions in tiles of 32
+    assert not full((2, 100, 4, 8), channels_last=True)  # 100 channels in blocks of 16 (fitted) or 128
+    assert not full((2, 64, 5, 7), channels_last=True)  # 70 positions in tiles of 64
     assert not full((37, 10))
 
 

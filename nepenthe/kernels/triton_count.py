@@ -56,14 +56,24 @@ ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XT", "ALIGN_XC", "ALIGN_XI", "ALIGN_
 #   the H100 sweep of session 10 found nothing clearly better). Unrolled twice, ptxas issues both tiles' loads
 #   before counting either (sm_90 SASS: 4 16-byte loads per thread in flight on float16 NCHW tiles).
 # - Along the channels (channels_last, tokens): 8 warps, 4 programs per SM (one wave of 32 warps) (H100 sweep,
-#   session 10). On the H100, bench_kernels' seven such tensors above L2 went from 1.04-2.50x x.sum()'s GPU time
-#   with the H200's constants (4 warps, 8 programs per SM, unrolled twice) to 0.99-1.35x. The 2.50 was
-#   MobileNet-V2's 96 bfloat16 channels with two thresholds: the unrolled loop took 183 registers a thread, so an SM
-#   held two programs. Since session 11's 16-bit compares these loops take 40-54 registers, and unrolled twice
-#   again (H200, session 13) the Swin-T MLP's 384 channels count in 0.73-0.87 of the time (16-bit 1.47 -> 1.07x
-#   x.sum(), float32 1.07 -> 0.95x), ResNet-18 layer4's 512 float16 channels in 0.87, the others within 4%.
+#   session 10; fused kernels still, counting alone since session 20, below). On the H100, bench_kernels' seven
+#   such tensors above L2 went from 1.04-2.50x x.sum()'s GPU time with the H200's constants (4 warps, 8 programs
+#   per SM, unrolled twice) to 0.99-1.35x. The 2.50 was MobileNet-V2's 96 bfloat16 channels with two thresholds:
+#   the unrolled loop took 183 registers a thread, so an SM held two programs. Since session 11's 16-bit compares
+#   these loops take 40-54 registers, and unrolled twice again (H200, session 13) the Swin-T MLP's 384 channels
+#   count in 0.73-0.87 of the time (16-bit 1.47 -> 1.07x x.sum(), float32 1.07 -> 0.95x), ResNet-18 layer4's 512
+#   float16 channels in 0.87, the others within 4%.
 #   Fused with GELU, whose loop is arithmetic rather than loads, unrolling took 5-7% longer in 16 bits: not there.
+# - Counting along the channels (not fused): 16 KiB tiles, 16 warps, 2 programs per SM (H200 sweep, session 20,
+#   with fitted channel blocks; GPU-only time over x.sum()'s, two runs each). ResNet-18 layer1's 64 channels_last
+#   channels went from 1.21-1.23 (float32) and 1.20-1.29 (bfloat16) to 1.05-1.07 and 1.07-1.09; the other five
+#   such tensors stayed where they were (MobileNet-V2 block1 16-bit 0.86-0.88 -> 0.88-0.91, Swin-T's MLP tokens
+#   0.89-0.91 -> 0.89-0.91, ResNet-18 layer4 float16 in L2 1.80-1.89 -> 1.85). Same bytes a thread as before (32 a
+#   tile), half as many programs, each twice as wide. 6 or 8 programs per SM were slower on every such tensor
+#   (layer1 float32 1.39 and 1.59). Fused kernels keep 8 KiB tiles, 8 warps and 4 programs per SM: untimed with 16
+#   warps, where a fused GELU's 80 registers a thread would let one program of 512 threads fill an SM.
 TILE_BYTES = 8192
+CHANNEL_TILE_BYTES = 16384
 ROW_BYTES = 512
 # Along the channels, fit the channel block to the channels: the power of two, down to MIN_ROW_BYTES of a row, that
 # pads them least, rather than the widest (MobileNet-V2's 96 channels: three blocks of 32, not one of 128 with a
@@ -90,8 +100,8 @@ UNMASKED_FULL_TILES = True
 # Off until a GPU times it (rows read in 256-512 byte pieces, not 8 KiB): benchmarks/sweep_triton.py --inner-fit 0 1.
 INNER_BLOCK_FIT = False
 MIN_INNER_ROW_BYTES = 128
-INNER_TILE_WARPS, CHANNEL_TILE_WARPS = 8, 8
-INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM = 16, 4
+INNER_TILE_WARPS, CHANNEL_TILE_WARPS, FUSED_CHANNEL_TILE_WARPS = 8, 16, 8
+INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM, FUSED_CHANNEL_TILE_PROGRAMS_PER_SM = 16, 2, 4
 INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 2
 CHANNEL_TILE_GELU_UNROLL = 1
 # Count float16 and bfloat16 values in their own format, and clamp them there when fused with relu or hardtanh (see
@@ -343,10 +353,13 @@ def _constants(
 
 
 @functools.lru_cache(maxsize=32)
-def _target_programs(device: torch.device, along_channels: bool) -> int:
+def _target_programs(device: torch.device, along_channels: bool, fused: bool) -> int:
     if device.type == "cuda":
         # A few resident-or-queued programs per SM: full occupancy, a short tail, few atomics.
-        per_sm = CHANNEL_TILE_PROGRAMS_PER_SM if along_channels else INNER_TILE_PROGRAMS_PER_SM
+        if not along_channels:
+            per_sm = INNER_TILE_PROGRAMS_PER_SM
+        else:
+            per_sm = FUSED_CHANNEL_TILE_PROGRAMS_PER_SM if fused else CHANNEL_TILE_PROGRAMS_PER_SM
         return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # the interpreter: few programs, so the tests cover programs that walk several tiles
 
@@ -388,21 +401,23 @@ def tiles_along_channels(view: ChannelView) -> bool:
     return view.inner == 1 or (view.channels > 1 and view.stride_channel < view.stride_inner)
 
 
-def launch_config(view: ChannelView, itemsize: int, target_programs: int, fit_rows: bool = True) -> LaunchConfig:
+def launch_config(view: ChannelView, itemsize: int, target_programs: int, counting: bool = True) -> LaunchConfig:
     """Tiles of ``TILE_BYTES`` laid along the axis with the smaller stride (the contiguous one when there is one).
-    ``fit_rows``: NCHW tiles may be fitted to the rows (``INNER_BLOCK_FIT``; counting only, not fused kernels).
+    ``counting`` (counting only, not a fused kernel): tiles along the channels take ``CHANNEL_TILE_BYTES``, and NCHW
+    tiles may be fitted to the rows (``INNER_BLOCK_FIT``).
 
     Example::
 
         >>> launch_config(ChannelView(32, 64, 3136, 64 * 3136, 3136, 1), 4, 2112)  # NCHW float32
         LaunchConfig(block_c=1, block_i=2048, iters=2, n_cblocks=64, n_itiles=2, total_tiles=64)
     """
-    tile = TILE_BYTES // itemsize
-    if tiles_along_channels(view):
+    along_channels = tiles_along_channels(view)
+    tile = (CHANNEL_TILE_BYTES if along_channels and counting else TILE_BYTES) // itemsize
+    if along_channels:
         block_c = _channel_block(view.channels, itemsize)
         block_i = _pow2_at_most(view.inner, tile // block_c)
     else:
-        block_i = _inner_block(view, itemsize, tile, fit_rows)
+        block_i = _inner_block(view, itemsize, tile, counting)
         block_c = _pow2_at_most(view.channels, tile // block_i)
     n_cblocks = _cdiv(view.channels, block_c)
     n_itiles = _cdiv(view.inner, block_i)
@@ -435,8 +450,8 @@ def _channel_block(channels: int, itemsize: int) -> int:
 
     Example::
 
-        >>> _channel_block(96, 2), _channel_block(384, 2), _channel_block(64, 4)
-        (128, 256, 64)
+        >>> _channel_block(96, 2), _channel_block(384, 2), _channel_block(64, 4)  # with CHANNEL_BLOCK_FIT
+        (32, 128, 64)
     """
     block = best = _pow2_at_most(channels, ROW_BYTES // itemsize)
     while CHANNEL_BLOCK_FIT and block // 2 * itemsize >= MIN_ROW_BYTES:
@@ -545,7 +560,8 @@ def _static_launch(
     along_channels = tiles_along_channels(view)
     # Fused kernels keep the widest NCHW tiles: fitted, their masked loops took 13-32 more registers (float16 relu
     # 59 -> 72, hardtanh 64 -> 91).
-    cfg = launch_config(view, itemsize, _target_programs(device, along_channels), fit_rows=act == 0)
+    fused = act != 0
+    cfg = launch_config(view, itemsize, _target_programs(device, along_channels, fused), counting=not fused)
     ints = (
         view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters, cfg.n_cblocks,
         view.stride_outer, view.stride_channel, view.stride_inner,
@@ -588,7 +604,10 @@ def _static_launch(
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
     )
-    warps = CHANNEL_TILE_WARPS if along_channels else INNER_TILE_WARPS
+    if not along_channels:
+        warps = INNER_TILE_WARPS
+    else:
+        warps = FUSED_CHANNEL_TILE_WARPS if fused else CHANNEL_TILE_WARPS
     return StaticLaunch(cfg.programs, ints, constexprs, warps)
 
 
