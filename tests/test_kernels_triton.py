@@ -328,6 +328,52 @@ def test_tile_offsets_divisible_by_their_hint(view, monkeypatch):
     assert _tile_alignment(ChannelView(4, 64, 3136, 64 * 3136, 3136, 1), 2048) == 16  # the hint says something
 
 
+def test_counting_and_fused_kernels_take_their_own_launch_constants(monkeypatch):
+    """Counting along the channels takes CHANNEL_TILE_BYTES, CHANNEL_TILE_WARPS and CHANNEL_TILE_PROGRAMS_PER_SM
+    (tuned on the H200, session 20); fused kernels along the channels keep TILE_BYTES and their own warps and
+    programs per SM; NCHW tiles take TILE_BYTES and the inner constants either way. Each constant is set to a value
+    of its own here, so that a launch taking another's shows."""
+    from types import SimpleNamespace
+
+    from nepenthe.kernels import triton_count as tc
+
+    constants = dict(
+        TILE_BYTES=2048, CHANNEL_TILE_BYTES=4096, INNER_TILE_WARPS=1, CHANNEL_TILE_WARPS=2, FUSED_CHANNEL_TILE_WARPS=4,
+        INNER_TILE_PROGRAMS_PER_SM=3, CHANNEL_TILE_PROGRAMS_PER_SM=5, FUSED_CHANNEL_TILE_PROGRAMS_PER_SM=7,
+    )  # fmt: skip
+    for name, value in constants.items():
+        monkeypatch.setattr(tc, name, value)
+    sms = SimpleNamespace(multi_processor_count=11)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: sms)
+    tc._static_launch.cache_clear()
+    tc._target_programs.cache_clear()
+    try:
+        channels_last = ChannelView(1, 256, 4096, 0, 1, 256)
+        nchw = ChannelView(8, 64, 3136, 64 * 3136, 3136, 1)
+
+        def launch(view, act):
+            return tc._static_launch(
+                view, view, 2, torch.device("cpu"), act, 2, False, torch.float32, False, True, act != 0, False
+            )
+
+        def tile_bytes(launch):
+            return launch.constexprs["BLOCK_C"] * launch.constexprs["BLOCK_I"] * 2
+
+        relu = tc.ACTIVATIONS["relu"]
+        count, fused = launch(channels_last, 0), launch(channels_last, relu)
+        assert (count.num_warps, tile_bytes(count)) == (2, 4096)
+        assert (fused.num_warps, tile_bytes(fused)) == (4, 2048)
+        for act in (0, relu):
+            assert (launch(nchw, act).num_warps, tile_bytes(launch(nchw, act))) == (1, 2048)
+        cuda = torch.device("cuda")
+        assert tc._target_programs(cuda, True, False) == 5 * 11
+        assert tc._target_programs(cuda, True, True) == 7 * 11
+        assert tc._target_programs(cuda, False, False) == tc._target_programs(cuda, False, True) == 3 * 11
+    finally:
+        tc._static_launch.cache_clear()  # launches and grids remembered under these constants
+        tc._target_programs.cache_clear()
+
+
 def test_channel_blocks_fitted_to_the_channels(monkeypatch):
     from nepenthe.kernels import triton_count
 
