@@ -20,6 +20,7 @@ Usage::
     python benchmarks/sweep_triton.py --match channels_last natural --warps 4 8 --fit 0 1   # 4 settings
     python benchmarks/sweep_triton.py --match MobileNet --thresholds own 0 0,1,2   # 2, 1 and 3 thresholds
     python benchmarks/sweep_triton.py --match nchw --inner-fit 0 1   # NCHW rows in tiles that divide them
+    python benchmarks/sweep_triton.py --small --warps 8 16 --per-sm 2 4   # the maps in L2 instead (no bar)
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ TENSORS = [
     ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "channels_last", torch.bfloat16, (0.0, 6.0)),
     ("Swin-T stage1 MLP", (64, 56, 56, 384), -1, "natural", torch.float16, (0.0,)),
     ("Swin-T stage1 MLP", (64, 56, 56, 384), -1, "natural", torch.bfloat16, (0.0,)),
+]
+# With --small, instead: bench_kernels' maps at batch 128 that the L2 holds (3-8 MB), which have no bar. On the H200
+# (session 20) Triton took 1.5-3.8x x.sum()'s GPU-only time on them, where the cuda backend took 0.9-2.0x.
+SMALL_TENSORS = [
+    ("ResNet-18 layer4", (128, 512, 7, 7), 1, "nchw", torch.float32, (0.0,)),
+    ("ResNet-18 layer4", (128, 512, 7, 7), 1, "channels_last", torch.float32, (0.0,)),
+    ("ResNet-18 layer4", (128, 512, 7, 7), 1, "channels_last", torch.float16, (0.0,)),
+    ("MobileNet-V2 last", (128, 1280, 7, 7), 1, "nchw", torch.float32, (0.0, 6.0)),
+    ("MobileNet-V2 last", (128, 1280, 7, 7), 1, "channels_last", torch.float32, (0.0, 6.0)),
+    ("MobileNet-V2 last", (128, 1280, 7, 7), 1, "channels_last", torch.float16, (0.0, 6.0)),
 ]
 
 
@@ -103,10 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--match", nargs="+", default=None, help="only tensors whose 'name layout dtype' holds one of these strings"
     )
+    parser.add_argument("--small", action="store_true", help="the maps in L2 (SMALL_TENSORS) instead of the large")
     args = parser.parse_args(argv)
     threshold_sets = [_threshold_set(text) for text in args.thresholds]
     tensors = [
-        t for t in TENSORS if args.match is None or any(m in f"{t[0]} {t[3]} {str(t[4])[6:]}" for m in args.match)
+        t
+        for t in (SMALL_TENSORS if args.small else TENSORS)
+        if args.match is None or any(m in f"{t[0]} {t[3]} {str(t[4])[6:]}" for m in args.match)
     ]
     if args.smoke:
         sms, time_it, gpu_timer = 4, timer("cpu", 1), lambda fn, reps: None

@@ -34,7 +34,7 @@ def _sweep(*args: str) -> list[dict[str, str]]:
 
 
 def test_sweep_runs_every_setting_with_exact_counts():
-    # The channel-tile sweep of the next GPU session (benchmarks/README.md): 7 tensors, 8 settings.
+    # Session 20's first channel-tile sweep on the H200 (benchmarks/gpu-results): 7 tensors, 8 settings.
     rows = _sweep("--match", "channels_last", "natural", "--warps", "4", "8", "--per-sm", "4", "8", "--fit", "0", "1")
     assert len(rows) == 7 * 8
     assert all(row["counts"] == "exact" for row in rows), [r for r in rows if r["counts"] != "exact"]
@@ -44,7 +44,7 @@ def test_sweep_runs_every_setting_with_exact_counts():
 
 
 def test_sweep_counts_other_threshold_sets_with_and_without_masks():
-    # The next GPU session's second sweep: the 5 channels_last tensors, masks on and off, own and three thresholds.
+    # Session 20's second sweep: the 5 channels_last tensors, masks on and off, own and three thresholds.
     masks = ("--unmasked", "0", "1")
     rows = _sweep("--match", "channels_last", "--fit", "1", *masks, "--thresholds", "own", "0,1,2")
     assert len(rows) == 5 * 2 * 2
@@ -55,8 +55,17 @@ def test_sweep_counts_other_threshold_sets_with_and_without_masks():
 
 
 def test_sweep_of_inner_blocks():
-    # The next GPU session's third sweep: the 5 NCHW tensors with inner blocks widest and fitted.
+    # Session 20's third sweep: the 5 NCHW tensors with inner blocks widest and fitted.
     rows = _sweep("--match", "nchw", "--inner-fit", "0", "1")
     assert len(rows) == 5 * 2
     assert [row["fitted inner blocks"] for row in rows] == ["0", "1"] * 5
+    assert all(row["counts"] == "exact" for row in rows)
+
+
+def test_sweep_of_the_maps_in_l2():
+    # --small: bench_kernels' six maps that the L2 holds, instead of the large tensors, under two settings.
+    rows = _sweep("--small", "--warps", "8", "16", "--per-sm", "2")
+    assert len(rows) == 6 * 2
+    assert {row["tensor"] for row in rows} == {"ResNet-18 layer4", "MobileNet-V2 last"}
+    assert [row["warps"] for row in rows] == ["8", "16"] * 6
     assert all(row["counts"] == "exact" for row in rows)
