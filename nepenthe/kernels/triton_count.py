@@ -51,7 +51,8 @@ MAX_ITERS = 127
 # The kernel's divisibility-hint constants: C, inner, then for x and y a tile's offset (outer index times the outer
 # stride plus its first inner position times the inner stride) and the channel and inner strides.
 ALIGN_NAMES = ("ALIGN_C", "ALIGN_I", "ALIGN_XT", "ALIGN_XC", "ALIGN_XI", "ALIGN_YT", "ALIGN_YC", "ALIGN_YI")
-# Launch constants, from benchmarks/sweep_triton.py (GPU-only times, benchmarks/gpu-results), 8 KiB tiles:
+# Launch constants (_tile_constants), from benchmarks/sweep_triton.py (GPU-only times, benchmarks/gpu-results), 8 KiB
+# tiles unless said:
 # - Along the inner positions (NCHW): 8 warps, 16 programs per SM, the loop unrolled twice (H200 sweep, session 5;
 #   the H100 sweep of session 10 found nothing clearly better). Unrolled twice, ptxas issues both tiles' loads
 #   before counting either (sm_90 SASS: 4 16-byte loads per thread in flight on float16 NCHW tiles).
@@ -352,14 +353,29 @@ def _constants(
     return torch.tensor(values, dtype=dtype, device=device)
 
 
+class TileConstants(NamedTuple):
+    """The launch constants of one kind of tile."""
+
+    tile_bytes: int
+    warps: int
+    programs_per_sm: int
+
+
+def _tile_constants(along_channels: bool, fused: bool) -> TileConstants:
+    """The launch constants of tiles along the channels or the inner positions, counting alone or fused (read when
+    called, so that benchmarks/sweep_triton.py can set them)."""
+    if not along_channels:
+        return TileConstants(TILE_BYTES, INNER_TILE_WARPS, INNER_TILE_PROGRAMS_PER_SM)
+    if fused:
+        return TileConstants(TILE_BYTES, FUSED_CHANNEL_TILE_WARPS, FUSED_CHANNEL_TILE_PROGRAMS_PER_SM)
+    return TileConstants(CHANNEL_TILE_BYTES, CHANNEL_TILE_WARPS, CHANNEL_TILE_PROGRAMS_PER_SM)
+
+
 @functools.lru_cache(maxsize=32)
 def _target_programs(device: torch.device, along_channels: bool, fused: bool) -> int:
     if device.type == "cuda":
         # A few resident-or-queued programs per SM: full occupancy, a short tail, few atomics.
-        if not along_channels:
-            per_sm = INNER_TILE_PROGRAMS_PER_SM
-        else:
-            per_sm = FUSED_CHANNEL_TILE_PROGRAMS_PER_SM if fused else CHANNEL_TILE_PROGRAMS_PER_SM
+        per_sm = _tile_constants(along_channels, fused).programs_per_sm
         return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # the interpreter: few programs, so the tests cover programs that walk several tiles
 
@@ -402,9 +418,9 @@ def tiles_along_channels(view: ChannelView) -> bool:
 
 
 def launch_config(view: ChannelView, itemsize: int, target_programs: int, counting: bool = True) -> LaunchConfig:
-    """Tiles of ``TILE_BYTES`` laid along the axis with the smaller stride (the contiguous one when there is one).
-    ``counting`` (counting only, not a fused kernel): tiles along the channels take ``CHANNEL_TILE_BYTES``, and NCHW
-    tiles may be fitted to the rows (``INNER_BLOCK_FIT``).
+    """Tiles laid along the axis with the smaller stride (the contiguous one when there is one), of
+    ``_tile_constants``' bytes. ``counting`` (counting only, not a fused kernel): tiles along the channels take
+    ``CHANNEL_TILE_BYTES``, and NCHW tiles may be fitted to the rows (``INNER_BLOCK_FIT``).
 
     Example::
 
@@ -412,7 +428,7 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int, counti
         LaunchConfig(block_c=1, block_i=2048, iters=2, n_cblocks=64, n_itiles=2, total_tiles=64)
     """
     along_channels = tiles_along_channels(view)
-    tile = (CHANNEL_TILE_BYTES if along_channels and counting else TILE_BYTES) // itemsize
+    tile = _tile_constants(along_channels, fused=not counting).tile_bytes // itemsize
     if along_channels:
         block_c = _channel_block(view.channels, itemsize)
         block_i = _pow2_at_most(view.inner, tile // block_c)
@@ -604,10 +620,7 @@ def _static_launch(
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
     )
-    if not along_channels:
-        warps = INNER_TILE_WARPS
-    else:
-        warps = FUSED_CHANNEL_TILE_WARPS if fused else CHANNEL_TILE_WARPS
+    warps = _tile_constants(along_channels, fused).warps
     return StaticLaunch(cfg.programs, ints, constexprs, warps)
 
 
