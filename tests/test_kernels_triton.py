@@ -289,7 +289,7 @@ def test_launch_config_keeps_packed_counts_and_tiles_in_range():
     cl = ChannelView(1, 768, 256 * 49, 0, 1, 768)
     cfg = launch_config(cl, 2, target_programs=2112)
     assert cfg.block_c == 256 and cfg.block_c * cfg.block_i * 2 == CHANNEL_TILE_BYTES  # tiles along the channels
-    fused = launch_config(cl, 2, target_programs=2112, counting=False)
+    fused = launch_config(cl, 2, target_programs=2112, fused=True)
     assert fused.block_c == 256 and fused.block_c * fused.block_i * 2 == TILE_BYTES  # fused: the smaller tiles
 
 

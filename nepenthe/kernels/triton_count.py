@@ -417,10 +417,10 @@ def tiles_along_channels(view: ChannelView) -> bool:
     return view.inner == 1 or (view.channels > 1 and view.stride_channel < view.stride_inner)
 
 
-def launch_config(view: ChannelView, itemsize: int, target_programs: int, counting: bool = True) -> LaunchConfig:
+def launch_config(view: ChannelView, itemsize: int, target_programs: int, fused: bool = False) -> LaunchConfig:
     """Tiles laid along the axis with the smaller stride (the contiguous one when there is one), of
-    ``_tile_constants``' bytes. ``counting`` (counting only, not a fused kernel): tiles along the channels take
-    ``CHANNEL_TILE_BYTES``, and NCHW tiles may be fitted to the rows (``INNER_BLOCK_FIT``).
+    ``_tile_constants``' bytes. Counting alone (not ``fused``), tiles along the channels take ``CHANNEL_TILE_BYTES``,
+    and NCHW tiles may be fitted to the rows (``INNER_BLOCK_FIT``).
 
     Example::
 
@@ -428,12 +428,12 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int, counti
         LaunchConfig(block_c=1, block_i=2048, iters=2, n_cblocks=64, n_itiles=2, total_tiles=64)
     """
     along_channels = tiles_along_channels(view)
-    tile = _tile_constants(along_channels, fused=not counting).tile_bytes // itemsize
+    tile = _tile_constants(along_channels, fused).tile_bytes // itemsize
     if along_channels:
         block_c = _channel_block(view.channels, itemsize)
         block_i = _pow2_at_most(view.inner, tile // block_c)
     else:
-        block_i = _inner_block(view, itemsize, tile, counting)
+        block_i = _inner_block(view, itemsize, tile, not fused)
         block_c = _pow2_at_most(view.channels, tile // block_i)
     n_cblocks = _cdiv(view.channels, block_c)
     n_itiles = _cdiv(view.inner, block_i)
@@ -577,7 +577,7 @@ def _static_launch(
     # Fused kernels keep the widest NCHW tiles: fitted, their masked loops took 13-32 more registers (float16 relu
     # 59 -> 72, hardtanh 64 -> 91).
     fused = act != 0
-    cfg = launch_config(view, itemsize, _target_programs(device, along_channels, fused), counting=not fused)
+    cfg = launch_config(view, itemsize, _target_programs(device, along_channels, fused), fused)
     ints = (
         view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters, cfg.n_cblocks,
         view.stride_outer, view.stride_channel, view.stride_inner,
