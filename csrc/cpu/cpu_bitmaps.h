@@ -182,8 +182,8 @@ inline void count_rows(const uint8_t* bits, int64_t rows, int64_t inner, int64_t
   int64_t r = 0;
 #if defined(NEP_ROW_WINDOWS)
   if constexpr (kOneRead) {
-    const auto* w = static_cast<const RowWindows*>(windows);
-    for (; r + 8 <= rows; r += 8) w->add(bits, inner, r / 8, t + r);
+    const RowWindows w = *static_cast<const RowWindows*>(windows);  // in registers: t's stores may alias *windows
+    for (; r + 8 <= rows; r += 8) w.add(bits, inner, r / 8, t + r);
   }
 #endif
 #if defined(NEP_ROW_SPANS)
