@@ -57,8 +57,8 @@ struct RowsInRegisters {
 // sign bit: a block that holds NaN is counted again with comparisons. Packing works within 128-bit lanes, so byte
 // 16i + 4v + e holds channel 16v + 4i + e (vector v, lane 4i + e); the counters go back to channel order when read.
 template <class S, int K, bool kTies, bool kSign, class I>
-void byte_sweep(const MaskSet<K, kTies>& thresholds, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
-                I* slots, int64_t nslots, uint8_t* counters, bool prefetch) {
+void byte_sweep(const MaskSet<K, kTies>& thresholds, const S* base, int64_t stride, int64_t q0, int64_t q1,
+                int64_t groups, I* slots, int64_t nslots, uint8_t* counters, bool prefetch) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
   const MaskSet<K, kTies> ms = thresholds;  // in registers: the counter stores may alias *thresholds
   const __m512i minus_one = _mm512_set1_epi8(-1);
