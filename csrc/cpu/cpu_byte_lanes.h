@@ -56,11 +56,13 @@ struct RowsInRegisters {
 // sign, so four vectors become 64 signed bytes that are > 0 exactly for the values > 0, and for NaN with a clear
 // sign bit: a block that holds NaN is counted again with comparisons. Packing works within 128-bit lanes, so byte
 // 16i + 4v + e holds channel 16v + 4i + e (vector v, lane 4i + e); the counters go back to channel order when read.
+//
+// ms is taken by value, so that its thresholds stay in registers: the counter stores (512-bit vector types, which may
+// alias anything) would make the loop reload them through a reference each time round.
 template <class S, int K, bool kTies, bool kSign, class I>
-void byte_sweep(const MaskSet<K, kTies>& thresholds, const S* base, int64_t stride, int64_t q0, int64_t q1,
-                int64_t groups, I* slots, int64_t nslots, uint8_t* counters, bool prefetch) {
+void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
+                I* slots, int64_t nslots, uint8_t* counters, bool prefetch) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
-  const MaskSet<K, kTies> ms = thresholds;  // in registers: the counter stores may alias *thresholds
   const __m512i minus_one = _mm512_set1_epi8(-1);
   auto bump = [&](auto& rows, int j, int64_t g, __mmask16 m0, __mmask16 m1, __mmask16 m2, __mmask16 m3) {
     const __mmask64 m = _mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0));
