@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -138,8 +139,8 @@ void run_short_rows_bitmap(const Job<S>& job) {
   if (one_read) windows = &row_windows;
 #endif
 #if defined(NEP_ROW_SPANS)
-  const RowSpans row_spans(one_read ? kSmallInner : v.inner);
-  if (!one_read) windows = &row_spans;
+  std::optional<RowSpans> row_spans;  // 1.5 KiB of masks: built only for rows that need them
+  if (!one_read) windows = &row_spans.emplace(v.inner);
 #endif
 #pragma omp parallel num_threads(threads) if (parallel)
   {
