@@ -188,3 +188,30 @@ def test_environment_backend_is_read_on_every_call(monkeypatch):
     monkeypatch.setenv("NEPENTHE_BACKEND", "torch")
     monkeypatch.delenv("NEPENTHE_BACKEND")
     assert select_backend(cpu, None).NAME == default
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"view": (1, 2, 3)}, "view must be (outer, C, inner"),
+        ({"view": [1, 4, 1, 0, 1, 0.5]}, "view must hold integers"),
+        ({"view": "123456"}, "view must be a tuple or list"),
+        ({"greater": (), "tie": ()}, "need 1 to 7 thresholds"),
+        ({"greater": (0.0,) * 8, "tie": (0.0,) * 8}, "greater has too many values"),
+        ({"tie": (0.0, 1.0)}, "as many tie values"),
+        ({"greater": ("a",)}, "greater must hold numbers"),
+        ({"dtype": 9}, "unknown dtype code"),
+    ],
+)
+def test_cpu_extension_names_a_bad_argument(change, message):
+    """The extension reads its tuples itself (no std::vector casters): a bad one is a ValueError naming it."""
+    if "cpu" not in nepenthe.kernels.available_backends("cpu"):
+        pytest.skip("the cpu backend did not load here")
+    x, counts = torch.ones(1, 4), torch.zeros(4, 2, dtype=torch.int64)
+    args = {"x": x.data_ptr(), "dtype": 0, "view": (1, 4, 1, 0, 1, 0), "greater": (0.0,), "tie": (0.0,)}
+    args.update(ignore_ties=False, counts=counts.data_ptr(), threads=1)
+    cpu_backend._ext.count(**args)  # the unchanged call counts
+    assert counts[:, 1].tolist() == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        cpu_backend._ext.count(**{**args, **change})
+    assert counts[:, 1].tolist() == [1, 1, 1, 1], "a rejected call must not count"

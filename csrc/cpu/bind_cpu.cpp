@@ -1,6 +1,5 @@
 // Python binding of the CPU kernels: plain integers (data pointers, sizes, strides), no torch types.
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include "../common/python_request.h"
 #include "count_cpu.h"
@@ -11,8 +10,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "nepenthe C++/OpenMP kernels: exact per-channel activation-state counts over strided tensors";
   m.def(
       "count",
-      [](uintptr_t x, int dtype, const std::vector<int64_t>& view, const std::vector<double>& greater,
-         const std::vector<double>& tie, bool ignore_ties, uintptr_t counts, int threads) {
+      [](uintptr_t x, int dtype, py::handle view, py::handle greater, py::handle tie, bool ignore_ties,
+         uintptr_t counts, int threads) {
         nepenthe::CountRequest r = nepenthe::request_from(x, dtype, view, greater, tie, ignore_ties, counts);
         r.threads = threads;
         py::gil_scoped_release release;
@@ -22,9 +21,8 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("counts"), py::arg("threads"));
   m.def(
       "fused",
-      [](uintptr_t x, int dtype, const std::vector<int64_t>& view, const std::vector<double>& greater,
-         const std::vector<double>& tie, bool ignore_ties, uintptr_t counts, int threads, uintptr_t y,
-         const std::vector<int64_t>& y_view, int kind, double p0, double p1) {
+      [](uintptr_t x, int dtype, py::handle view, py::handle greater, py::handle tie, bool ignore_ties,
+         uintptr_t counts, int threads, uintptr_t y, py::handle y_view, int kind, double p0, double p1) {
         nepenthe::CountRequest r = nepenthe::request_from(x, dtype, view, greater, tie, ignore_ties, counts);
         r.threads = threads;
         nepenthe::set_fused(r, y, y_view, kind, p0, p1);

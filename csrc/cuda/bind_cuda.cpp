@@ -1,6 +1,5 @@
 // Python binding of the CUDA kernels: device pointers, sizes, strides and the stream handle as integers.
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include "../common/python_request.h"
 #include "count_cuda.h"
@@ -11,8 +10,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.doc() = "nepenthe CUDA kernels: exact per-channel activation-state counts over strided tensors";
   m.def(
       "count",
-      [](uintptr_t x, int dtype, const std::vector<int64_t>& view, const std::vector<double>& greater,
-         const std::vector<double>& tie, bool ignore_ties, uintptr_t counts, uintptr_t stream) {
+      [](uintptr_t x, int dtype, py::handle view, py::handle greater, py::handle tie, bool ignore_ties,
+         uintptr_t counts, uintptr_t stream) {
         nepenthe::CountRequest r = nepenthe::request_from(x, dtype, view, greater, tie, ignore_ties, counts);
         r.stream = stream;
         nepenthe::count_cuda(r);
@@ -21,9 +20,8 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("counts"), py::arg("stream"));
   m.def(
       "fused",
-      [](uintptr_t x, int dtype, const std::vector<int64_t>& view, const std::vector<double>& greater,
-         const std::vector<double>& tie, bool ignore_ties, uintptr_t counts, uintptr_t stream, uintptr_t y,
-         const std::vector<int64_t>& y_view, int kind, double p0, double p1) {
+      [](uintptr_t x, int dtype, py::handle view, py::handle greater, py::handle tie, bool ignore_ties,
+         uintptr_t counts, uintptr_t stream, uintptr_t y, py::handle y_view, int kind, double p0, double p1) {
         nepenthe::CountRequest r = nepenthe::request_from(x, dtype, view, greater, tie, ignore_ties, counts);
         r.stream = stream;
         nepenthe::set_fused(r, y, y_view, kind, p0, p1);
