@@ -41,11 +41,12 @@ def count_states(
                 [0, 2]])
     """
     plan = count_plan(x, thresholds, channel_dim)
+    device = x.device
     if counts is None:
-        counts = torch.zeros(plan.channels, plan.states, dtype=torch.int64, device=x.device)
+        counts = torch.zeros(plan.channels, plan.states, dtype=torch.int64, device=device)
     else:
-        check_counts(counts, plan.channels, plan.states, x.device)
-    chosen = select_backend(x.device, backend)
+        check_counts(counts, plan.channels, plan.states, device)
+    chosen = select_backend(device, backend)
     if plan.empty:
         return counts
     if plan.view is None:  # a layout no two strides describe: count a contiguous copy
