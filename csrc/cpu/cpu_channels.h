@@ -170,7 +170,7 @@ void run_channels(const Job<S>& job) {
   using Tables = ThreadTables<K, kTies>;
   static_assert(Tables::kAcc == Ctr::kAcc, "tables hold the counter's comparisons");
   const bool use_tables = Tables::fits(v.channels, threads);
-  Tables tables(use_tables ? v.channels : 0, threads);
+  Tables tables(use_tables ? v.channels : 0, threads, /*by_comparison=*/true);
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     std::vector<T> buf(kChunk);
@@ -289,15 +289,18 @@ void run_channels(const Job<S>& job) {
         const int64_t first = last_masked ? n - W : vi * W;
         const int lo = last_masked ? static_cast<int>(W - tail) : 0;
         const int hi = vi == full ? (last_masked ? W : static_cast<int>(tail)) : W;
-        for (int l = lo; l < hi; ++l) {
-          if (table != nullptr) {
-            int64_t* t = table + (c0 + first + l) * Ctr::kAcc;
-            for (int j = 0; j < Ctr::kAcc; ++j) t[j] += slots[j * nslots + vi][l];
-          } else {
-            int64_t sums[Ctr::kAcc];
-            for (int j = 0; j < Ctr::kAcc; ++j) sums[j] = slots[j * nslots + vi][l];
-            Ctr::add_states(job.counts + (c0 + first + l) * (K + 1), sums, job.th.ignore_ties);
+        if (table != nullptr) {  // comparison j of channel c at table[j * channels + c]: unit-stride adds
+          for (int j = 0; j < Ctr::kAcc; ++j) {
+            int64_t* t = table + j * v.channels + c0 + first;
+            const I& slot = slots[j * nslots + vi];
+            for (int l = lo; l < hi; ++l) t[l] += slot[l];
           }
+          continue;
+        }
+        for (int l = lo; l < hi; ++l) {
+          int64_t sums[Ctr::kAcc];
+          for (int j = 0; j < Ctr::kAcc; ++j) sums[j] = slots[j * nslots + vi][l];
+          Ctr::add_states(job.counts + (c0 + first + l) * (K + 1), sums, job.th.ignore_ties);
         }
       }
       if (job.y != nullptr) {
