@@ -269,6 +269,49 @@ def test_nchw_rows_of_58_to_1024_values(device_backend, dtype, hw):
         _check(x, thresholds, 1, ignore_ties, backend)
 
 
+# Thresholds >= 0 that bfloat16 holds exactly (the cpu backend compares float32 rows against them in 16 bits: each
+# value rounded up to bfloat16, 32 values a compare), with sets it must count with float compares instead.
+BF16_EXACT_THRESHOLDS = [(0.0, 6.0), (0.5, 1.0, 2.0), (0.0, 3.3895313892515355e38), (6.0, 256.0), (-0.0, 6.0)]
+NOT_BF16_EXACT_THRESHOLDS = [(0.0, 6.0000005), (-1.0, 6.0), (1e-45, 6.0), (-1e-45, 0.0)]
+
+
+def float32_values_near_bfloat16_steps(thresholds: list[float]) -> torch.Tensor:
+    """Every float32 within two steps of each threshold and of the two bfloat16 rounding edges above it (its bits
+    plus 0xFFFF and plus 0x10000), both signs, and +-0 and denormals: finite values, none of them huge."""
+    bits = torch.tensor(thresholds, dtype=torch.float32).view(torch.int32).to(torch.int64)
+    edges = torch.cat([bits, bits + 0xFFFF, bits + 0x10000])
+    near = (edges[:, None] + torch.arange(-2, 3)).flatten()
+    near = near[(near >= 0) & (near < 0x7F000000)].to(torch.int32)
+    denormals = torch.tensor([0, 1, 0xFFFF, 0x10000, 0x7FFFFF], dtype=torch.int32)
+    positive = torch.cat([near, denormals]).view(torch.float32)
+    return torch.cat([positive, -positive])
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 7, 7), (2, 11, 14, 14), (1, 3, 31, 33), (3, 2, 5, 3)], ids=str)
+def test_float32_rows_against_bfloat16_thresholds(device_backend, shape):
+    """float32 NCHW rows (the cpu backend's bitmaps) hold every value next to a threshold and next to the bfloat16
+    steps above it: thresholds that bfloat16 holds count them from the values rounded up to bfloat16, and any
+    other set (negative, -0.0, between bfloat16 values) must not. A few of the largest finite values and their
+    neighbours are sprinkled in (a block's float sum stays finite, so its values take that path too); every size
+    leaves a partial step of 32 values. A second tensor adds a NaN and an infinity, which send their blocks of
+    rows to the float compares."""
+    device, backend = device_backend
+    pool = float32_values_near_bfloat16_steps([t for ts in BF16_EXACT_THRESHOLDS for t in ts])
+    gen = torch.Generator().manual_seed(_seed("bf16 thresholds", *shape))
+    x = pool[torch.randint(0, len(pool), shape, generator=gen)]
+    huge = torch.tensor([0x7F7F0000 - 1, 0x7F7F0000, 0x7F7F0001, 0x7F7FFFFF], dtype=torch.int32).view(torch.float32)
+    rows = x.view(-1, shape[-2] * shape[-1])
+    for r in range(0, rows.shape[0], 3):  # one in a row, every third row: no lane of a block's sum overflows
+        rows[r, (5 * r) % rows.shape[1]] = huge[r % 4] * (1 if r % 2 else -1)
+    special = x.clone()
+    special.view(-1)[x.numel() // 2] = math.nan
+    special.view(-1)[x.numel() // 3] = math.inf
+    for values in (x.to(device), special.to(device)):
+        for thresholds in BF16_EXACT_THRESHOLDS + NOT_BF16_EXACT_THRESHOLDS:
+            for ignore_ties in (False, True):
+                _check(values, thresholds, 1, ignore_ties, backend)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels", [96, 40, 64], ids=lambda c: f"C{c}")
 def test_16bit_thresholds_between_representable_values(device_backend, dtype, channels):

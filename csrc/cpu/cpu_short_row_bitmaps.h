@@ -49,8 +49,8 @@ constexpr int64_t kMapTailBytes = 128;
 // (its bits are never counted), except at the end of the run, which is read partially. `windows`: count_rows'
 // helper for rows of `inner` values (RowWindows up to 57, RowSpans longer), where the build has one.
 // after_block(r0, values) runs once each block of rows from r0 is counted (the fused activation of its values,
-// while they are in L1). words: a WordMasks or FloatMasks that
-// fills a block's bitmaps 32 values a step (the float comparisons count a block that holds NaN), or nullptr.
+// while they are in L1). words: a WordMasks, FloatMasks or FloatWordMasks that fills a block's bitmaps 32 values
+// a step (the float comparisons count a block that holds NaN), or nullptr.
 template <class S, int K, bool kTies, bool kOneRead, class Words, class AfterBlock>
 void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t inner, int64_t* table,
                  int64_t stride_j, Lanes::Mask* maps, const void* windows, const Words* words,
@@ -71,7 +71,9 @@ void bitmap_slab(const MaskSet<K, kTies>& ms, const S* base, int64_t n, int64_t 
     bool nan = false;
     bool filled = false;  // by words, NaN-free
     if constexpr (!std::is_same_v<Words, std::nullptr_t>) {
-      filled = words->fill(p, span, reinterpret_cast<uint8_t*>(maps), kMapBytes);
+      if (std::is_same_v<S, float> ? words != nullptr : true) {  // float32's FloatWordMasks may not apply
+        filled = words->fill(p, span, reinterpret_cast<uint8_t*>(maps), kMapBytes);
+      }
     }
     if (!filled) {
       // NaN guard: a float sum of the block's values per lane (two chains) is NaN or infinite if any value is NaN
@@ -129,6 +131,9 @@ void run_short_rows_bitmap(const Job<S>& job) {
 #if defined(NEP_PACKED_BITMAPS)
   const auto packed_masks = packed_masks_if<S, K, kTies>(job.th);
   const auto* words = std::is_same_v<decltype(packed_masks), const std::nullptr_t> ? nullptr : &packed_masks;
+  if constexpr (!std::is_same_v<decltype(packed_masks), const std::nullptr_t>) {
+    if (!packed_masks.usable) words = nullptr;  // thresholds its compares cannot count exactly
+  }
 #else
   const std::nullptr_t* words = nullptr;
 #endif
