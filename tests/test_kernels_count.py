@@ -287,26 +287,42 @@ def float32_values_near_bfloat16_steps(thresholds: list[float]) -> torch.Tensor:
     return torch.cat([positive, -positive])
 
 
-@pytest.mark.parametrize("shape", [(2, 37, 7, 7), (2, 11, 14, 14), (1, 3, 31, 33), (3, 2, 5, 3)], ids=str)
-def test_float32_rows_against_bfloat16_thresholds(device_backend, shape):
-    """float32 NCHW rows (the cpu backend's bitmaps) hold every value next to a threshold and next to the bfloat16
-    steps above it: thresholds that bfloat16 holds count them from the values rounded up to bfloat16, and any
-    other set (negative, -0.0, between bfloat16 values) must not. A few of the largest finite values and their
-    neighbours are sprinkled in (a block's float sum stays finite, so its values take that path too); every size
-    leaves a partial step of 32 values. A second tensor adds a NaN and an infinity, which send their blocks of
-    rows to the float compares."""
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [
+        ((2, 37, 7, 7), False),
+        ((2, 11, 14, 14), False),
+        ((1, 3, 31, 33), False),
+        ((3, 2, 5, 3), False),
+        ((2, 1280, 7, 7), True),
+        ((3, 192, 5, 3), True),
+        ((2, 100, 3, 3), True),
+    ],
+    ids=str,
+)
+def test_float32_against_bfloat16_thresholds(device_backend, shape, channels_last):
+    """float32 values next to each threshold and next to the bfloat16 steps above it: thresholds that bfloat16
+    holds count them from the values rounded up to bfloat16 (the cpu backend's NCHW bitmaps, and its channels_last
+    byte lanes of 64 channels after a threshold 0.0), and any other set (negative, between bfloat16 values) must
+    not. A few of the largest finite values and their neighbours are sprinkled in (a block's float sum stays
+    finite, so its values take that path too); every NCHW size leaves a partial step of 32 values, and 100 channels
+    a tail after one group of 64. A second tensor adds a NaN and an infinity, which send their blocks to the float
+    compares."""
     device, backend = device_backend
     pool = float32_values_near_bfloat16_steps([t for ts in BF16_EXACT_THRESHOLDS for t in ts])
     gen = torch.Generator().manual_seed(_seed("bf16 thresholds", *shape))
     x = pool[torch.randint(0, len(pool), shape, generator=gen)]
     huge = torch.tensor([0x7F7F0000 - 1, 0x7F7F0000, 0x7F7F0001, 0x7F7FFFFF], dtype=torch.int32).view(torch.float32)
     rows = x.view(-1, shape[-2] * shape[-1])
-    for r in range(0, rows.shape[0], 3):  # one in a row, every third row: no lane of a block's sum overflows
+    # NCHW: one in a row, every third row, so that no lane of a block's float sum overflows; channels_last blocks
+    # sum all positions of 16 channels per lane: one in the tensor
+    for r in range(0, 1 if channels_last else rows.shape[0], 3):
         rows[r, (5 * r) % rows.shape[1]] = huge[r % 4] * (1 if r % 2 else -1)
     special = x.clone()
     special.view(-1)[x.numel() // 2] = math.nan
     special.view(-1)[x.numel() // 3] = math.inf
-    for values in (x.to(device), special.to(device)):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for values in (x.contiguous(memory_format=layout).to(device), special.contiguous(memory_format=layout).to(device)):
         for thresholds in BF16_EXACT_THRESHOLDS + NOT_BF16_EXACT_THRESHOLDS:
             for ignore_ties in (False, True):
                 _check(values, thresholds, 1, ignore_ties, backend)

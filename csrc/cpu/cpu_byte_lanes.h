@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "cpu_bitmaps.h"
+#include "cpu_packed_masks.h"
 #include "cpu_row_signs.h"
 #include "cpu_simd.h"
 
@@ -57,13 +58,20 @@ struct RowsInRegisters {
 // sign bit: a block that holds NaN is counted again with comparisons. Packing works within 128-bit lanes, so byte
 // 16i + 4v + e holds channel 16v + 4i + e (vector v, lane 4i + e); the counters go back to channel order when read.
 //
-// ms is taken by value, so that its thresholds stay in registers: the counter stores (512-bit vector types, which may
-// alias anything) would make the loop reload them through a reference each time round.
-template <class S, int K, bool kTies, bool kSign, class I>
+// kWords (float32, no ties, thresholds that FloatWordMasks counts exactly): the thresholds not counted from signs
+// are compared as the values rounded up to bfloat16, 32 channels per integer compare (two per 64 channels, where
+// float compares take four and their masks three joins). A block that may hold NaN counts those rows again with
+// float compares, as it does the sign row.
+//
+// ms and wm are taken by value, so that their thresholds stay in registers: the counter stores (512-bit vector
+// types, which may alias anything) would make the loop reload them through a reference each time round.
+template <class S, int K, bool kTies, bool kSign, bool kWords = false, class I>
 void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
-                I* slots, int64_t nslots, uint8_t* counters, bool prefetch) {
+                I* slots, int64_t nslots, uint8_t* counters, bool prefetch, const FloatWordMasks<K> wm) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
+  static_assert(!kWords || (std::is_same_v<S, float> && !kTies), "words: float32 values, no ties");
   const __m512i minus_one = _mm512_set1_epi8(-1);
+  const __m512i upper = FloatWordMasks<K>::upper_words(), up = FloatWordMasks<K>::round_up();
   auto bump = [&](auto& rows, int j, int64_t g, __mmask16 m0, __mmask16 m1, __mmask16 m2, __mmask16 m3) {
     const __mmask64 m = _mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0));
     const __m512i c = rows.get(j, g);
@@ -111,6 +119,17 @@ void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64
             const __m512i c = rows.get(1, g);
             rows.set(1, g, _mm512_mask_sub_epi8(c, m, c, minus_one));
           }
+          if constexpr (kWords) {
+            const __m512i w0 = FloatWordMasks<K>::rounded_words(x0, x1, upper, up);
+            const __m512i w1 = FloatWordMasks<K>::rounded_words(x2, x3, upper, up);
+            for (int k = kSign ? 1 : 0; k < K; ++k) {
+              const __mmask64 m =
+                  _mm512_kunpackd(_mm512_cmpgt_epi16_mask(w1, wm.t[k]), _mm512_cmpgt_epi16_mask(w0, wm.t[k]));
+              const __m512i c = rows.get(1 + k, g);
+              rows.set(1 + k, g, _mm512_mask_sub_epi8(c, m, c, minus_one));
+            }
+            continue;
+          }
           // The compare-and-bump calls stay spelled out: one helper taking the comparison as a lambda measured 4%
           // slower at 2 threads (MobileNet-V2 last channels_last, two thresholds).
           for (int k = kSign ? 1 : 0; k < K; ++k) {
@@ -138,9 +157,10 @@ void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64
     }
     const auto positions = static_cast<decltype(I{}[0] + 0)>(qe - qb);
     const bool exact_valid = !all_finite(_mm512_add_ps(sum0, sum1));  // the block may hold NaN
-    // then threshold 0 is counted again with comparisons, in channel order
-    const bool recount_sign = kSign && exact_valid;
-    if (recount_sign) std::memset(counters + 64 * groups, 0, static_cast<size_t>(64 * groups));
+    // then threshold 0 is counted again with comparisons, in channel order, and with kWords every threshold
+    const bool recount_sign = (kSign || kWords) && exact_valid;
+    constexpr int kRecount = kWords ? K : 1;  // comparisons 1..kRecount, when recount_sign
+    if (recount_sign) std::memset(counters + 64 * groups, 0, static_cast<size_t>(64 * groups * kRecount));
     if (exact_valid) {
       for (int64_t q = qb; q < qe; ++q) {
         const S* row = base + q * stride;
@@ -149,9 +169,9 @@ void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64
           const __m512 x2 = lanes(row + 64 * g + 32), x3 = lanes(row + 64 * g + 48);
           bump(in_memory, 0, g, _mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), _mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q),
                _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
-          if (recount_sign) {
-            const __m512 t = ms.g[0];
-            bump(in_memory, 1, g, _mm512_cmp_ps_mask(x0, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x1, t, _CMP_GT_OQ),
+          for (int k = 0; recount_sign && k < kRecount; ++k) {
+            const __m512 t = ms.g[k];
+            bump(in_memory, 1 + k, g, _mm512_cmp_ps_mask(x0, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x1, t, _CMP_GT_OQ),
                  _mm512_cmp_ps_mask(x2, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x3, t, _CMP_GT_OQ));
           }
         }

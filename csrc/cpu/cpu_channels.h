@@ -149,6 +149,7 @@ void run_channels(const Job<S>& job) {
   constexpr bool kBytes = std::is_same_v<T, float>;
   const MaskSet<K, kTies> ms(job.th);
   const bool sign_zero = job.th.greater[0] == 0;  // threshold 0 is 0.0: byte_sweep counts it from signs
+  const FloatWordMasks<K> word_masks(job.th);     // where usable, byte_sweep compares the others as words
   // Exactly 64 channels with threshold 0.0 (ResNet stage 1, ReLU): one group of byte lanes held in registers. With
   // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
   const bool bytes = kBytes && !words && (row_sweep || (sign_zero && p.chans == 64));
@@ -225,12 +226,21 @@ void run_channels(const Job<S>& job) {
 #if defined(__AVX512F__)
       if constexpr (kBytes) {
         if (bytes) {
-          if (sign_zero) {
+          bool swept = false;
+          if constexpr (std::is_same_v<S, float> && !kTies && K >= 2) {
+            if (sign_zero && word_masks.usable) {
+              byte_sweep<S, K, kTies, true, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
+                                                  byte_counters.data(), kFromMemory, word_masks);
+              swept = true;
+            }
+          }
+          if (swept) {
+          } else if (sign_zero) {
             byte_sweep<S, K, kTies, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
-                                          byte_counters.data(), kFromMemory);
+                                          byte_counters.data(), kFromMemory, word_masks);
           } else {
             byte_sweep<S, K, kTies, false>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
-                                           byte_counters.data(), kFromMemory);
+                                           byte_counters.data(), kFromMemory, word_masks);
           }
           v0 = 4 * (n / 64);
         }

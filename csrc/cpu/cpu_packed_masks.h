@@ -107,14 +107,28 @@ template <int K>
 struct FloatWordMasks {
   __m512i t[K];
   bool usable;  // every threshold is one these compares count exactly
-  explicit FloatWordMasks(const Thresholds<float>& th) : usable(true) {
+  template <class T>  // float; float64 jobs build one they never use
+  explicit FloatWordMasks(const Thresholds<T>& th) : usable(std::is_same_v<T, float>) {
     for (int k = 0; k < K; ++k) {
-      const float g = th.greater[k] == 0 ? 0.0f : th.greater[k];  // -0: v > -0 exactly when v > +0
+      const auto g = static_cast<float>(th.greater[k] == 0 ? 0 : th.greater[k]);  // -0: v > -0 exactly when v > +0
       uint32_t b;
       std::memcpy(&b, &g, sizeof b);
       usable = usable && (b & 0xffffu) == 0 && b < 0x7f800000u;  // bfloat16's upper half only; +0 to finite
       t[k] = _mm512_set1_epi16(static_cast<short>(b >> 16));
     }
+  }
+  // vpermt2w's index of the upper word of each 32-bit lane of two vectors, and the addend that rounds up.
+  static __m512i upper_words() {
+    alignas(64) static constexpr uint16_t kOdd[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
+                                                      23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
+                                                      45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+    return _mm512_load_si512(kOdd);
+  }
+  static __m512i round_up() { return _mm512_set1_epi32(0xffff); }
+  // The 32 values of x0 then x1 rounded up to bfloat16, in order (upper and up from the two above).
+  static __m512i rounded_words(__m512 x0, __m512 x1, __m512i upper, __m512i up) {
+    return _mm512_permutex2var_epi16(_mm512_add_epi32(_mm512_castps_si512(x0), up), upper,
+                                     _mm512_add_epi32(_mm512_castps_si512(x1), up));
   }
   // As WordMasks::fill: bitmaps 1..K of values [0, m) (values past m read as +0); false if a value is NaN or
   // infinite, or the block's float sum overflows (then the float comparisons count the block).
@@ -124,11 +138,7 @@ struct FloatWordMasks {
   // Takes the masks by value, and keeps its constants out of lambdas' references: the stores to maps may alias
   // anything whose address is taken, and the loop would reload it every step.
   static bool fill_in(const FloatWordMasks self, const float* p, int64_t m, uint8_t* maps, int64_t map_bytes) {
-    alignas(64) static constexpr uint16_t kOdd[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
-                                                      23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
-                                                      45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-    const __m512i upper = _mm512_load_si512(kOdd);  // the upper word of each 32-bit lane of two vectors
-    const __m512i up = _mm512_set1_epi32(0xffff);
+    const __m512i upper = upper_words(), up = round_up();
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     int64_t g = 0;
     for (;; ++g) {
@@ -143,8 +153,7 @@ struct FloatWordMasks {
       } else {
         break;
       }
-      const __m512i w = _mm512_permutex2var_epi16(_mm512_add_epi32(_mm512_castps_si512(x0), up), upper,
-                                                  _mm512_add_epi32(_mm512_castps_si512(x1), up));
+      const __m512i w = rounded_words(x0, x1, upper, up);
       for (int k = 0; k < K; ++k) {
         const uint32_t bits = _mm512_cmpgt_epi16_mask(w, self.t[k]);
         std::memcpy(maps + (1 + k) * map_bytes + 4 * g, &bits, sizeof bits);
