@@ -158,9 +158,9 @@ void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64
     const auto positions = static_cast<decltype(I{}[0] + 0)>(qe - qb);
     const bool exact_valid = !all_finite(_mm512_add_ps(sum0, sum1));  // the block may hold NaN
     // then threshold 0 is counted again with comparisons, in channel order, and with kWords every threshold
-    const bool recount_sign = (kSign || kWords) && exact_valid;
-    constexpr int kRecount = kWords ? K : 1;  // comparisons 1..kRecount, when recount_sign
-    if (recount_sign) std::memset(counters + 64 * groups, 0, static_cast<size_t>(64 * groups * kRecount));
+    const bool recount = (kSign || kWords) && exact_valid;
+    constexpr int kRecount = kWords ? K : 1;  // comparisons 1..kRecount, when recount
+    if (recount) std::memset(counters + 64 * groups, 0, static_cast<size_t>(64 * groups * kRecount));
     if (exact_valid) {
       for (int64_t q = qb; q < qe; ++q) {
         const S* row = base + q * stride;
@@ -169,7 +169,7 @@ void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64
           const __m512 x2 = lanes(row + 64 * g + 32), x3 = lanes(row + 64 * g + 48);
           bump(in_memory, 0, g, _mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), _mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q),
                _mm512_cmp_ps_mask(x2, x2, _CMP_ORD_Q), _mm512_cmp_ps_mask(x3, x3, _CMP_ORD_Q));
-          for (int k = 0; recount_sign && k < kRecount; ++k) {
+          for (int k = 0; recount && k < kRecount; ++k) {
             const __m512 t = ms.g[k];
             bump(in_memory, 1 + k, g, _mm512_cmp_ps_mask(x0, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x1, t, _CMP_GT_OQ),
                  _mm512_cmp_ps_mask(x2, t, _CMP_GT_OQ), _mm512_cmp_ps_mask(x3, t, _CMP_GT_OQ));
@@ -184,7 +184,7 @@ void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64
           continue;
         }
         __m512i bytes = _mm512_loadu_si512(counters + 64 * (j * groups + g));
-        if (kSign && j == 1 && !recount_sign) {
+        if (kSign && j == 1 && !recount) {
 #if defined(__AVX512VBMI__)
           bytes = _mm512_permutexvar_epi8(_mm512_load_si512(order), bytes);
 #else

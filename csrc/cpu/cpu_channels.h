@@ -226,15 +226,12 @@ void run_channels(const Job<S>& job) {
 #if defined(__AVX512F__)
       if constexpr (kBytes) {
         if (bytes) {
-          bool swept = false;
-          if constexpr (std::is_same_v<S, float> && !kTies && K >= 2) {
-            if (sign_zero && word_masks.usable) {
+          constexpr bool kMayUseWords = std::is_same_v<S, float> && !kTies && K >= 2;
+          if (kMayUseWords && sign_zero && word_masks.usable) {
+            if constexpr (kMayUseWords) {
               byte_sweep<S, K, kTies, true, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
                                                   byte_counters.data(), kFromMemory, word_masks);
-              swept = true;
             }
-          }
-          if (swept) {
           } else if (sign_zero) {
             byte_sweep<S, K, kTies, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
                                           byte_counters.data(), kFromMemory, word_masks);

@@ -132,7 +132,9 @@ struct FloatWordMasks {
   }
   // As WordMasks::fill: bitmaps 1..K of values [0, m) (values past m read as +0); false if a value is NaN or
   // infinite, or the block's float sum overflows (then the float comparisons count the block).
-  bool fill(const float* p, int64_t m, uint8_t* maps, int64_t map_bytes) const { return fill_in(*this, p, m, maps, map_bytes); }
+  bool fill(const float* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
+    return fill_in(*this, p, m, maps, map_bytes);
+  }
 
  private:
   // Takes the masks by value, and keeps its constants out of lambdas' references: the stores to maps may alias
@@ -148,8 +150,10 @@ struct FloatWordMasks {
         x1 = _mm512_loadu_ps(p + 32 * g + 16);
       } else if (32 * g < m) {
         const int64_t n = m - 32 * g;  // 1..31
-        x0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << std::min<int64_t>(n, 16)) - 1), p + 32 * g);
-        x1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << std::max<int64_t>(n - 16, 0)) - 1), p + 32 * g + 16);
+        const auto lo = static_cast<__mmask16>((1u << std::min<int64_t>(n, 16)) - 1);
+        const auto hi = static_cast<__mmask16>((1u << std::max<int64_t>(n - 16, 0)) - 1);
+        x0 = _mm512_maskz_loadu_ps(lo, p + 32 * g);
+        x1 = _mm512_maskz_loadu_ps(hi, p + 32 * g + 16);
       } else {
         break;
       }
