@@ -3,10 +3,13 @@ remembered plan must never let bad input through or count a new tensor of the sa
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from nepenthe.kernels import count_states
+from nepenthe.kernels import available_backends, count_states, dispatch
+from nepenthe.kernels.count import counter_for
 from nepenthe.kernels.plan import _plans, count_plan
 from nepenthe.kernels.reference import count_states_reference
 
@@ -62,3 +65,49 @@ def test_empty_tensor_keeps_given_counts():
     for _ in range(2):
         assert count_states(torch.empty(0, 3), counts=counts) is counts
     assert torch.equal(counts, torch.ones(3, 2, dtype=torch.int64))
+
+
+def test_prepared_counters_are_kept_per_backend_and_ties_flag():
+    x = torch.randn(2, 3, 4)
+    plan = count_plan(x, (0.0,), 1)
+    torch_backend = dispatch.select_backend(x.device, "torch")
+    fake = SimpleNamespace(NAME="fake", count=torch_backend.count)  # a test's stand-in backend, like the emulated one
+    first = counter_for(plan, torch_backend, False)
+    assert counter_for(plan, torch_backend, False) is first
+    assert counter_for(plan, torch_backend, True) is not first
+    assert counter_for(plan, fake, False) is not first
+    want = count_states_reference(x, (0.0,), 1, False)
+    assert torch.equal(counter_for(plan, fake, False)(x, None), want)
+
+
+def test_ties_flag_switches_on_one_plan():
+    x = torch.tensor([[0.0, 1.0, -1.0, 0.0], [2.0, 0.0, 0.0, -3.0]]).repeat(3, 1)  # (6, 4): ties in every channel
+    for backend in available_backends("cpu"):
+        for ignore_ties in (False, True, False, True):
+            want = count_states_reference(x, (0.0,), 1, ignore_ties)
+            assert torch.equal(count_states(x, ignore_ties=ignore_ties, backend=backend), want), (backend, ignore_ties)
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the cpu extension did not load")
+def test_cpu_fresh_counts_never_keep_the_allocators_garbage():
+    x = torch.randn(8, 1280, 7, 7)
+    want = count_states_reference(x, (0.0, 6.0), 1, False)
+    for _ in range(4):  # freed int64 memory of the counts' size, full of garbage, is what torch.empty hands back
+        garbage = torch.full((1280, 3), 7**20, dtype=torch.int64)
+        del garbage
+        assert torch.equal(count_states(x, (0.0, 6.0), backend="cpu"), want)
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the cpu extension did not load")
+def test_cpu_extension_clears_counts_only_when_asked():
+    from nepenthe.kernels import cpu_backend
+
+    x = torch.randn(5, 3, 4)
+    plan = count_plan(x, (0.0,), 1)
+    want = count_states_reference(x, (0.0,), 1, False)
+    kt = plan.kernel_thresholds
+    for clear in (True, False):
+        counts = torch.full((3, 2), 1000, dtype=torch.int64)
+        args = (x.data_ptr(), 0, plan.view.args, kt.greater, kt.tie, False, counts.data_ptr(), 1)
+        cpu_backend._ext.count(*args, clear)
+        assert torch.equal(counts, want if clear else want + 1000)

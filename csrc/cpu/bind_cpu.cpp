@@ -1,6 +1,8 @@
 // Python binding of the CPU kernels: plain integers (data pointers, sizes, strides), no torch types.
 #include <pybind11/pybind11.h>
 
+#include <cstring>
+
 #include "../common/python_request.h"
 #include "count_cpu.h"
 
@@ -11,14 +13,17 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "count",
       [](uintptr_t x, int dtype, py::handle view, py::handle greater, py::handle tie, bool ignore_ties,
-         uintptr_t counts, int threads) {
+         uintptr_t counts, int threads, bool clear_counts) {
         nepenthe::CountRequest r = nepenthe::request_from(x, dtype, view, greater, tie, ignore_ties, counts);
         r.threads = threads;
         py::gil_scoped_release release;
+        // Fresh counts come from torch.empty: clearing them here costs less than torch.zeros's own call.
+        const auto entries = static_cast<size_t>(r.view.channels * (r.num_thresholds + 1));
+        if (clear_counts) std::memset(r.counts, 0, sizeof(int64_t) * entries);
         nepenthe::count_cpu(r);
       },
       py::arg("x"), py::arg("dtype"), py::arg("view"), py::arg("greater"), py::arg("tie"), py::arg("ignore_ties"),
-      py::arg("counts"), py::arg("threads"));
+      py::arg("counts"), py::arg("threads"), py::arg("clear_counts") = false);
   m.def(
       "fused",
       [](uintptr_t x, int dtype, py::handle view, py::handle greater, py::handle tie, bool ignore_ties,

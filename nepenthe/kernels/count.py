@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
 
 from .dispatch import select_backend
 from .jobs import CountJob
 from .layout import readable_view
-from .plan import count_plan
+from .plan import Counter, CountPlan, count_plan
 from .validate import check_counts
 
 
@@ -42,17 +43,45 @@ def count_states(
     """
     plan = count_plan(x, thresholds, channel_dim)
     device = x.device
-    if counts is None:
-        counts = torch.zeros(plan.channels, plan.states, dtype=torch.int64, device=device)
-    else:
+    if counts is not None:
         check_counts(counts, plan.channels, plan.states, device)
     chosen = select_backend(device, backend)
+    if plan.view is not None:
+        return counter_for(plan, chosen, bool(ignore_ties))(x, counts)
+    if counts is None:
+        counts = torch.zeros(plan.channels, plan.states, dtype=torch.int64, device=device)
     if plan.empty:
         return counts
-    if plan.view is None:  # a layout no two strides describe: count a contiguous copy
-        x, view = readable_view(x, plan.channel_dim)
-    else:
-        view = plan.view
-    job = CountJob(x, plan.channel_dim, view, plan.values, plan.kernel_thresholds, bool(ignore_ties), counts)
-    chosen.count(job)
+    x, view = readable_view(x, plan.channel_dim)  # a layout no two strides describe: count a contiguous copy
+    chosen.count(CountJob(x, plan.channel_dim, view, plan.values, plan.kernel_thresholds, bool(ignore_ties), counts))
     return counts
+
+
+def counter_for(plan: CountPlan, backend: ModuleType, ignore_ties: bool) -> Counter:
+    """The counter ``backend`` prepared for ``plan`` (made once per backend and ``ignore_ties``, kept in the plan).
+
+    A backend with ``prepare_count(plan, ignore_ties)`` prepares its own (the cpu backend works out its
+    extension's arguments once); any other gets :func:`job_counter`.
+    """
+    key = (id(backend), ignore_ties)
+    hit = plan.counters.get(key)
+    if hit is not None and hit[0] is backend:  # the identity check: an id can outlive a test's fake backend
+        return hit[1]
+    prepare = getattr(backend, "prepare_count", None)
+    counter = prepare(plan, ignore_ties) if prepare is not None else job_counter(backend, plan, ignore_ties)
+    plan.counters[key] = (backend, counter)
+    return counter
+
+
+def job_counter(backend: ModuleType, plan: CountPlan, ignore_ties: bool) -> Counter:
+    """A counter that hands ``backend.count`` a :class:`CountJob` per call, into zeroed counts when none given."""
+    view = plan.view
+    assert view is not None
+
+    def count(x: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+        if counts is None:
+            counts = torch.zeros(plan.channels, plan.states, dtype=torch.int64, device=x.device)
+        backend.count(CountJob(x, plan.channel_dim, view, plan.values, plan.kernel_thresholds, ignore_ties, counts))
+        return counts
+
+    return count

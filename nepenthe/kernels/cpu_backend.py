@@ -8,6 +8,7 @@ from types import ModuleType
 import torch
 
 from .jobs import CountJob, FusedJob
+from .plan import Counter, CountPlan
 
 NAME = "cpu"
 EXTENSION = "nepenthe._cpu"
@@ -94,6 +95,28 @@ def job_args(job: CountJob, *last: object) -> tuple[object, ...]:
 def count(job: CountJob) -> None:
     assert _ext is not None, "cpu backend used before load()"
     _ext.count(*job_args(job, torch.get_num_threads()))
+
+
+def prepare_count(plan: CountPlan, ignore_ties: bool) -> Counter:
+    """A counter for ``plan`` that passes the extension the arguments worked out here once. New counts are
+    ``torch.empty``, cleared by the extension: after a count has streamed a tensor through the caches, building
+    a job and calling ``torch.zeros`` cost several microseconds, a tenth of a 7x7 map's count."""
+    assert _ext is not None, "cpu backend used before load()"
+    assert plan.view is not None
+    ext_count, get_threads, int64 = _ext.count, torch.get_num_threads, torch.int64
+    code, view = DTYPE_CODES[plan.dtype], plan.view.args
+    greater, tie = plan.kernel_thresholds.greater, plan.kernel_thresholds.tie
+    channels, states = plan.channels, plan.states
+
+    def count(x: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+        if counts is None:
+            counts = torch.empty(channels, states, dtype=int64)
+            ext_count(x.data_ptr(), code, view, greater, tie, ignore_ties, counts.data_ptr(), get_threads(), True)
+        else:
+            ext_count(x.data_ptr(), code, view, greater, tie, ignore_ties, counts.data_ptr(), get_threads(), False)
+        return counts
+
+    return count
 
 
 def fused_forward(job: FusedJob) -> None:

@@ -8,8 +8,8 @@ never stored. Arguments of other types (a tensor subclass, a list of thresholds)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,10 +20,20 @@ from .validate import check_input, check_thresholds
 MAX_PLANS = 4096
 
 
+# A counter prepared for one plan: counter(x, counts) adds x's counts into counts, or returns new counts when
+# counts is None.
+Counter = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
 @dataclass(frozen=True, slots=True)
 class CountPlan:
-    """Checked arguments of a count: ``view`` is None when x is empty or its layout needs a copy first."""
+    """Checked arguments of a count: ``view`` is None when x is empty or its layout needs a copy first.
 
+    ``counters`` holds the counters backends prepared for this plan (``count.counter_for``), per backend and
+    ``ignore_ties``, so a repeated count skips building its job.
+    """
+
+    dtype: torch.dtype
     channel_dim: int
     channels: int
     states: int
@@ -31,6 +41,7 @@ class CountPlan:
     kernel_thresholds: KernelThresholds
     view: ChannelView | None
     empty: bool
+    counters: dict[tuple[int, bool], tuple[object, Counter]] = field(default_factory=dict, compare=False, repr=False)
 
 
 _plans: dict[tuple[object, ...], CountPlan] = {}
@@ -63,4 +74,5 @@ def _make(x: torch.Tensor, thresholds: Sequence[float] | torch.Tensor, channel_d
     values = check_thresholds(thresholds)
     empty = x.numel() == 0
     view = None if empty else channel_view(x, cd)
-    return CountPlan(cd, x.shape[cd], len(values) + 1, values, kernel_thresholds(values, x.dtype), view, empty)
+    kt = kernel_thresholds(values, x.dtype)
+    return CountPlan(x.dtype, cd, x.shape[cd], len(values) + 1, values, kt, view, empty)
