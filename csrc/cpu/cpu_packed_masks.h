@@ -146,8 +146,8 @@ struct FloatWordMasks {
     for (;; ++g) {
       __m512 x0, x1;
       if (32 * g + 32 <= m) {
-        x0 = _mm512_loadu_ps(p + 32 * g);
-        x1 = _mm512_loadu_ps(p + 32 * g + 16);
+        x0 = in_register(_mm512_loadu_ps(p + 32 * g));
+        x1 = in_register(_mm512_loadu_ps(p + 32 * g + 16));
       } else if (32 * g < m) {
         const int64_t n = m - 32 * g;  // 1..31
         const auto lo = static_cast<__mmask16>((1u << std::min<int64_t>(n, 16)) - 1);
@@ -224,7 +224,8 @@ struct FloatMasks {
     int64_t g = 0;
     for (; 32 * g + 32 <= m; ++g) {
       const float* q = p + 32 * g;
-      step(_mm256_loadu_ps(q), _mm256_loadu_ps(q + 8), _mm256_loadu_ps(q + 16), _mm256_loadu_ps(q + 24), g);
+      step(in_register(_mm256_loadu_ps(q)), in_register(_mm256_loadu_ps(q + 8)), in_register(_mm256_loadu_ps(q + 16)),
+           in_register(_mm256_loadu_ps(q + 24)), g);
     }
     if (32 * g < m) {
       alignas(32) float tail[32] = {};

@@ -54,8 +54,8 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
   };
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
-    add64(_mm512_loadu_ps(p + i), _mm512_loadu_ps(p + i + 16), _mm512_loadu_ps(p + i + 32),
-          _mm512_loadu_ps(p + i + 48));
+    add64(in_register(_mm512_loadu_ps(p + i)), in_register(_mm512_loadu_ps(p + i + 16)),
+          in_register(_mm512_loadu_ps(p + i + 32)), in_register(_mm512_loadu_ps(p + i + 48)));
   }
   if (i < n) {
     const uint64_t m = (n - i == 64) ? ~uint64_t{0} : (uint64_t{1} << (n - i)) - 1;
@@ -110,8 +110,8 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
       prefetch_line(reinterpret_cast<const char*>(p + i + kAhead));
       prefetch_line(reinterpret_cast<const char*>(p + i + kAhead + 16));
     }
-    add32(_mm256_loadu_ps(p + i), _mm256_loadu_ps(p + i + 8), _mm256_loadu_ps(p + i + 16),
-          _mm256_loadu_ps(p + i + 24));
+    add32(in_register(_mm256_loadu_ps(p + i)), in_register(_mm256_loadu_ps(p + i + 8)),
+          in_register(_mm256_loadu_ps(p + i + 16)), in_register(_mm256_loadu_ps(p + i + 24)));
   }
   if (i < n) {  // masked loads fill zeros, which are not > 0 and add nothing to the sums
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

@@ -55,13 +55,27 @@ struct Simd<double> {
 typedef uint16_t U16xW __attribute__((vector_size(kVecBytes / 2)));
 typedef uint32_t U32xW __attribute__((vector_size(kVecBytes)));
 
-// One vector of compute-type values from kWidth consecutive stored values.
+// A loaded vector kept in its register. GCC folds a load into each instruction that uses the vector (a memory
+// operand each), so a vector two instructions use was read from memory twice. Zen 4 reads one 512-bit vector a
+// cycle, so those reads, not the arithmetic, set the pace: a float32 sign count with its NaN guard took 1.41x a sum's
+// time as folded and 1.06x read once (benchmarks/ab/guard_cost.cpp). The empty asm tells the compiler the register
+// may have changed, so it cannot read memory again in its place.
+template <class V>
+inline V in_register(V v) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm("" : "+v"(v));
+#endif
+  return v;
+}
+
+// One vector of compute-type values from kWidth consecutive stored values, in a register (in_register).
 template <class S, class T = typename Traits<S>::T>
 inline typename Simd<T>::V load_vec(const S* p) {
   using V = typename Simd<T>::V;
   V v;
   if constexpr (std::is_same_v<S, T>) {
     std::memcpy(&v, p, sizeof v);
+    return in_register(v);
   } else if constexpr (std::is_same_v<S, BF16>) {
 #if defined(__AVX512F__)
     // Spelled out: GCC splits the generic widening below into 256-bit halves (6 instructions instead of 2).

@@ -136,7 +136,7 @@ struct WordOps {
   static constexpr int kTileCounters = 8;  // G x K counters per tile held in registers (12 / K spilled)
   static V splat(uint16_t b) { return _mm512_set1_epi16(static_cast<short>(b)); }
   static V zero() { return _mm512_setzero_si512(); }
-  static V load(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static V load(const uint16_t* p) { return in_register(_mm512_loadu_si512(p)); }
   static V load_partial(const uint16_t* p, int64_t n) {  // words [0, n) of p (n <= kLanes), the rest +0
     return _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t{1} << n) - 1), p);
   }
@@ -160,7 +160,7 @@ struct WordOps {
   static constexpr int kTileCounters = 12;  // 16 registers: MobileNet-V2's 96 channels with two thresholds, spilled
   static V splat(uint16_t b) { return _mm256_set1_epi16(static_cast<short>(b)); }
   static V zero() { return _mm256_setzero_si256(); }
-  static V load(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static V load(const uint16_t* p) { return in_register(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static V load_partial(const uint16_t* p, int64_t n) {  // words [0, n) of p (n <= kLanes), the rest +0
     alignas(32) uint16_t words[kLanes] = {};
     std::memcpy(words, p, static_cast<size_t>(n) * sizeof(uint16_t));
