@@ -294,6 +294,8 @@ def float32_values_near_bfloat16_steps(thresholds: list[float]) -> torch.Tensor:
         ((2, 11, 14, 14), False),
         ((1, 3, 31, 33), False),
         ((3, 2, 5, 3), False),
+        ((2, 3, 1, 1100), False),
+        ((1, 2, 40, 40), False),
         ((2, 1280, 7, 7), True),
         ((3, 192, 5, 3), True),
         ((2, 100, 3, 3), True),
@@ -302,12 +304,13 @@ def float32_values_near_bfloat16_steps(thresholds: list[float]) -> torch.Tensor:
 )
 def test_float32_against_bfloat16_thresholds(device_backend, shape, channels_last):
     """float32 values next to each threshold and next to the bfloat16 steps above it: thresholds that bfloat16
-    holds count them from the values rounded up to bfloat16 (the cpu backend's NCHW bitmaps, and its channels_last
-    byte lanes of 64 channels after a threshold 0.0), and any other set (negative, between bfloat16 values) must
-    not. A few of the largest finite values and their neighbours are sprinkled in (a block's float sum stays
-    finite, so its values take that path too); every NCHW size leaves a partial step of 32 values, and 100 channels
-    a tail after one group of 64. A second tensor adds a NaN and an infinity, which send their blocks to the float
-    compares."""
+    holds count them from the values rounded up to bfloat16 (the cpu backend's NCHW bitmaps, its long NCHW rows
+    (1100 and 1600 values), and its channels_last byte lanes of 64 channels after a threshold 0.0), and any other
+    set (negative, between bfloat16 values) must not. A few of the largest finite values and their neighbours are
+    sprinkled in (a block's or row's float sum stays finite, so its values take that path too); every bitmap size
+    leaves a partial step of 32 values, the rows of 1100 a partial step of 64 and those of 1600 none, and 100
+    channels a tail after one group of 64. A second tensor adds a NaN and an infinity, which send their blocks and
+    rows to the float compares."""
     device, backend = device_backend
     pool = float32_values_near_bfloat16_steps([t for ts in BF16_EXACT_THRESHOLDS for t in ts])
     gen = torch.Generator().manual_seed(_seed("bf16 thresholds", *shape))

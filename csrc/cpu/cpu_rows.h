@@ -1,5 +1,6 @@
 // The row path (run_rows): rows with inner stride 1 (contiguous NCHW) counted along the row, and any other strides
-// through a gather. Rows that count_row_signs or count_row_words can take skip the comparison counters.
+// through a gather. Rows that count_row_signs, count_row_words or FloatWordMasks::count_row can take skip the
+// comparison counters.
 //
 // Internal to count_cpu.cpp, the one translation unit of the CPU kernels: include it only there (everything here
 // is in an anonymous namespace).
@@ -14,6 +15,7 @@
 #include "cpu_counter.h"
 #include "cpu_fused_output.h"
 #include "cpu_job.h"
+#include "cpu_packed_masks.h"
 #include "cpu_row_signs.h"
 #include "cpu_row_words.h"
 #include "cpu_simd.h"
@@ -63,7 +65,17 @@ void run_rows(const Job<S>& job) {
   constexpr bool kWordRows = sizeof(S) == 2 && K <= 2 && !kTies && (kVecBytes == 32 || !kFromMemory);
   const bool word_rows = kWordRows && v.s_inner == 1;
   const auto word_th = word_thresholds_if<kWordRows, S>(job.th);
-  constexpr bool kQuick = kSigns || kWordRows;  // some rows may be counted by count_row_signs or count_row_words
+#if defined(NEP_FLOAT_WORD_ROWS)
+  // float32 rows against thresholds that FloatWordMasks counts exactly (ReLU6's 0 and 6), 32 values per compare
+  constexpr bool kFloatWords = std::is_same_v<S, float> && K >= 2 && !kTies;
+  const auto float_words = packed_masks_if<S, K, kTies>(job.th);
+  bool float_word_rows = false;
+  if constexpr (kFloatWords) float_word_rows = float_words.usable && v.s_inner == 1;
+#else
+  constexpr bool kFloatWords = false;
+  const bool float_word_rows = false;
+#endif
+  constexpr bool kQuick = kSigns || kWordRows || kFloatWords;  // some rows may skip the comparison counters
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     std::vector<T> buf(kChunk);
@@ -81,7 +93,8 @@ void run_rows(const Job<S>& job) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t o = o0; o < o1; ++o) {
           const S* row = job.x + o * v.s_outer + c * v.s_channel + i0 * v.s_inner;
-          // counted by count_row_signs (a NaN-free float32 row against threshold 0.0) or count_row_words
+          // counted by count_row_signs (a NaN-free float32 row against threshold 0.0), count_row_words or
+          // FloatWordMasks::count_row (a finite float32 row)
           bool quick = false;
 #if defined(NEP_SIGN_ROWS)
           if constexpr (kSigns) {
@@ -95,6 +108,11 @@ void run_rows(const Job<S>& job) {
                                   : count_row_words<K, false, Ctr::kPrefetch>(bits, i1 - i0, word_th, quick_counts);
             }
           }
+#if defined(NEP_FLOAT_WORD_ROWS)
+          if constexpr (kFloatWords) {
+            quick = float_word_rows && float_words.count_row(row, i1 - i0, quick_counts);
+          }
+#endif
           if (quick) {
             // nothing more to count; the fused output below is still written
           } else if (v.s_inner == 1) {
@@ -113,7 +131,7 @@ void run_rows(const Job<S>& job) {
         } else {
           counter.flush_total(job.counts + c * (K + 1), job.th.ignore_ties);
         }
-        if (kQuick && (signs || word_rows)) {
+        if (kQuick && (signs || word_rows || float_word_rows)) {
           if (table != nullptr) {
             for (int j = 0; j < Ctr::kAcc; ++j) table[c * Ctr::kAcc + j] += quick_counts[j];
           } else {
