@@ -271,8 +271,16 @@ def test_nchw_rows_of_58_to_1024_values(device_backend, dtype, hw):
 
 # Thresholds >= 0 that bfloat16 holds exactly (the cpu backend compares float32 rows against them in 16 bits: each
 # value rounded up to bfloat16, 32 values a compare), with sets it must count with float compares instead.
-BF16_EXACT_THRESHOLDS = [(0.0, 6.0), (0.5, 1.0, 2.0), (0.0, 3.3895313892515355e38), (6.0, 256.0), (-0.0, 6.0)]
-NOT_BF16_EXACT_THRESHOLDS = [(0.0, 6.0000005), (-1.0, 6.0), (1e-45, 6.0), (-1e-45, 0.0)]
+BF16_EXACT_THRESHOLDS = [
+    (0.0, 6.0),
+    (0.5, 1.0, 2.0),
+    (0.0, 3.3895313892515355e38),
+    (6.0, 256.0),
+    (-0.0, 6.0),
+    (0.0,),
+    (1.5,),
+]
+NOT_BF16_EXACT_THRESHOLDS = [(0.0, 6.0000005), (-1.0, 6.0), (1e-45, 6.0), (-1e-45, 0.0), (6.0000005,), (-1.0,)]
 
 
 def float32_values_near_bfloat16_steps(thresholds: list[float]) -> torch.Tensor:
@@ -299,17 +307,21 @@ def float32_values_near_bfloat16_steps(thresholds: list[float]) -> torch.Tensor:
         ((2, 1280, 7, 7), True),
         ((3, 192, 5, 3), True),
         ((2, 100, 3, 3), True),
+        ((2, 144, 5, 7), True),
+        ((3, 16, 9, 11), True),
+        ((1, 384, 4, 5), True),
     ],
     ids=str,
 )
 def test_float32_against_bfloat16_thresholds(device_backend, shape, channels_last):
     """float32 values next to each threshold and next to the bfloat16 steps above it: thresholds that bfloat16
     holds count them from the values rounded up to bfloat16 (the cpu backend's NCHW bitmaps, its long NCHW rows
-    (1100 and 1600 values), and its channels_last byte lanes of 64 channels after a threshold 0.0), and any other
-    set (negative, between bfloat16 values) must not. A few of the largest finite values and their neighbours are
-    sprinkled in (a block's or row's float sum stays finite, so its values take that path too); every bitmap size
-    leaves a partial step of 32 values, the rows of 1100 a partial step of 64 and those of 1600 none, and 100
-    channels a tail after one group of 64. A second tensor adds a NaN and an infinity, which send their blocks and
+    (1100 and 1600 values), its channels_last byte lanes of 64 channels after a threshold 0.0, and its channels_last
+    word lanes of up to 192 channels, or 384 with one threshold), and any other set (negative, between bfloat16
+    values) must not. A few of the largest finite values and their neighbours are sprinkled in (a block's or row's
+    float sum stays finite, so its values take that path too); every bitmap size leaves a partial step of 32 values,
+    the rows of 1100 a partial step of 64 and those of 1600 none, 100 channels a tail after one group of 64, and 144
+    and 16 channels a last word group of 16. A second tensor adds a NaN and an infinity, which send their blocks and
     rows to the float compares."""
     device, backend = device_backend
     pool = float32_values_near_bfloat16_steps([t for ts in BF16_EXACT_THRESHOLDS for t in ts])

@@ -152,7 +152,19 @@ void run_channels(const Job<S>& job) {
   const FloatWordMasks<K> word_masks(job.th);     // where usable, byte_sweep compares the others as words
   // Exactly 64 channels with threshold 0.0 (ResNet stage 1, ReLU): one group of byte lanes held in registers. With
   // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
-  const bool bytes = kBytes && !words && (row_sweep || (sign_zero && p.chans == 64));
+#if defined(NEP_FLOAT_WORDS)
+  // float32 without ties against thresholds that FloatWordMasks counts exactly (ReLU's 0, ReLU6's 0 and 6), whole
+  // vectors of channels, one word tile: groups of 32 channels in word lanes (float_word_sweep). Exactly 64 channels
+  // against 0.0 keep the byte lanes in registers, which prefetch (ResNet-18 layer1 from memory: 0.91-0.96 of the
+  // word lanes' time).
+  constexpr bool kFloatWords = std::is_same_v<S, float> && !kTies && K <= 2;
+  const bool float_words = kFloatWords && word_masks.usable && p.chans % W == 0 &&
+                           ceil_div(p.chans, 32) <= kFloatWordTile<std::min(K, 2)> &&
+                           !(K == 1 && sign_zero && p.chans == 64);
+#else
+  const bool float_words = false;
+#endif
+  const bool bytes = kBytes && !words && !float_words && (row_sweep || (sign_zero && p.chans == 64));
 #elif defined(NEP_BYTE_LANES_AVX2)
   // Float compute from the caches, three groups of 32 channels or more, or exactly two: the groups go through
   // byte-lane counters (byte_sweep_avx2), the channels left over through tiles. With fewer groups each counter row
@@ -184,6 +196,9 @@ void run_channels(const Job<S>& job) {
     const auto word_th = word_thresholds_if<kWords, S>(job.th);
     const int64_t word_groups = std::min(p.chans / kWordLanes, kTile);
     std::vector<uint8_t> word_counters(words ? sizeof(WordVec) * K * static_cast<size_t>(word_groups) : 0);
+#endif
+#if defined(NEP_FLOAT_WORDS)
+    std::vector<uint8_t> float_word_counters(float_words ? sizeof(WordVec) * 12 : 0);  // >= K x kFloatWordTile<K>
 #endif
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
@@ -220,6 +235,20 @@ void run_channels(const Job<S>& job) {
             }
           }
           v0 = 2 * groups;
+        }
+      }
+#endif
+#if defined(NEP_FLOAT_WORDS)
+      if constexpr (kFloatWords) {
+        if (float_words) {
+          auto exact = [&](int64_t qb, int64_t qe) {
+            for (int64_t u = 0; u < full; ++u) {
+              sweep_tile<1>(ctr, base + u * W, v.s_inner, qb, qe, slots.data(), nslots, u);
+            }
+          };
+          float_word_sweep<K>(word_masks, full, base, v.s_inner, q0, q1, slots.data(), nslots,
+                              float_word_counters.data(), exact);
+          v0 = full;
         }
       }
 #endif

@@ -97,7 +97,7 @@ struct WordMasks {
 #endif
 
 #if defined(NEP_WORD_LANES) && defined(__AVX512F__)
-#define NEP_FLOAT_WORD_ROWS 1
+#define NEP_FLOAT_WORDS 1
 // Bitmap comparisons of float32 values without ties, against thresholds that are >= 0 and held exactly by
 // bfloat16 (0 and 6: ReLU, ReLU6): 32 values a step, two vectors made one of 32 words, one integer compare of 32
 // lanes per threshold. A value's bits plus 0xFFFF, upper half, is the value rounded up to bfloat16 (toward +inf

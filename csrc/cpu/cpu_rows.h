@@ -65,7 +65,7 @@ void run_rows(const Job<S>& job) {
   constexpr bool kWordRows = sizeof(S) == 2 && K <= 2 && !kTies && (kVecBytes == 32 || !kFromMemory);
   const bool word_rows = kWordRows && v.s_inner == 1;
   const auto word_th = word_thresholds_if<kWordRows, S>(job.th);
-#if defined(NEP_FLOAT_WORD_ROWS)
+#if defined(NEP_FLOAT_WORDS)
   // float32 rows against thresholds that FloatWordMasks counts exactly (ReLU6's 0 and 6), 32 values per compare
   constexpr bool kFloatWords = std::is_same_v<S, float> && K >= 2 && !kTies;
   const auto float_words = packed_masks_if<S, K, kTies>(job.th);
@@ -108,7 +108,7 @@ void run_rows(const Job<S>& job) {
                                   : count_row_words<K, false, Ctr::kPrefetch>(bits, i1 - i0, word_th, quick_counts);
             }
           }
-#if defined(NEP_FLOAT_WORD_ROWS)
+#if defined(NEP_FLOAT_WORDS)
           if constexpr (kFloatWords) {
             quick = float_word_rows && float_words.count_row(row, i1 - i0, quick_counts);
           }

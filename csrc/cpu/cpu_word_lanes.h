@@ -9,6 +9,9 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../common/count_args.h"
+#include "cpu_packed_masks.h"
+#include "cpu_row_signs.h"
 #include "cpu_simd.h"
 #include "cpu_words.h"
 
@@ -66,16 +69,38 @@ inline WordVec word_narrow(int64_t m, const WordVec* t, const uint16_t* first, i
   return word_tile<K, kKey, G>(t, first, stride, q0, q1, counters);
 }
 
+// Adds word tiles' counters into the int32 lane slots of float vectors [0, vectors): slot j * nslots + 2g + h holds
+// the h-th half of word vector g (j = 0 valid, the chunk's positions; 1 + k above threshold k). counters holds
+// the tile's groups x K word vectors as stored; a half past `vectors` (a last group of 16 float32 channels) is not
+// added.
+template <int K, class I>
+void add_word_counters(int64_t groups, int64_t vectors, const uint8_t* counters, int64_t positions, I* slots,
+                       int64_t nslots) {
+  static_assert(sizeof(I) == sizeof(WordVec), "a word vector's halves widen to two float vectors' slots");
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t h = 0; h < 2 && 2 * g + h < vectors; ++h) {
+      slots[2 * g + h] += static_cast<decltype(I{}[0] + 0)>(positions);
+      for (int k = 0; k < K; ++k) {
+        WordVec c;
+        std::memcpy(&c, counters + sizeof(WordVec) * (g * K + k), sizeof c);
+        const WordVec half = h == 0 ? WordOps::low(c) : WordOps::high(c);
+        I w;
+        std::memcpy(&w, &half, sizeof w);
+        slots[(1 + k) * nslots + 2 * g + h] += w;
+      }
+    }
+  }
+}
+
 // Counts groups <= kWordTile<K> vectors of kWordLanes channels from `base` over positions [q0, q1) into the int32
-// lane slots of float vectors 0.. (slot j * nslots + 2g + h holds the h-th half of word vector g; j = 0 valid,
-// 1 + k above threshold k), in chunks of at most 65535 positions (a uint16 counter never wraps). A chunk whose
-// largest magnitude bits exceed infinity's holds NaN: exact(qb, qe) counts it again instead (float comparisons).
-// counters: scratch for the groups x K vectors word_tile stores. More channels than one tile take byte_sweep or
-// float tiles: tiles that split a row measured up to 1.9x slower from memory than those paths (AVX-512).
+// lane slots of float vectors 0.. (add_word_counters), in chunks of at most 65535 positions (a uint16 counter never
+// wraps). A chunk whose largest magnitude bits exceed infinity's holds NaN: exact(qb, qe) counts it again instead
+// (float comparisons). counters: scratch for the groups x K vectors word_tile stores. More channels than one tile
+// take byte_sweep or float tiles: tiles that split a row measured up to 1.9x slower from memory than those paths
+// (AVX-512).
 template <int K, bool kKey, class I, class Exact>
 void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, int64_t stride, int64_t q0, int64_t q1,
                 I* slots, int64_t nslots, uint8_t* counters, Exact&& exact) {
-  static_assert(sizeof(I) == sizeof(WordVec), "a word vector's halves widen to two float vectors' slots");
   WordVec t[K];
   for (int k = 0; k < K; ++k) t[k] = WordOps::splat(wt.bits[k]);
   const WordVec inf = WordOps::splat(wt.inf);
@@ -86,23 +111,86 @@ void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, 
       exact(cb, ce);
       continue;
     }
-    const auto positions = static_cast<decltype(I{}[0] + 0)>(ce - cb);
-    for (int64_t g = 0; g < groups; ++g) {
-      slots[2 * g] += positions;
-      slots[2 * g + 1] += positions;
-      for (int k = 0; k < K; ++k) {
-        WordVec c;
-        std::memcpy(&c, counters + sizeof(WordVec) * (g * K + k), sizeof c);
-        const WordVec lo = WordOps::low(c), hi = WordOps::high(c);
-        I w;
-        std::memcpy(&w, &lo, sizeof w);
-        slots[(1 + k) * nslots + 2 * g] += w;
-        std::memcpy(&w, &hi, sizeof w);
-        slots[(1 + k) * nslots + 2 * g + 1] += w;
-      }
-    }
+    add_word_counters<K>(groups, 2 * groups, counters, ce - cb, slots, nslots);
   }
 }
+
+#if defined(NEP_FLOAT_WORDS)
+// Word lanes for float32 channels (channel path, no ties, thresholds that FloatWordMasks counts exactly: ReLU's 0,
+// ReLU6's 0 and 6): each position's 32 channels of a group, two float vectors, rounded up to bfloat16 as one vector
+// of 32 words in channel order, one integer compare per threshold into uint16 counters in registers. Per 32
+// channels that is two adds, a permutation and K compares, against 2 x (K + 1) float compares into masks, which
+// Zen 4 issues on one port: MobileNet-V2's 96 channels with two thresholds took 1.9x a sum's time from L3 so.
+// The last group holds 16 channels where `half_last` (its second vector reads as +0, above no threshold). False
+// if the float sum of the values (two chains) is not finite: NaN or infinity, which the words cannot tell apart from
+// numbers, or an overflow. Never inlined, as word_tile. The loops over the groups are unrolled by pragma: from four
+// groups on, GCC otherwise kept the counters in memory as well and stored them at every position. No prefetching:
+// from L3 it cost time (prefetches take load slots), and from memory it measured 0.94-0.97 of the time with 64
+// channels, 1.03-1.42x with 96 and 144.
+template <int K, int G>
+__attribute__((noinline)) bool float_word_tile(const FloatWordMasks<K> wm, const float* first, int64_t stride,
+                                               int64_t q0, int64_t q1, bool half_last, uint8_t* counters) {
+  const __m512i upper = in_register(FloatWordMasks<K>::upper_words()), up = FloatWordMasks<K>::round_up();
+  const auto last = static_cast<__mmask16>(half_last ? 0 : 0xffff);
+  __m512i c[G][K];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    for (int k = 0; k < K; ++k) c[g][k] = _mm512_setzero_si512();
+  }
+  __m512 sum[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512i t[K];
+  for (int k = 0; k < K; ++k) t[k] = wm.t[k];
+  for (int64_t q = q0; q < q1; ++q) {
+    const float* row = first + q * stride;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const __m512 x0 = in_register(_mm512_loadu_ps(row + 32 * g));
+      const __m512 x1 = g + 1 < G ? in_register(_mm512_loadu_ps(row + 32 * g + 16))
+                                  : in_register(_mm512_maskz_loadu_ps(last, row + 32 * g + 16));
+      sum[g % 2] = _mm512_add_ps(sum[g % 2], _mm512_add_ps(x0, x1));
+      const __m512i w = FloatWordMasks<K>::rounded_words(x0, x1, upper, up);
+      for (int k = 0; k < K; ++k) c[g][k] = WordOps::count_above(c[g][k], w, t[k]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    for (int k = 0; k < K; ++k) WordOps::store(counters + sizeof(WordVec) * (g * K + k), c[g][k]);
+  }
+  return all_finite(_mm512_add_ps(sum[0], sum[1]));
+}
+
+// At most kFloatWordTile<K> groups of 32 channels per tile: their G x K counters stay in registers (GCC 12
+// spilled some from 10 groups with one threshold).
+template <int K>
+constexpr int kFloatWordTile = std::min(8, 12 / K);
+
+// float_word_tile with 1 <= m <= G groups (m known only at run time).
+template <int K, int G>
+inline bool float_word_narrow(int64_t m, const FloatWordMasks<K>& wm, const float* first, int64_t stride, int64_t q0,
+                              int64_t q1, bool half_last, uint8_t* counters) {
+  if constexpr (G > 1) {
+    if (m != G) return float_word_narrow<K, G - 1>(m, wm, first, stride, q0, q1, half_last, counters);
+  }
+  return float_word_tile<K, G>(wm, first, stride, q0, q1, half_last, counters);
+}
+
+// word_sweep for `vectors` <= 2 x kFloatWordTile<K> float vectors of float32 channels (float_word_tile): a chunk
+// whose float sum is not finite is counted again by exact(qb, qe).
+template <int K, class I, class Exact>
+void float_word_sweep(const FloatWordMasks<K>& wm, int64_t vectors, const float* base, int64_t stride, int64_t q0,
+                      int64_t q1, I* slots, int64_t nslots, uint8_t* counters, Exact&& exact) {
+  const int64_t groups = ceil_div(vectors, 2);
+  for (int64_t cb = q0; cb < q1; cb += 65535) {
+    const int64_t ce = std::min(q1, cb + 65535);
+    const bool half_last = vectors % 2 != 0;
+    if (!float_word_narrow<K, kFloatWordTile<K>>(groups, wm, base, stride, cb, ce, half_last, counters)) {
+      exact(cb, ce);
+      continue;
+    }
+    add_word_counters<K>(groups, vectors, counters, ce - cb, slots, nslots);
+  }
+}
+#endif
 #endif
 
 }  // namespace
