@@ -150,8 +150,6 @@ void run_channels(const Job<S>& job) {
   const MaskSet<K, kTies> ms(job.th);
   const bool sign_zero = job.th.greater[0] == 0;  // threshold 0 is 0.0: byte_sweep counts it from signs
   const FloatWordMasks<K> word_masks(job.th);     // where usable, byte_sweep compares the others as words
-  // Exactly 64 channels with threshold 0.0 (ResNet stage 1, ReLU): one group of byte lanes held in registers. With
-  // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
 #if defined(NEP_FLOAT_WORDS)
   // float32 without ties against thresholds that FloatWordMasks counts exactly (ReLU's 0, ReLU6's 0 and 6), whole
   // vectors of channels, one word tile: groups of 32 channels in word lanes (float_word_sweep). Exactly 64 channels
@@ -164,6 +162,8 @@ void run_channels(const Job<S>& job) {
 #else
   const bool float_words = false;
 #endif
+  // Exactly 64 channels with threshold 0.0 (ResNet stage 1, ReLU): one group of byte lanes held in registers. With
+  // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
   const bool bytes = kBytes && !words && !float_words && (row_sweep || (sign_zero && p.chans == 64));
 #elif defined(NEP_BYTE_LANES_AVX2)
   // Float compute from the caches, three groups of 32 channels or more, or exactly two: the groups go through
