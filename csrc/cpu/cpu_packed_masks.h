@@ -165,13 +165,7 @@ struct FloatWordMasks {
       step(in_register(_mm512_loadu_ps(p + i)), in_register(_mm512_loadu_ps(p + i + 16)),
            in_register(_mm512_loadu_ps(p + i + 32)), in_register(_mm512_loadu_ps(p + i + 48)));
     }
-    if (i < n) {
-      const uint64_t m = (uint64_t{1} << (n - i)) - 1;  // n - i < 64
-      step(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p + i),
-           _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), p + i + 16),
-           _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 32), p + i + 32),
-           _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 48), p + i + 48));
-    }
+    if (i < n) step_tail64(p + i, n - i, step);
     if (!all_finite(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))) return false;
     sums[0] += n;
     for (int k = 0; k < K; ++k) sums[1 + k] += above[k];

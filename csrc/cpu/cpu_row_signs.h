@@ -24,6 +24,17 @@ namespace {
 inline bool all_finite(__m512 s) {
   return _mm512_cmp_ps_mask(_mm512_sub_ps(s, s), _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0;
 }
+
+// Calls step(x0, x1, x2, x3) with the values [0, n) at p (0 < n < 64) in four vectors, zeros past n: masked loads,
+// which read nothing past n. The row tails of count_row_signs and FloatWordMasks::count_row.
+template <class Step>
+inline void step_tail64(const float* p, int64_t n, Step&& step) {
+  const uint64_t m = (uint64_t{1} << n) - 1;
+  step(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p),
+       _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), p + 16),
+       _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 32), p + 32),
+       _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 48), p + 48));
+}
 #endif
 
 #if defined(__AVX512BW__)
@@ -57,13 +68,7 @@ inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& 
     add64(in_register(_mm512_loadu_ps(p + i)), in_register(_mm512_loadu_ps(p + i + 16)),
           in_register(_mm512_loadu_ps(p + i + 32)), in_register(_mm512_loadu_ps(p + i + 48)));
   }
-  if (i < n) {
-    const uint64_t m = (n - i == 64) ? ~uint64_t{0} : (uint64_t{1} << (n - i)) - 1;
-    add64(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p + i),
-          _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), p + i + 16),
-          _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 32), p + i + 32),
-          _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 48), p + i + 48));
-  }
+  if (i < n) step_tail64(p + i, n - i, add64);
   if (!all_finite(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))) return false;
   valid += n;
   positive += pos;
