@@ -147,26 +147,15 @@ struct FloatWordMasks {
  private:
   static bool count_row_in(const FloatWordMasks self, const float* p, int64_t n, int64_t* sums) {
     const __m512i upper = in_register(upper_words()), up = round_up();  // not reloaded each step
-    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     int64_t above[K] = {};
-    auto step = [&](__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
-      s0 = _mm512_add_ps(s0, x0);
-      s1 = _mm512_add_ps(s1, x1);
-      s2 = _mm512_add_ps(s2, x2);
-      s3 = _mm512_add_ps(s3, x3);
+    const bool finite = finite_row64(p, n, [&](__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
       const __m512i w0 = rounded_words(x0, x1, upper, up), w1 = rounded_words(x2, x3, upper, up);
       for (int k = 0; k < K; ++k) {
         const __mmask32 m0 = _mm512_cmpgt_epi16_mask(w0, self.t[k]), m1 = _mm512_cmpgt_epi16_mask(w1, self.t[k]);
         above[k] += __builtin_popcountll(_cvtmask64_u64(_mm512_kunpackd(m1, m0)));
       }
-    };
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-      step(in_register(_mm512_loadu_ps(p + i)), in_register(_mm512_loadu_ps(p + i + 16)),
-           in_register(_mm512_loadu_ps(p + i + 32)), in_register(_mm512_loadu_ps(p + i + 48)));
-    }
-    if (i < n) step_tail64(p + i, n - i, step);
-    if (!all_finite(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))) return false;
+    });
+    if (!finite) return false;
     sums[0] += n;
     for (int k = 0; k < K; ++k) sums[1 + k] += above[k];
     return true;
