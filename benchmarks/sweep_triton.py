@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---|")
     names = (
-        "TILE_BYTES", "CHANNEL_TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "_target_programs",
+        "TILE_BYTES", "CHANNEL_TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "FEW_TILES_WARPS",
+        "_target_programs", "MIN_TILES_PER_PROGRAM",
         "INNER_TILE_UNROLL", "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES",
         *(constant for constant, _ in SWITCHES.values()),
     )  # fmt: skip
@@ -169,11 +170,13 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages or None
                 if warps is not None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
+                    triton_count.FEW_TILES_WARPS = ()  # the warps of every launch, whatever its tiles
                 for (constant, _), value in zip(SWITCHES.values(), switches, strict=True):
                     if value is not None:
                         setattr(triton_count, constant, bool(value))
                 if per_sm is not None:
                     triton_count._target_programs = lambda device, along, fused, per_sm=per_sm: per_sm * sms
+                    triton_count.MIN_TILES_PER_PROGRAM = 1  # exactly that many programs, whatever the tiles
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
                 run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
                 same = torch.equal(run(), reference)

@@ -374,6 +374,64 @@ def test_counting_and_fused_kernels_take_their_own_launch_constants(monkeypatch)
         tc._target_programs.cache_clear()
 
 
+def test_tensors_of_few_tiles_take_fewer_programs():
+    """With ``min_programs``, a program counts at least MIN_TILES_PER_PROGRAM tiles unless that leaves fewer than
+    ``min_programs`` programs; large tensors keep the programs ``target_programs`` gives (hand-computed cases, 132 SMs:
+    16 programs per SM along the inner positions, a floor of 2 per SM)."""
+    from nepenthe.kernels.triton_count import MIN_TILES_PER_PROGRAM
+
+    assert MIN_TILES_PER_PROGRAM == 8  # the cases below are worked out for 8
+    layer4 = ChannelView(128, 512, 49, 512 * 49, 49, 1)  # ResNet-18 layer4, NCHW: 16 blocks of 32 rows, 128 tiles
+    assert (launch_config(layer4, 4, 2112).iters, launch_config(layer4, 4, 2112).programs) == (1, 2048)
+    cfg = launch_config(layer4, 4, 2112, min_programs=264)
+    assert (cfg.block_c, cfg.block_i, cfg.iters, cfg.programs) == (32, 64, 8, 256)
+    last = ChannelView(128, 1280, 49, 1280 * 49, 49, 1)  # MobileNet-V2's last map: 40 blocks of 32 rows
+    assert launch_config(last, 4, 2112, min_programs=264).programs == 40 * 16
+    half = launch_config(layer4, 2, 2112, min_programs=264)  # float16: 8 blocks of 64 rows, 1024 tiles
+    assert (half.iters, half.programs) == (4, 256)  # 8 tiles a program would leave 128 programs: 4 leave 256
+    layer1 = ChannelView(128, 64, 3136, 64 * 3136, 3136, 1)  # large: 8 tiles a program already
+    assert launch_config(layer1, 4, 2112, min_programs=264) == launch_config(layer1, 4, 2112)
+    tiny = ChannelView(1, 3, 5, 15, 5, 1)
+    assert launch_config(tiny, 4, 2112, min_programs=264).programs == 1
+
+
+def test_channel_tiles_of_few_tiles_a_program_take_fewer_warps(monkeypatch):
+    """Counting along the channels, programs of fewer than 10 tiles take 4 warps, of fewer than 16 take 8, and the
+    others CHANNEL_TILE_WARPS (FEW_TILES_WARPS); NCHW tiles keep INNER_TILE_WARPS. On a GPU the floor of programs is
+    MIN_PROGRAMS_PER_SM an SM; in the interpreter there is none."""
+    from types import SimpleNamespace
+
+    from nepenthe.kernels import triton_count as tc
+
+    monkeypatch.setattr(tc, "CHANNEL_TILE_WARPS", 16)
+    monkeypatch.setattr(tc, "INNER_TILE_WARPS", 2)
+    monkeypatch.setattr(tc, "FEW_TILES_WARPS", ((10, 4), (16, 8)))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=11))
+    tc._static_launch.cache_clear()
+    tc._min_programs.cache_clear()
+    try:
+
+        def warps(view):
+            launch = tc._static_launch(
+                view, view, 2, torch.device("cpu"), 0, 2, False, torch.float32, False, True, False, False
+            )
+            return launch.num_warps
+
+        # 16 KiB of float16 tiles: 256 channels by 32 positions; the interpreter spreads them over 4 programs
+        assert warps(ChannelView(1, 256, 64, 0, 1, 256)) == 4  # 2 tiles: one program counts both
+        assert warps(ChannelView(1, 256, 32 * 36, 0, 1, 256)) == 4  # 36 tiles, 9 a program
+        assert warps(ChannelView(1, 256, 32 * 40, 0, 1, 256)) == 8  # 40 tiles, 10 a program
+        assert warps(ChannelView(1, 256, 32 * 60, 0, 1, 256)) == 8  # 60 tiles, 15 a program
+        assert warps(ChannelView(1, 256, 32 * 64, 0, 1, 256)) == 16  # 64 tiles, 16 a program
+        assert warps(ChannelView(1, 64, 64, 64 * 64, 64, 1)) == 2  # NCHW
+        assert tc._few_tiles_warps(3, 2) == 2  # never more than the tile's own warps
+        assert tc._min_programs(torch.device("cuda")) == tc.MIN_PROGRAMS_PER_SM * 11
+        assert tc._min_programs(torch.device("cpu")) is None
+    finally:
+        tc._static_launch.cache_clear()
+        tc._min_programs.cache_clear()
+
+
 def test_channel_blocks_fitted_to_the_channels(monkeypatch):
     from nepenthe.kernels import triton_count
 

@@ -104,6 +104,21 @@ MIN_INNER_ROW_BYTES = 128
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS, FUSED_CHANNEL_TILE_WARPS = 8, 16, 8
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM, FUSED_CHANNEL_TILE_PROGRAMS_PER_SM = 16, 2, 4
 INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 2
+# Tensors of few tiles (the maps an H200's L2 holds: ResNet-18 layer4, MobileNet-V2's last map; H200, session 26,
+# sweep_triton.py --small, GPU-only time over x.sum()'s). With the programs per SM above, a program counted one or two
+# NCHW tiles and then flushed its counts: ResNet-18 layer4 float32 took 1.54 of the sum with 16 programs per SM,
+# 0.81 with 4 and 0.78 with 2; MobileNet-V2's last map 1.54, 1.08 with 4 and 1.12 with 2. So a program counts at
+# least MIN_TILES_PER_PROGRAM tiles, unless that would leave fewer than MIN_PROGRAMS_PER_SM programs an SM (then as
+# many as leave that many).
+MIN_TILES_PER_PROGRAM, MIN_PROGRAMS_PER_SM = 8, 2
+# Counting along the channels, programs of few tiles take fewer warps: (fewer tiles than, warps), first match. At 2
+# programs per SM and 16 KiB tiles (session 26), ResNet-18 layer4 channels_last (2-3 tiles a program) took 0.92 of the
+# sum with 4 warps, 1.32 with 8 and 1.72 with 16 (float32), float16 1.65, 2.04 and 3.03; MobileNet-V2's last map (4-8
+# tiles) float32 1.15, 1.42 and 1.96, float16 1.86, 2.32 and 3.71. ResNet-18 layer4 at batch 1024 in float16 (12
+# tiles): 1.51 with 8 warps, 1.85 with 16 (session 20: 1.54 and 1.85); 4 untimed there. The large tensors, whose
+# programs count 24-127 tiles, keep CHANNEL_TILE_WARPS (session 20: MobileNet-V2 block1 channels_last float16 0.91
+# with 16, 1.16 with 8).
+FEW_TILES_WARPS: tuple[tuple[int, int], ...] = ((10, 4), (16, 8))
 CHANNEL_TILE_GELU_UNROLL = 1
 # Count float16 and bfloat16 values in their own format, and clamp them there when fused with relu or hardtanh (see
 # kernel_launch); benchmarks/sweep_triton.py turns it off to time the float32 compares against it.
@@ -372,6 +387,15 @@ def _tile_constants(along_channels: bool, fused: bool) -> TileConstants:
 
 
 @functools.lru_cache(maxsize=32)
+def _min_programs(device: torch.device) -> int | None:
+    """The fewest programs a launch on ``device`` spreads its tiles over (see ``MIN_TILES_PER_PROGRAM``); None in the
+    interpreter."""
+    if device.type != "cuda":
+        return None
+    return MIN_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=32)
 def _target_programs(device: torch.device, along_channels: bool, fused: bool) -> int:
     if device.type == "cuda":
         # A few resident-or-queued programs per SM: full occupancy, a short tail, few atomics.
@@ -417,15 +441,21 @@ def tiles_along_channels(view: ChannelView) -> bool:
     return view.inner == 1 or (view.channels > 1 and view.stride_channel < view.stride_inner)
 
 
-def launch_config(view: ChannelView, itemsize: int, target_programs: int, fused: bool = False) -> LaunchConfig:
+def launch_config(
+    view: ChannelView, itemsize: int, target_programs: int, fused: bool = False, min_programs: int | None = None
+) -> LaunchConfig:
     """Tiles laid along the axis with the smaller stride (the contiguous one when there is one), of
     ``_tile_constants``' bytes. Counting alone (not ``fused``), tiles along the channels take ``CHANNEL_TILE_BYTES``,
-    and NCHW tiles may be fitted to the rows (``INNER_BLOCK_FIT``).
+    and NCHW tiles may be fitted to the rows (``INNER_BLOCK_FIT``). The tiles are spread over about
+    ``target_programs`` programs; with ``min_programs``, over fewer where that gives each program at least
+    ``MIN_TILES_PER_PROGRAM`` tiles, but not fewer than ``min_programs``.
 
     Example::
 
         >>> launch_config(ChannelView(32, 64, 3136, 64 * 3136, 3136, 1), 4, 2112)  # NCHW float32
         LaunchConfig(block_c=1, block_i=2048, iters=2, n_cblocks=64, n_itiles=2, total_tiles=64)
+        >>> launch_config(ChannelView(32, 64, 3136, 64 * 3136, 3136, 1), 4, 2112, min_programs=264)
+        LaunchConfig(block_c=1, block_i=2048, iters=8, n_cblocks=64, n_itiles=2, total_tiles=64)
     """
     along_channels = tiles_along_channels(view)
     tile = _tile_constants(along_channels, fused).tile_bytes // itemsize
@@ -438,7 +468,11 @@ def launch_config(view: ChannelView, itemsize: int, target_programs: int, fused:
     n_cblocks = _cdiv(view.channels, block_c)
     n_itiles = _cdiv(view.inner, block_i)
     total_tiles = view.outer * n_itiles
-    iters = max(1, min(MAX_ITERS, _cdiv(n_cblocks * total_tiles, target_programs)))
+    work = n_cblocks * total_tiles
+    iters = _cdiv(work, target_programs)
+    if min_programs:
+        iters = max(iters, min(MIN_TILES_PER_PROGRAM, _cdiv(work, min_programs)))
+    iters = max(1, min(MAX_ITERS, iters))
     return LaunchConfig(block_c, block_i, iters, n_cblocks, n_itiles, total_tiles)
 
 
@@ -577,7 +611,7 @@ def _static_launch(
     # Fused kernels keep the widest NCHW tiles: fitted, their masked loops took 13-32 more registers (float16 relu
     # 59 -> 72, hardtanh 64 -> 91).
     fused = act != 0
-    cfg = launch_config(view, itemsize, _target_programs(device, along_channels, fused), fused)
+    cfg = launch_config(view, itemsize, _target_programs(device, along_channels, fused), fused, _min_programs(device))
     ints = (
         view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters, cfg.n_cblocks,
         view.stride_outer, view.stride_channel, view.stride_inner,
@@ -621,7 +655,18 @@ def _static_launch(
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
     )
     warps = _tile_constants(along_channels, fused).warps
+    if along_channels:
+        warps = _few_tiles_warps(cfg.iters, warps)
     return StaticLaunch(cfg.programs, ints, constexprs, warps)
+
+
+def _few_tiles_warps(tiles_per_program: int, warps: int) -> int:
+    """The warps of a program counting ``tiles_per_program`` tiles along the channels (``FEW_TILES_WARPS``), at most
+    ``warps``."""
+    for few, few_warps in FEW_TILES_WARPS:
+        if tiles_per_program < few:
+            return min(warps, few_warps)
+    return warps
 
 
 def _interpreted(x: torch.Tensor) -> bool:
