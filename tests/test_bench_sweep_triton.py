@@ -63,9 +63,9 @@ def test_sweep_of_inner_blocks():
 
 
 def test_sweep_of_the_maps_in_l2():
-    # --small: bench_kernels' six maps that the L2 holds, instead of the large tensors, under two settings.
+    # --small: seven of bench_kernels' maps that the L2 holds, instead of the large tensors, under two settings.
     rows = _sweep("--small", "--warps", "8", "16", "--per-sm", "2")
-    assert len(rows) == 6 * 2
+    assert len(rows) == 7 * 2
     assert {row["tensor"] for row in rows} == {"ResNet-18 layer4", "MobileNet-V2 last"}
-    assert [row["warps"] for row in rows] == ["8", "16"] * 6
+    assert [row["warps"] for row in rows] == ["8", "16"] * 7
     assert all(row["counts"] == "exact" for row in rows)
