@@ -397,8 +397,8 @@ def test_tensors_of_few_tiles_take_fewer_programs():
 
 def test_channel_tiles_of_few_tiles_a_program_take_fewer_warps(monkeypatch):
     """Counting along the channels, programs of fewer than 10 tiles take 4 warps, of fewer than 16 take 8, and the
-    others CHANNEL_TILE_WARPS (FEW_TILES_WARPS); NCHW tiles keep INNER_TILE_WARPS. On a GPU the floor of programs is
-    MIN_PROGRAMS_PER_SM an SM; in the interpreter there is none."""
+    others CHANNEL_TILE_WARPS (FEW_TILES_WARPS); fused channel tiles and NCHW tiles keep their own warps. On a GPU
+    the floor of programs is MIN_PROGRAMS_PER_SM an SM; in the interpreter there is none."""
     from types import SimpleNamespace
 
     from nepenthe.kernels import triton_count as tc
@@ -411,9 +411,9 @@ def test_channel_tiles_of_few_tiles_a_program_take_fewer_warps(monkeypatch):
     tc._min_programs.cache_clear()
     try:
 
-        def warps(view):
+        def warps(view, act=0):
             launch = tc._static_launch(
-                view, view, 2, torch.device("cpu"), 0, 2, False, torch.float32, False, True, False, False
+                view, view, 2, torch.device("cpu"), act, 2, False, torch.float32, False, True, act != 0, False
             )
             return launch.num_warps
 
@@ -424,6 +424,8 @@ def test_channel_tiles_of_few_tiles_a_program_take_fewer_warps(monkeypatch):
         assert warps(ChannelView(1, 256, 32 * 60, 0, 1, 256)) == 8  # 60 tiles, 15 a program
         assert warps(ChannelView(1, 256, 32 * 64, 0, 1, 256)) == 16  # 64 tiles, 16 a program
         assert warps(ChannelView(1, 64, 64, 64 * 64, 64, 1)) == 2  # NCHW
+        fused_warps = tc._tile_constants(True, True).warps
+        assert warps(ChannelView(1, 256, 64, 0, 1, 256), tc.ACTIVATIONS["relu"]) == fused_warps  # fused: its own
         assert tc._few_tiles_warps(3, 2) == 2  # never more than the tile's own warps
         assert tc._min_programs(torch.device("cuda")) == tc.MIN_PROGRAMS_PER_SM * 11
         assert tc._min_programs(torch.device("cpu")) is None
