@@ -294,3 +294,42 @@ def test_fused_without_autograd_matches_and_records_no_graph(device_backend):
     with torch.no_grad():
         assert fused_activation(xg, "relu", counts, backend=backend).grad_fn is None
     assert fused_activation(xg, "relu", counts, backend=backend).grad_fn is not None
+
+
+@pytest.mark.parametrize("inner", [64 * 19, 64 * 20 + 50, 64 * 31 + 63], ids=lambda n: f"rows{n}")
+@pytest.mark.parametrize(
+    "kind,params,thresholds",
+    [
+        ("relu", {}, None),
+        ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, None),
+        ("leaky_relu", {"negative_slope": 0.1}, None),
+        ("relu", {}, (0.0, 1.0)),
+    ],
+    ids=["relu", "relu6", "leaky", "relu-2"],
+)
+def test_fused_long_rows_with_and_without_nan(device_backend, kind, params, thresholds, inner):
+    """float32 NCHW rows whose count writes the output as it reads them (the cpu backend's sign and word rows:
+    rows longer than its bitmaps take, one threshold at 0.0 or thresholds bfloat16 holds). Every row's output and
+    counts: rows that hold a NaN or an infinity (counted again the exact way) next to rows that do not, with tails
+    of 0, 50 and 63 values past whole groups of 64."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; test_fused_forward_backward_counts covers Triton")
+    shape = (3, 5, 1, inner)
+    gen = torch.Generator().manual_seed(_seed_of("long-rows", kind, thresholds, inner))
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 4
+    x = torch.where(torch.rand(shape, generator=gen) < 0.2, torch.round(x), x)
+    x[0, 1, 0, inner - 1] = math.nan  # the last value of a row: its tail
+    x[1, 3, 0, 5] = math.inf
+    x[2, 0, 0, 70] = -math.inf
+    x[2, 4, 0, 64] = -math.nan
+    x[1, 0, 0, :: max(1, inner // 17)] = -0.0
+    x = x.to(torch.float32).to(device)
+    states = default_thresholds(kind, params) if thresholds is None else thresholds
+    counts = torch.zeros(shape[1], len(states) + 1, dtype=torch.int64, device=device)
+    y = fused_activation(x, kind, counts, thresholds=thresholds, backend=backend, **params)
+    assert_bit_equal(y, _as_on(device_backend, torch_activation(x, kind, params), x, kind, params.get("min_val", 0.0)))
+    assert torch.equal(counts.cpu(), count_states_reference(x.cpu(), states, 1, False))
+    # and again into the same counts: a fused count adds, it does not overwrite
+    fused_activation(x, kind, counts, thresholds=thresholds, backend=backend, **params)
+    assert torch.equal(counts.cpu(), 2 * count_states_reference(x.cpu(), states, 1, False))

@@ -64,6 +64,20 @@ inline void store_vec(V r, S* y) {
 template <class S>
 int64_t activate_words(const Act<float>& act, const S* x, int64_t n, S* y);
 
+// Activation kKind (kRelu, kHardtanh or kLeakyRelu) of one vector, as torch computes it (NaN stays NaN).
+template <int kKind, class V>
+inline V piecewise(V v, V lo, V hi, V slope) {
+  const V zero = V{};
+  if constexpr (kKind == kRelu) {
+    return v < zero ? zero : v;
+  } else if constexpr (kKind == kHardtanh) {
+    return v < lo ? lo : (v > hi ? hi : v);
+  } else {
+    static_assert(kKind == kLeakyRelu, "piecewise-linear activations only");
+    return v > zero ? v : v * slope;
+  }
+}
+
 // The piecewise-linear activations of n contiguous values, a vector at a time from load to store (no buffers);
 // returns how many values it wrote (whole vectors only; GELU and the tail go through apply_activation).
 // float16/bfloat16 relu and hardtanh stay in their own 16 bits (activate_words).
@@ -74,23 +88,49 @@ inline int64_t activate_contiguous(const Act<T>& act, const S* x, int64_t n, S* 
   if constexpr (sizeof(S) == 2) {
     if (act.kind == kRelu || act.kind == kHardtanh) return activate_words(act, x, n, y);
   }
-  if (act.kind != kRelu && act.kind != kHardtanh && act.kind != kLeakyRelu) return 0;
-  const V zero = V{}, lo = act.lo - V{}, hi = act.hi - V{}, slope = act.slope - V{};
-  int64_t i = 0;
-  for (; i + W <= n; i += W) {
-    const V v = load_vec<S>(x + i);
-    V r;
-    if (act.kind == kRelu) {
-      r = v < zero ? zero : v;
-    } else if (act.kind == kHardtanh) {
-      r = v < lo ? lo : (v > hi ? hi : v);
-    } else {
-      r = v > zero ? v : v * slope;
-    }
-    store_vec(r, y + i);
+  const V lo = act.lo - V{}, hi = act.hi - V{}, slope = act.slope - V{};
+  // One loop per kind: the stores to y may alias act, so a loop that tested act.kind would reload it every vector.
+  auto each = [&](auto kind) {
+    int64_t i = 0;
+    for (; i + W <= n; i += W) store_vec(piecewise<decltype(kind)::value>(load_vec<S>(x + i), lo, hi, slope), y + i);
+    return i;
+  };
+  switch (act.kind) {
+    case kRelu:
+      return each(std::integral_constant<int, kRelu>{});
+    case kHardtanh:
+      return each(std::integral_constant<int, kHardtanh>{});
+    case kLeakyRelu:
+      return each(std::integral_constant<int, kLeakyRelu>{});
+    default:
+      return 0;
   }
-  return i;
 }
+
+#if defined(__AVX512F__)
+// The fused output of a float32 row written during its count (finite_row64's emit): activation kKind of each
+// group of values, stored at y + i, the tail with a masked store. The row is read once for both, where counting it
+// and then activating it from cache read it twice, the first time from memory.
+template <int kKind>
+struct RowActivation {
+  float* y;
+  __m512 lo, hi, slope;
+  RowActivation(const Act<float>& act, float* row)
+      : y(row), lo(_mm512_set1_ps(act.lo)), hi(_mm512_set1_ps(act.hi)), slope(_mm512_set1_ps(act.slope)) {}
+  void operator()(int64_t i, __m512 x0, __m512 x1, __m512 x2, __m512 x3, uint64_t live) const {
+    const __m512 x[4] = {x0, x1, x2, x3};
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const __m512 r = piecewise<kKind>(x[v], lo, hi, slope);
+      if (live == ~uint64_t{0}) {
+        _mm512_storeu_ps(y + i + 16 * v, r);
+      } else {
+        _mm512_mask_storeu_ps(y + i + 16 * v, static_cast<__mmask16>(live >> (16 * v)), r);
+      }
+    }
+  }
+};
+#endif
 
 // Fused output of the values at (o, c, i0..i0+n) of x's view: read again while they are still in cache.
 template <class S, class T = typename Traits<S>::T>

@@ -142,10 +142,15 @@ struct FloatWordMasks {
   // float sum of the row (four chains) is not finite: a NaN or infinity, which the word compares cannot tell
   // apart from numbers, or an overflow. The tail's masked loads fill zeros, which are above no threshold and add
   // nothing to the sums. Three float compares per 16 values took 2.0x a sum's time from L3 (two thresholds).
-  bool count_row(const float* p, int64_t n, int64_t* sums) const { return count_row_in(*this, p, n, sums); }
+  // emit: as finite_row64's.
+  template <class Emit = NoEmit>
+  bool count_row(const float* p, int64_t n, int64_t* sums, const Emit& emit = Emit{}) const {
+    return count_row_in(*this, p, n, sums, emit);
+  }
 
  private:
-  static bool count_row_in(const FloatWordMasks self, const float* p, int64_t n, int64_t* sums) {
+  template <class Emit>
+  static bool count_row_in(const FloatWordMasks self, const float* p, int64_t n, int64_t* sums, const Emit& emit) {
     const __m512i upper = in_register(upper_words()), up = round_up();  // not reloaded each step
     int64_t above[K] = {};
     const bool finite = finite_row64(p, n, [&](__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
@@ -154,7 +159,7 @@ struct FloatWordMasks {
         const __mmask32 m0 = _mm512_cmpgt_epi16_mask(w0, self.t[k]), m1 = _mm512_cmpgt_epi16_mask(w1, self.t[k]);
         above[k] += __builtin_popcountll(_cvtmask64_u64(_mm512_kunpackd(m1, m0)));
       }
-    });
+    }, emit);
     if (!finite) return false;
     sums[0] += n;
     for (int k = 0; k < K; ++k) sums[1 + k] += above[k];

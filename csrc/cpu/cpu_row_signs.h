@@ -25,30 +25,39 @@ inline bool all_finite(__m512 s) {
   return _mm512_cmp_ps_mask(_mm512_sub_ps(s, s), _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0;
 }
 
+// What finite_row64 hands each group of values besides step: nothing (a count alone).
+struct NoEmit {
+  void operator()(int64_t, __m512, __m512, __m512, __m512, uint64_t) const {}
+};
+
 // Calls step(x0, x1, x2, x3) on the n float32 values at p, 64 at a time in four vectors; the tail is read with masked
-// loads that fill zeros (which read nothing past n). True if a float sum of the values (four chains) is finite: false
-// for a NaN or an infinity among them, or an overflow. The rows of count_row_signs and FloatWordMasks::count_row.
-template <class Step>
-inline bool finite_row64(const float* p, int64_t n, Step&& step) {
+// loads that fill zeros (which read nothing past n). emit(i, x0, x1, x2, x3, live) gets the same vectors with the
+// position i of x0's first value and the lanes that hold values (bit l: value i + l): the fused activation writes
+// its output there (RowActivation), so a row is read once for both. True if a float sum of the values (four
+// chains) is finite: false for a NaN or an infinity among them, or an overflow. The rows of count_row_signs and
+// FloatWordMasks::count_row.
+template <class Step, class Emit = NoEmit>
+inline bool finite_row64(const float* p, int64_t n, Step&& step, const Emit& emit = Emit{}) {
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  auto add = [&](__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
+  auto add = [&](int64_t i, __m512 x0, __m512 x1, __m512 x2, __m512 x3, uint64_t live) {
     s0 = _mm512_add_ps(s0, x0);
     s1 = _mm512_add_ps(s1, x1);
     s2 = _mm512_add_ps(s2, x2);
     s3 = _mm512_add_ps(s3, x3);
     step(x0, x1, x2, x3);
+    emit(i, x0, x1, x2, x3, live);
   };
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
-    add(in_register(_mm512_loadu_ps(p + i)), in_register(_mm512_loadu_ps(p + i + 16)),
-        in_register(_mm512_loadu_ps(p + i + 32)), in_register(_mm512_loadu_ps(p + i + 48)));
+    add(i, in_register(_mm512_loadu_ps(p + i)), in_register(_mm512_loadu_ps(p + i + 16)),
+        in_register(_mm512_loadu_ps(p + i + 32)), in_register(_mm512_loadu_ps(p + i + 48)), ~uint64_t{0});
   }
   if (i < n) {
     const uint64_t m = (uint64_t{1} << (n - i)) - 1;  // n - i < 64
-    add(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p + i),
+    add(i, _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p + i),
         _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), p + i + 16),
         _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 32), p + i + 32),
-        _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 48), p + i + 48));
+        _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 48), p + i + 48), m);
   }
   return all_finite(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
@@ -69,12 +78,14 @@ inline __mmask64 positive_bytes(__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
 // mask, popcounted. Valid values are the row's length unless a float sum of its values (four chains) is NaN or
 // infinite: then nothing is added and the row returns false, to be counted the exact way. The tail is read with
 // masked loads that fill zeros, which are not > 0 and add nothing to the sums. kPrefetch is ignored here.
-template <bool kPrefetch>
-inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& positive) {
+// emit: as finite_row64's.
+template <bool kPrefetch, class Emit = NoEmit>
+inline bool count_row_signs(const float* p, int64_t n, int64_t& valid, int64_t& positive, const Emit& emit = Emit{}) {
   int64_t pos = 0;
-  const bool finite = finite_row64(p, n, [&](__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
+  const auto step = [&](__m512 x0, __m512 x1, __m512 x2, __m512 x3) {
     pos += __builtin_popcountll(positive_bytes(x0, x1, x2, x3));
-  });
+  };
+  const bool finite = finite_row64(p, n, step, emit);
   if (!finite) return false;
   valid += n;
   positive += pos;
