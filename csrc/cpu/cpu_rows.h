@@ -43,10 +43,6 @@ void run_rows(const Job<S>& job) {
   p.inner_blocks = ceil_div(v.inner, p.inner);
   const int64_t items = p.items();
   const bool parallel = job.threads > 1 && items > 1 && v.numel() >= kParallelMin;
-  // Whole rows of consecutive channels that lie back to back in x and in y (contiguous NCHW): the fused output
-  // of an item's rows is then written as one run per outer index instead of one short run per row.
-  const bool slabs0 = job.y != nullptr && p.inner == v.inner && v.s_inner == 1 && v.s_channel == v.inner &&
-                      job.yv.s_inner == 1 && job.yv.s_channel == v.inner;
   using Ctr = Counter<T, K, kTies, kFromMemory>;
   const int threads = parallel ? job.threads : 1;
   using Tables = ThreadTables<K, kTies>;
@@ -87,7 +83,10 @@ void run_rows(const Job<S>& job) {
                 (job.act.kind == kRelu || job.act.kind == kHardtanh || job.act.kind == kLeakyRelu);
   }
 #endif
-  const bool slabs = slabs0 && !fuse_rows;
+  // Whole rows of consecutive channels that lie back to back in x and in y (contiguous NCHW), not fused rows: the
+  // fused output of an item's rows is then written as one run per outer index instead of one short run per row.
+  const bool slabs = job.y != nullptr && !fuse_rows && p.inner == v.inner && v.s_inner == 1 &&
+                     v.s_channel == v.inner && job.yv.s_inner == 1 && job.yv.s_channel == v.inner;
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     std::vector<T> buf(kChunk);
@@ -108,39 +107,36 @@ void run_rows(const Job<S>& job) {
           // counted by count_row_signs (a NaN-free float32 row against threshold 0.0), count_row_words or
           // FloatWordMasks::count_row (a finite float32 row)
           bool quick = false;
-          // count_row_signs or FloatWordMasks::count_row of this row, emit as theirs
-          [[maybe_unused]] auto quick_row = [&](const auto& emit) {
-#if defined(NEP_SIGN_ROWS)
-            if constexpr (kSigns) {
-              if (signs) return count_row_signs<Ctr::kPrefetch>(row, i1 - i0, quick_counts[0], quick_counts[1], emit);
-            }
-#endif
-#if defined(NEP_FLOAT_WORDS)
-            if constexpr (kFloatWords) {
-              if (float_word_rows) return float_words.count_row(row, i1 - i0, quick_counts, emit);
-            }
-#endif
-            return false;
-          };
 #if defined(__AVX512F__)
           if constexpr (std::is_same_v<S, float> && (kSigns || kFloatWords)) {
-            if (fuse_rows) {
-              float* y = job.y + o * job.yv.s_outer + c * job.yv.s_channel + i0;
-              if (job.act.kind == kRelu) {
-                quick = quick_row(RowActivation<kRelu>(job.act, y));
-              } else if (job.act.kind == kHardtanh) {
-                quick = quick_row(RowActivation<kHardtanh>(job.act, y));
-              } else {
-                quick = quick_row(RowActivation<kLeakyRelu>(job.act, y));
+            // count_row_signs or FloatWordMasks::count_row of this row, emit as theirs
+            auto quick_row = [&](const auto& emit) {
+#if defined(NEP_SIGN_ROWS)
+              if constexpr (kSigns) {
+                if (signs) return count_row_signs<Ctr::kPrefetch>(row, i1 - i0, quick_counts[0], quick_counts[1], emit);
               }
+#endif
+#if defined(NEP_FLOAT_WORDS)
+              if constexpr (kFloatWords) {
+                if (float_word_rows) return float_words.count_row(row, i1 - i0, quick_counts, emit);
+              }
+#endif
+              return false;
+            };
+            float* y = fuse_rows ? job.y + o * job.yv.s_outer + c * job.yv.s_channel + i0 : nullptr;
+            if (!fuse_rows) {
+              quick = quick_row(NoEmit{});
+            } else if (job.act.kind == kRelu) {
+              quick = quick_row(RowActivation<kRelu>(job.act, y));
+            } else if (job.act.kind == kHardtanh) {
+              quick = quick_row(RowActivation<kHardtanh>(job.act, y));
+            } else {
+              quick = quick_row(RowActivation<kLeakyRelu>(job.act, y));
             }
           }
-#endif
-#if defined(NEP_SIGN_ROWS)
+#elif defined(NEP_SIGN_ROWS)
           if constexpr (kSigns) {
-            if (!fuse_rows) {
-              quick = signs && count_row_signs<Ctr::kPrefetch>(row, i1 - i0, quick_counts[0], quick_counts[1]);
-            }
+            quick = signs && count_row_signs<Ctr::kPrefetch>(row, i1 - i0, quick_counts[0], quick_counts[1]);
           }
 #endif
           if constexpr (kWordRows) {
@@ -150,11 +146,6 @@ void run_rows(const Job<S>& job) {
                                   : count_row_words<K, false, Ctr::kPrefetch>(bits, i1 - i0, word_th, quick_counts);
             }
           }
-#if defined(NEP_FLOAT_WORDS)
-          if constexpr (kFloatWords) {
-            if (!fuse_rows) quick = float_word_rows && float_words.count_row(row, i1 - i0, quick_counts);
-          }
-#endif
           if (quick) {
             // nothing more to count; the fused output below is still written
           } else if (v.s_inner == 1) {
