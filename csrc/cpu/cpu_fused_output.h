@@ -78,6 +78,23 @@ inline V piecewise(V v, V lo, V hi, V slope) {
   }
 }
 
+// Whether `kind` is one of piecewise's activations.
+inline bool is_piecewise(int kind) { return kind == kRelu || kind == kHardtanh || kind == kLeakyRelu; }
+
+// f(std::integral_constant<int, kind>{}) for a piecewise kind (is_piecewise(kind) holds): one instantiation of f's
+// loop per kind, so the loop does not test the kind at every vector.
+template <class F>
+inline decltype(auto) with_piecewise(int kind, F&& f) {
+  switch (kind) {
+    case kRelu:
+      return f(std::integral_constant<int, kRelu>{});
+    case kHardtanh:
+      return f(std::integral_constant<int, kHardtanh>{});
+    default:
+      return f(std::integral_constant<int, kLeakyRelu>{});
+  }
+}
+
 // The piecewise-linear activations of n contiguous values, a vector at a time from load to store (no buffers);
 // returns how many values it wrote (whole vectors only; GELU and the tail go through apply_activation).
 // float16/bfloat16 relu and hardtanh stay in their own 16 bits (activate_words).
@@ -88,23 +105,14 @@ inline int64_t activate_contiguous(const Act<T>& act, const S* x, int64_t n, S* 
   if constexpr (sizeof(S) == 2) {
     if (act.kind == kRelu || act.kind == kHardtanh) return activate_words(act, x, n, y);
   }
+  if (!is_piecewise(act.kind)) return 0;
   const V lo = act.lo - V{}, hi = act.hi - V{}, slope = act.slope - V{};
   // One loop per kind: the stores to y may alias act, so a loop that tested act.kind would reload it every vector.
-  auto each = [&](auto kind) {
+  return with_piecewise(act.kind, [&](auto kind) {
     int64_t i = 0;
     for (; i + W <= n; i += W) store_vec(piecewise<decltype(kind)::value>(load_vec<S>(x + i), lo, hi, slope), y + i);
     return i;
-  };
-  switch (act.kind) {
-    case kRelu:
-      return each(std::integral_constant<int, kRelu>{});
-    case kHardtanh:
-      return each(std::integral_constant<int, kHardtanh>{});
-    case kLeakyRelu:
-      return each(std::integral_constant<int, kLeakyRelu>{});
-    default:
-      return 0;
-  }
+  });
 }
 
 #if defined(__AVX512F__)

@@ -79,8 +79,7 @@ void run_rows(const Job<S>& job) {
   bool fuse_rows = false;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<S, float> && (kSigns || kFloatWords)) {
-    fuse_rows = job.y != nullptr && (signs || float_word_rows) && job.yv.s_inner == 1 &&
-                (job.act.kind == kRelu || job.act.kind == kHardtanh || job.act.kind == kLeakyRelu);
+    fuse_rows = job.y != nullptr && (signs || float_word_rows) && job.yv.s_inner == 1 && is_piecewise(job.act.kind);
   }
 #endif
   // Whole rows of consecutive channels that lie back to back in x and in y (contiguous NCHW), not fused rows: the
@@ -123,15 +122,13 @@ void run_rows(const Job<S>& job) {
 #endif
               return false;
             };
-            float* y = fuse_rows ? job.y + o * job.yv.s_outer + c * job.yv.s_channel + i0 : nullptr;
-            if (!fuse_rows) {
-              quick = quick_row(NoEmit{});
-            } else if (job.act.kind == kRelu) {
-              quick = quick_row(RowActivation<kRelu>(job.act, y));
-            } else if (job.act.kind == kHardtanh) {
-              quick = quick_row(RowActivation<kHardtanh>(job.act, y));
+            if (fuse_rows) {
+              float* y = job.y + o * job.yv.s_outer + c * job.yv.s_channel + i0;
+              quick = with_piecewise(job.act.kind, [&](auto kind) {
+                return quick_row(RowActivation<decltype(kind)::value>(job.act, y));
+              });
             } else {
-              quick = quick_row(RowActivation<kLeakyRelu>(job.act, y));
+              quick = quick_row(NoEmit{});
             }
           }
 #elif defined(NEP_SIGN_ROWS)
