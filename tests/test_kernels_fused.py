@@ -333,3 +333,43 @@ def test_fused_long_rows_with_and_without_nan(device_backend, kind, params, thre
     # and again into the same counts: a fused count adds, it does not overwrite
     fused_activation(x, kind, counts, thresholds=thresholds, backend=backend, **params)
     assert torch.equal(counts.cpu(), 2 * count_states_reference(x.cpu(), states, 1, False))
+
+
+@pytest.mark.parametrize("inner,channels", [(49, 163), (455, 19), (1001, 11)], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "kind,params,thresholds",
+    [
+        ("relu", {}, None),
+        ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, None),
+        ("hardtanh", {"min_val": -1.0, "max_val": 0.3}, None),
+        ("leaky_relu", {"negative_slope": 0.1}, None),
+        ("relu", {}, (0.0, 1.0)),
+    ],
+    ids=["relu", "relu6", "hardtanh", "leaky", "relu-2"],
+)
+def test_fused_short_rows_in_blocks_with_and_without_nan(device_backend, kind, params, thresholds, inner, channels):
+    """float32 NCHW rows short enough for the cpu backend's bitmaps (up to 1024 values), whose fills write the
+    output as they read the values: blocks of whole rows (80 rows of 49 values, 8 of 455, 4 of 1001), two full
+    blocks and a short one per batch item. Blocks of 8 rows of 455 and 4 of 1001 end inside a vector, which the
+    fill reads on into the next row. A NaN sends its block to the float comparisons after the word fill (ReLU6's
+    thresholds), and an infinity sits in the last value of the tensor."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; test_fused_forward_backward_counts covers Triton")
+    shape = (2, channels, 1, inner)
+    gen = torch.Generator().manual_seed(_seed_of("short-rows", kind, params, thresholds, inner))
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 4
+    x = torch.where(torch.rand(shape, generator=gen) < 0.2, torch.round(x), x)
+    x[0, 1, 0, 3] = math.nan
+    x[1, channels - 1, 0, inner - 1] = math.inf
+    x[1, channels // 2, 0, inner // 2] = -math.inf
+    x[0, channels - 2, 0, :: max(1, inner // 9)] = -0.0
+    x = x.to(torch.float32).to(device)
+    states = default_thresholds(kind, params) if thresholds is None else thresholds
+    want = count_states_reference(x.cpu(), states, 1, False)
+    counts = torch.zeros(shape[1], len(states) + 1, dtype=torch.int64, device=device)
+    y = fused_activation(x, kind, counts, thresholds=thresholds, backend=backend, **params)
+    assert_bit_equal(y, _as_on(device_backend, torch_activation(x, kind, params), x, kind, params.get("min_val", 0.0)))
+    assert torch.equal(counts.cpu(), want)
+    y = fused_activation(x, kind, counts, thresholds=thresholds, backend=backend, **params)
+    assert torch.equal(counts.cpu(), 2 * want)

@@ -116,26 +116,30 @@ inline int64_t activate_contiguous(const Act<T>& act, const S* x, int64_t n, S* 
 }
 
 #if defined(__AVX512F__)
-// The fused output of a float32 row written during its count (finite_row64's emit): activation kKind of each
-// group of values, stored at y + i, the tail with a masked store. The row is read once for both, where counting it
-// and then activating it from cache read it twice, the first time from memory.
+// The fused output of float32 values written during their count (finite_row64's emit, the bitmap fills' too):
+// activation kKind of each vector of values, stored at y + i, lanes outside `live` left alone. The values are read
+// once for both, where counting them and then activating them from cache read them twice.
 template <int kKind>
 struct RowActivation {
+  static constexpr bool kWrites = true;
   float* y;
   __m512 lo, hi, slope;
   RowActivation(const Act<float>& act, float* row)
       : y(row), lo(_mm512_set1_ps(act.lo)), hi(_mm512_set1_ps(act.hi)), slope(_mm512_set1_ps(act.slope)) {}
+  // The 16 values of x, from position i.
+  void one(int64_t i, __m512 x, __mmask16 live) const {
+    const __m512 r = piecewise<kKind>(x, lo, hi, slope);
+    if (live == 0xffff) {
+      _mm512_storeu_ps(y + i, r);
+    } else {
+      _mm512_mask_storeu_ps(y + i, live, r);
+    }
+  }
+  // The 64 values of x0..x3, from position i (bit l of live: value i + l).
   void operator()(int64_t i, __m512 x0, __m512 x1, __m512 x2, __m512 x3, uint64_t live) const {
     const __m512 x[4] = {x0, x1, x2, x3};
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-      const __m512 r = piecewise<kKind>(x[v], lo, hi, slope);
-      if (live == ~uint64_t{0}) {
-        _mm512_storeu_ps(y + i + 16 * v, r);
-      } else {
-        _mm512_mask_storeu_ps(y + i + 16 * v, static_cast<__mmask16>(live >> (16 * v)), r);
-      }
-    }
+    for (int v = 0; v < 4; ++v) one(i + 16 * v, x[v], static_cast<__mmask16>(live >> (16 * v)));
   }
 };
 #endif

@@ -133,9 +133,12 @@ struct FloatWordMasks {
                                      _mm512_add_epi32(_mm512_castps_si512(x1), up));
   }
   // As WordMasks::fill: bitmaps 1..K of values [0, m) (values past m read as +0); false if a value is NaN or
-  // infinite, or the block's float sum overflows (then the float comparisons count the block).
-  bool fill(const float* p, int64_t m, uint8_t* maps, int64_t map_bytes) const {
-    return fill_in(*this, p, m, maps, map_bytes);
+  // infinite, or the block's float sum overflows (then the float comparisons count the block). emit.one(i, x, live)
+  // gets each vector of values, from position i, with the lanes that hold values: a RowActivation writes the fused
+  // output there, for every value, whatever the fill returns.
+  template <class Emit = NoEmit>
+  bool fill(const float* p, int64_t m, uint8_t* maps, int64_t map_bytes, const Emit& emit = Emit{}) const {
+    return fill_in(*this, p, m, maps, map_bytes, emit);
   }
   // The row path's count of n float32 values at p: sums[0] += n (valid), sums[1 + k] += the values
   // above threshold k, 64 values a step, each compare's 32 bits popcounted. False, with nothing added, if the
@@ -166,9 +169,11 @@ struct FloatWordMasks {
     return true;
   }
 
-  // Takes the masks by value, and keeps its constants out of lambdas' references: the stores to maps may alias
-  // anything whose address is taken, and the loop would reload it every step.
-  static bool fill_in(const FloatWordMasks self, const float* p, int64_t m, uint8_t* maps, int64_t map_bytes) {
+  // Takes the masks and emit by value, and keeps its constants out of lambdas' references: the stores to maps may
+  // alias anything whose address is taken, and the loop would reload it every step.
+  template <class Emit>
+  static bool fill_in(const FloatWordMasks self, const float* p, int64_t m, uint8_t* maps, int64_t map_bytes,
+                      const Emit emit) {
     const __m512i upper = upper_words(), up = round_up();
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     int64_t g = 0;
@@ -177,12 +182,16 @@ struct FloatWordMasks {
       if (32 * g + 32 <= m) {
         x0 = in_register(_mm512_loadu_ps(p + 32 * g));
         x1 = in_register(_mm512_loadu_ps(p + 32 * g + 16));
+        emit.one(32 * g, x0, 0xffff);
+        emit.one(32 * g + 16, x1, 0xffff);
       } else if (32 * g < m) {
         const int64_t n = m - 32 * g;  // 1..31
         const auto lo = static_cast<__mmask16>((1u << std::min<int64_t>(n, 16)) - 1);
         const auto hi = static_cast<__mmask16>((1u << std::max<int64_t>(n - 16, 0)) - 1);
         x0 = _mm512_maskz_loadu_ps(lo, p + 32 * g);
         x1 = _mm512_maskz_loadu_ps(hi, p + 32 * g + 16);
+        emit.one(32 * g, x0, lo);
+        emit.one(32 * g + 16, x1, hi);  // a masked store of no lanes touches no memory
       } else {
         break;
       }

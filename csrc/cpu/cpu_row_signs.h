@@ -25,9 +25,12 @@ inline bool all_finite(__m512 s) {
   return _mm512_cmp_ps_mask(_mm512_sub_ps(s, s), _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0;
 }
 
-// What finite_row64 hands each group of values besides step: nothing (a count alone).
+// What finite_row64 hands each group of values besides step, and the bitmap fills each vector: nothing (a count
+// alone). RowActivation (cpu_fused_output.h) is the other kind, which writes a fused activation.
 struct NoEmit {
+  static constexpr bool kWrites = false;
   void operator()(int64_t, __m512, __m512, __m512, __m512, uint64_t) const {}
+  void one(int64_t, __m512, __mmask16) const {}
 };
 
 // Calls step(x0, x1, x2, x3) on the n float32 values at p, 64 at a time in four vectors; the tail is read with masked
