@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -44,33 +46,43 @@ def branchy_data() -> list[torch.Tensor]:
     return [torch.randn(3 if i % 2 == 0 else 2, 4, generator=generator) for i in range(4)]
 
 
+def profile_shard(rank: int, out: str) -> None:
+    """Rank ``rank``'s part: profile its shards, all_reduce, save what it got under ``out``. Its DDP model and
+    profiles (and any gloo work they hold) are freed when it returns, before the group is torn down."""
+    model = make_model()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    data = make_data()
+    with nepenthe.profile(ddp) as prof, torch.no_grad():
+        for x in data[rank::WORLD]:
+            ddp(x)
+    if rank == 1:
+        model(data[0])  # outside the profile: must not count
+    prof.all_reduce()
+    torch.manual_seed(0)
+    branchy = Branchy()
+    with nepenthe.profile(branchy) as partial:
+        for x in branchy_data()[rank::WORLD]:
+            branchy(x)
+    partial.all_reduce()
+    torch.save(
+        {"counts": prof.counts(), "layers": list(prof.layers), "partial": partial.counts()}, f"{out}/rank{rank}.pt"
+    )
+
+
 def worker(rank: int, out: str) -> None:
     torch.set_num_threads(1)
     # A file store: no TCP port to pick (and lose to another process), and no store server thread in rank 0 to
     # tear down while rank 1 still talks to it (a rare abort, "terminate called without an active exception").
     dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=WORLD)
     try:
-        model = make_model()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        data = make_data()
-        with nepenthe.profile(ddp) as prof, torch.no_grad():
-            for x in data[rank::WORLD]:
-                ddp(x)
-        if rank == 1:
-            model(data[0])  # outside the profile: must not count
-        prof.all_reduce()
-        torch.manual_seed(0)
-        branchy = Branchy()
-        with nepenthe.profile(branchy) as partial:
-            for x in branchy_data()[rank::WORLD]:
-                branchy(x)
-        partial.all_reduce()
-        torch.save(
-            {"counts": prof.counts(), "layers": list(prof.layers), "partial": partial.counts()}, f"{out}/rank{rank}.pt"
-        )
+        profile_shard(rank, out)
         dist.barrier()  # both ranks done with the group before either tears it down
     finally:
         dist.destroy_process_group()
+    # The same abort still came, rarely (none in 60 runs in a row), from a place not found. Gloo threads torn down
+    # with the interpreter abort that way (pytorch/pytorch PR 179291): with the work saved and the group destroyed,
+    # leave without the interpreter's teardown. An exception above still fails the run.
+    os._exit(0)
 
 
 def test_all_reduce_over_two_gloo_processes_equals_one_process_on_all_data(tmp_path):
