@@ -19,7 +19,7 @@ from special_values import far_from_zero
 from thread_checks import assert_each_thread_counted
 
 from nepenthe.kernels import fused_activation
-from nepenthe.kernels.fused import default_thresholds
+from nepenthe.kernels.fused_plan import default_thresholds
 from nepenthe.kernels.reference import count_states_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

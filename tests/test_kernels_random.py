@@ -21,7 +21,7 @@ import torch
 from activation_oracles import as_cuda_computes, assert_bit_equal, assert_gelu_close, gelu_float64, torch_activation
 
 from nepenthe.kernels import count_states, fused_activation
-from nepenthe.kernels.fused import default_thresholds
+from nepenthe.kernels.fused_plan import default_thresholds
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SIZES = [1, 1, 2, 3, 5, 7, 8, 13, 16, 17, 24, 31, 49, 64, 96, 130]

@@ -10,7 +10,7 @@ import torch
 from .dispatch import select_backend
 from .jobs import CountJob
 from .layout import readable_view
-from .plan import Counter, CountPlan, count_plan
+from .plan import Counter, CountPlan, count_plan, prepared
 from .validate import check_counts
 
 
@@ -63,14 +63,12 @@ def counter_for(plan: CountPlan, backend: ModuleType, ignore_ties: bool) -> Coun
     A backend with ``prepare_count(plan, ignore_ties)`` prepares its own (the cpu backend works out its
     extension's arguments once); any other gets :func:`job_counter`.
     """
-    key = (id(backend), ignore_ties)
-    hit = plan.counters.get(key)
-    if hit is not None and hit[0] is backend:  # the identity check: an id can outlive a test's fake backend
-        return hit[1]
+    return prepared(plan.counters, backend, ignore_ties, _new_counter, plan)
+
+
+def _new_counter(backend: ModuleType, plan: CountPlan, ignore_ties: bool) -> Counter:
     prepare = getattr(backend, "prepare_count", None)
-    counter = prepare(plan, ignore_ties) if prepare is not None else job_counter(backend, plan, ignore_ties)
-    plan.counters[key] = (backend, counter)
-    return counter
+    return prepare(plan, ignore_ties) if prepare is not None else job_counter(backend, plan, ignore_ties)
 
 
 def job_counter(backend: ModuleType, plan: CountPlan, ignore_ties: bool) -> Counter:

@@ -7,6 +7,7 @@ from types import ModuleType
 
 import torch
 
+from .fused_plan import Forward, FusedPlan
 from .jobs import CountJob, FusedJob
 from .plan import Counter, CountPlan
 
@@ -127,3 +128,24 @@ def fused_forward(job: FusedJob) -> None:
         job.y_view.args,
         *activation_args(job.kind, job.params),
     )
+
+
+def prepare_fused(plan: FusedPlan) -> Forward:
+    """A forward for ``plan`` that passes the extension the arguments worked out here once: y is
+    ``torch.empty_like(x)``, read through x's own view (the plan holds only layouts they share)."""
+    assert _ext is not None, "cpu backend used before load()"
+    assert plan.view is not None
+    ext_fused, get_threads, empty_like = _ext.fused, torch.get_num_threads, torch.empty_like
+    code, view = DTYPE_CODES[plan.dtype], plan.view.args
+    greater, tie, ignore_ties = plan.kernel_thresholds.greater, plan.kernel_thresholds.tie, plan.ignore_ties
+    act, p0, p1 = activation_args(plan.kind, plan.params)
+
+    def forward(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        y = empty_like(x)
+        ext_fused(
+            x.data_ptr(), code, view, greater, tie, ignore_ties, counts.data_ptr(), get_threads(), y.data_ptr(), view,
+            act, p0, p1,
+        )  # fmt: skip
+        return y
+
+    return forward

@@ -7,37 +7,16 @@ backward pass is torch's own activation gradient, so gradients are identical to 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
 
 from .dispatch import select_backend
-from .jobs import FUSED_KINDS, FusedJob
-from .layout import channel_view, readable_view
-from .thresholds import kernel_thresholds
-from .validate import check_counts, check_input, check_thresholds
-
-
-def default_thresholds(kind: str, params: dict[str, object]) -> tuple[float, ...]:
-    """The knees of a fused activation: its states."""
-    if kind == "hardtanh":
-        return (float(params["min_val"]), float(params["max_val"]))
-    return (0.0,)
-
-
-def _check_params(kind: str, params: dict[str, object]) -> dict[str, object]:
-    if kind not in FUSED_KINDS:
-        raise ValueError(f"kind must be one of {FUSED_KINDS}, got {kind!r}")
-    needed = {"hardtanh": ("min_val", "max_val"), "leaky_relu": ("negative_slope",)}.get(kind, ())
-    missing = [p for p in needed if p not in params]
-    if missing:
-        raise ValueError(f"fused {kind} needs parameter(s) {missing}")
-    if kind == "gelu":
-        params = {"approximate": params.get("approximate", "none")}
-        if params["approximate"] not in ("none", "tanh"):
-            raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {params['approximate']!r}")
-    if kind == "hardtanh" and not float(params["min_val"]) < float(params["max_val"]):
-        raise ValueError(f"hardtanh needs min_val < max_val, got {params['min_val']}, {params['max_val']}")
-    return dict(params)
+from .fused_plan import Forward, FusedPlan, fused_plan
+from .jobs import FusedJob
+from .layout import ChannelView, channel_view, readable_view
+from .plan import prepared
+from .validate import check_counts
 
 
 def _activation_grad(grad: torch.Tensor, x: torch.Tensor, kind: str, params: dict[str, object]) -> torch.Tensor:
@@ -51,19 +30,11 @@ def _activation_grad(grad: torch.Tensor, x: torch.Tensor, kind: str, params: dic
     return aten.gelu_backward(grad, x, approximate=params["approximate"])
 
 
-def _fused_forward(  # noqa: PLR0913
-    x: torch.Tensor,
-    counts: torch.Tensor,
-    kind: str,
-    params: dict[str, object],
-    thresholds: tuple[float, ...],
-    channel_dim: int,
-    ignore_ties: bool,
-    backend: str | None,
-) -> torch.Tensor:
-    """activation(x), with the states of x added into counts by the backend's fused kernel (checked arguments)."""
-    chosen = select_backend(x.device, backend)
-    xr, view = readable_view(x, channel_dim)
+def run_fused(x: torch.Tensor, counts: torch.Tensor, plan: FusedPlan, backend: ModuleType) -> torch.Tensor:
+    """activation(x), with the states of x added into counts by ``backend``'s fused kernel (checked arguments)."""
+    if plan.view is not None:
+        return prepared(plan.forwards, backend, None, _new_forward, plan)(x, counts)
+    xr, view = readable_view(x, plan.channel_dim)
     y = torch.empty_like(xr)
     if y.stride() != xr.stride() and any(
         n > 1 and a != b for n, a, b in zip(xr.shape, xr.stride(), y.stride(), strict=True)
@@ -71,40 +42,54 @@ def _fused_forward(  # noqa: PLR0913
         # x is not dense, so empty_like chose another layout, whose channel view may pair the non-channel
         # dims differently: give x and y one layout so that one (outer, C, inner) index reads and writes both.
         xr = xr.contiguous()
-        view = channel_view(xr, channel_dim)
+        view = channel_view(xr, plan.channel_dim)
         y = torch.empty_like(xr)
-    y_view = view if y.stride() == xr.stride() else readable_view(y, channel_dim)[1]
+    y_view = view if y.stride() == xr.stride() else readable_view(y, plan.channel_dim)[1]
     if x.numel():
-        job = FusedJob(
-            xr,
-            channel_dim,
-            view,
-            thresholds,
-            kernel_thresholds(thresholds, x.dtype),
-            ignore_ties,
-            counts,
-            y=y,
-            y_view=y_view,
-            kind=kind,
-            params=params,
-        )
-        chosen.fused_forward(job)
+        backend.fused_forward(_job(xr, counts, plan, view, y, y_view))
     return y
+
+
+def _job(
+    x: torch.Tensor, counts: torch.Tensor, plan: FusedPlan, view: ChannelView, y: torch.Tensor, y_view: ChannelView
+) -> FusedJob:
+    return FusedJob(
+        x, plan.channel_dim, view, plan.values, plan.kernel_thresholds, plan.ignore_ties, counts,
+        y=y, y_view=y_view, kind=plan.kind, params=plan.params,
+    )  # fmt: skip
+
+
+def _new_forward(backend: ModuleType, plan: FusedPlan, _: None) -> Forward:
+    """``backend.prepare_fused(plan)`` where the backend has one (the cpu backend works out its extension's
+    arguments once), else a forward that hands ``backend.fused_forward`` a job per call. Only for plans whose
+    ``view`` x and ``torch.empty_like(x)`` share."""
+    prepare = getattr(backend, "prepare_fused", None)
+    if prepare is not None:
+        return prepare(plan)
+    view = plan.view
+    assert view is not None
+
+    def forward(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        y = torch.empty_like(x)
+        backend.fused_forward(_job(x, counts, plan, view, y, view))
+        return y
+
+    return forward
 
 
 class _FusedActivation(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, counts, kind, params, thresholds, channel_dim, ignore_ties, backend):  # noqa: PLR0913
-        y = _fused_forward(x, counts, kind, params, thresholds, channel_dim, ignore_ties, backend)
+    def forward(ctx, x, counts, plan, backend):
+        y = run_fused(x, counts, plan, backend)
         ctx.save_for_backward(x)
-        ctx.kind, ctx.params = kind, params
+        ctx.plan = plan
         ctx.mark_non_differentiable(counts)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return _activation_grad(grad, x, ctx.kind, ctx.params), None, None, None, None, None, None, None
+        return _activation_grad(grad, x, ctx.plan.kind, ctx.plan.params), None, None, None
 
 
 def fused_activation(
@@ -131,11 +116,9 @@ def fused_activation(
         >>> int(counts.sum())
         128
     """
-    channel_dim = check_input(x, channel_dim)
-    params = _check_params(kind, params)
-    values = check_thresholds(default_thresholds(kind, params) if thresholds is None else thresholds)
-    check_counts(counts, x.shape[channel_dim], len(values) + 1, x.device)
-    args = (x, counts, kind, params, values, channel_dim, bool(ignore_ties), backend)
+    plan = fused_plan(x, kind, params, thresholds, channel_dim, bool(ignore_ties))
+    check_counts(counts, plan.channels, plan.states, x.device)
+    chosen = select_backend(x.device, backend)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _FusedActivation.apply(*args)
-    return _fused_forward(*args)  # no graph to record: skip the autograd Function's cost (a few microseconds)
+        return _FusedActivation.apply(x, counts, plan, chosen)
+    return run_fused(x, counts, plan, chosen)  # no graph to record: skip the autograd Function's cost (a few us)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -18,6 +19,11 @@ from .thresholds import KernelThresholds, kernel_thresholds
 from .validate import check_input, check_thresholds
 
 MAX_PLANS = 4096
+
+B = TypeVar("B")
+K = TypeVar("K")
+P = TypeVar("P")
+R = TypeVar("R")
 
 
 # A counter prepared for one plan: counter(x, counts) adds x's counts into counts, or returns new counts when
@@ -41,10 +47,29 @@ class CountPlan:
     kernel_thresholds: KernelThresholds
     view: ChannelView | None
     empty: bool
-    counters: dict[tuple[int, bool], tuple[object, Counter]] = field(default_factory=dict, compare=False, repr=False)
+    counters: dict[object, tuple[object, Counter]] = field(default_factory=dict, compare=False, repr=False)
 
 
 _plans: dict[tuple[object, ...], CountPlan] = {}
+
+
+def remember(plans: dict[tuple[object, ...], P], key: tuple[object, ...], plan: P) -> P:
+    """Store ``plan`` under ``key`` in ``plans``, which is cleared first when it holds MAX_PLANS; returns ``plan``."""
+    if len(plans) >= MAX_PLANS:
+        plans.clear()
+    plans[key] = plan
+    return plan
+
+
+def prepared(cache: dict[object, tuple[object, R]], backend: B, key: K, make: Callable[[B, P, K], R], plan: P) -> R:
+    """What ``make(backend, plan, key)`` prepared: made once per backend and key, then kept in ``cache`` (the
+    plan's)."""
+    hit = cache.get((id(backend), key))
+    if hit is not None and hit[0] is backend:  # the identity check: an id can outlive a test's fake backend
+        return hit[1]
+    made = make(backend, plan, key)
+    cache[(id(backend), key)] = (backend, made)
+    return made
 
 
 def count_plan(x: torch.Tensor, thresholds: Sequence[float] | torch.Tensor, channel_dim: int) -> CountPlan:
@@ -61,12 +86,7 @@ def count_plan(x: torch.Tensor, thresholds: Sequence[float] | torch.Tensor, chan
         plan = _plans.get(key)
     except (TypeError, RuntimeError):  # unhashable thresholds, or a nested x without sizes: _make names it
         return _make(x, thresholds, channel_dim)
-    if plan is None:
-        plan = _make(x, thresholds, channel_dim)
-        if len(_plans) >= MAX_PLANS:
-            _plans.clear()
-        _plans[key] = plan
-    return plan
+    return plan if plan is not None else remember(_plans, key, _make(x, thresholds, channel_dim))
 
 
 def _make(x: torch.Tensor, thresholds: Sequence[float] | torch.Tensor, channel_dim: int) -> CountPlan:
