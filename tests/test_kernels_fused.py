@@ -373,3 +373,50 @@ def test_fused_short_rows_in_blocks_with_and_without_nan(device_backend, kind, p
     assert torch.equal(counts.cpu(), want)
     y = fused_activation(x, kind, counts, thresholds=thresholds, backend=backend, **params)
     assert torch.equal(counts.cpu(), 2 * want)
+
+
+@pytest.mark.parametrize(
+    "shape,channel_dim",
+    [((3, 64, 9, 7), 1), ((3, 48, 5, 5), 1), ((2, 1312, 3, 3), 1), ((2, 1280, 3, 3), 1), ((3, 50, 128), -1)],
+    ids=["cl64", "cl48", "cl1312", "cl1280", "tokens128"],
+)
+@pytest.mark.parametrize(
+    "kind,params,thresholds",
+    [
+        ("relu", {}, None),
+        ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, None),
+        ("hardtanh", {"min_val": -1.0, "max_val": 0.3}, None),
+        ("leaky_relu", {"negative_slope": 0.1}, None),
+        ("relu", {}, (0.0, 1.0)),
+    ],
+    ids=["relu", "relu6", "hardtanh", "leaky", "relu-2"],
+)
+def test_fused_channel_groups_with_and_without_nan(device_backend, kind, params, thresholds, shape, channel_dim):
+    """float32 with the channels innermost (channels_last maps, token tensors): the cpu backend's byte lanes write
+    the output of each group of 64 channels as they read it, and the channels left over (1312 = 20 x 64 + 32) after
+    the work item; its word lanes (up to 256 channels against ReLU's or ReLU6's thresholds) write that of groups of
+    32 channels, 48 channels a group and a half. A NaN and infinities sit in some positions, which both count again
+    the exact way."""
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
+        pytest.skip("too large for the Triton interpreter; test_fused_forward_backward_counts covers Triton")
+    gen = torch.Generator().manual_seed(_seed_of("channel-groups", kind, params, thresholds, shape))
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 4
+    x = torch.where(torch.rand(shape, generator=gen) < 0.2, torch.round(x), x)
+    flat = x.view(-1)
+    flat[7] = math.nan
+    flat[-1] = math.inf
+    flat[flat.numel() // 2] = -math.inf
+    x = x.to(torch.float32)
+    if len(shape) == 4:
+        x = x.to(memory_format=torch.channels_last)
+    x = x.to(device)
+    states = default_thresholds(kind, params) if thresholds is None else thresholds
+    want = count_states_reference(x.cpu(), states, channel_dim, False)
+    channels = shape[channel_dim]
+    counts = torch.zeros(channels, len(states) + 1, dtype=torch.int64, device=device)
+    y = fused_activation(x, kind, counts, channel_dim=channel_dim, thresholds=thresholds, backend=backend, **params)
+    assert_bit_equal(y, _as_on(device_backend, torch_activation(x, kind, params), x, kind, params.get("min_val", 0.0)))
+    assert torch.equal(counts.cpu(), want)
+    fused_activation(x, kind, counts, channel_dim=channel_dim, thresholds=thresholds, backend=backend, **params)
+    assert torch.equal(counts.cpu(), 2 * want)

@@ -63,11 +63,15 @@ struct RowsInRegisters {
 // float compares take four and their masks three joins). A block that may hold NaN counts those rows again with
 // float compares, as it does the sign row.
 //
-// ms and wm are taken by value, so that their thresholds stay in registers: the counter stores (512-bit vector
-// types, which may alias anything) would make the loop reload them through a reference each time round.
-template <class S, int K, bool kTies, bool kSign, bool kWords = false, class I>
+// emit(q * stride + 64 * g, x0, x1, x2, x3, live) gets the four vectors of group g at position q as they are read:
+// NoEmit, or for float32 a RowActivation, which writes the fused output at the same offset from its own base.
+//
+// ms, wm and emit are taken by value, so that their thresholds stay in registers: the counter stores (512-bit
+// vector types, which may alias anything) would make the loop reload them through a reference each time round.
+template <class S, int K, bool kTies, bool kSign, bool kWords = false, class I, class Emit = NoEmit>
 void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64_t q0, int64_t q1, int64_t groups,
-                I* slots, int64_t nslots, uint8_t* counters, bool prefetch, const FloatWordMasks<K> wm) {
+                I* slots, int64_t nslots, uint8_t* counters, bool prefetch, const FloatWordMasks<K> wm,
+                const Emit emit = Emit{}) {
   constexpr int A = MaskSet<K, kTies>::kAcc;
   static_assert(!kWords || (std::is_same_v<S, float> && !kTies), "words: float32 values, no ties");
   const __m512i minus_one = _mm512_set1_epi8(-1);
@@ -108,6 +112,7 @@ void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64
           }
           const __m512 x0 = lanes(row + 64 * g), x1 = lanes(row + 64 * g + 16);
           const __m512 x2 = lanes(row + 64 * g + 32), x3 = lanes(row + 64 * g + 48);
+          emit(q * stride + 64 * g, x0, x1, x2, x3, ~uint64_t{0});
           const __m512 sum = _mm512_add_ps(_mm512_add_ps(x0, x1), _mm512_add_ps(x2, x3));
           if (g & 1) {
             sum1 = _mm512_add_ps(sum1, sum);

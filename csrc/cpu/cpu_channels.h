@@ -165,6 +165,13 @@ void run_channels(const Job<S>& job) {
   // Exactly 64 channels with threshold 0.0 (ResNet stage 1, ReLU): one group of byte lanes held in registers. With
   // channels left over (96), the extra tiles re-read the positions and it measured 10-30% slower than tiles.
   const bool bytes = kBytes && !words && !float_words && (row_sweep || (sign_zero && p.chans == 64));
+  // Fused float32 piecewise-linear activations with y laid out like x: byte_sweep and float_word_sweep write the
+  // output of their channels as they read them (RowActivation), and the channels left over are written after the
+  // item, as any other fused item's. After the item, the output had been read back from L2 or beyond: the fused
+  // call took as long as torch's activation and a count one after the other.
+  [[maybe_unused]] const bool fuse_groups = std::is_same_v<S, float> && (bytes || float_words) && job.y != nullptr &&
+                                            is_piecewise(job.act.kind) && job.yv.s_channel == 1 &&
+                                            job.yv.s_inner == v.s_inner && job.yv.s_outer == v.s_outer;
 #elif defined(NEP_BYTE_LANES_AVX2)
   // Float compute from the caches, three groups of 32 channels or more, or exactly two: the groups go through
   // byte-lane counters (byte_sweep_avx2), the channels left over through tiles. With fewer groups each counter row
@@ -210,7 +217,8 @@ void run_channels(const Job<S>& job) {
       const int64_t full = n / W, tail = n - full * W;
       const S* base = job.x + o * v.s_outer + c0;
       std::fill(slots.begin(), slots.end(), I{});
-      int64_t v0 = 0;  // vectors of channels before v0 are counted by word_sweep or byte_sweep
+      int64_t v0 = 0;       // vectors of channels before v0 are counted by word_sweep or byte_sweep
+      int64_t written = 0;  // channels whose fused output the byte or word lanes wrote
 #if defined(NEP_WORD_LANES)
       if constexpr (kWords) {
         if (words) {
@@ -246,8 +254,16 @@ void run_channels(const Job<S>& job) {
               sweep_tile<1>(ctr, base + u * W, v.s_inner, qb, qe, slots.data(), nslots, u);
             }
           };
-          float_word_sweep<K>(word_masks, full, base, v.s_inner, q0, q1, slots.data(), nslots,
-                              float_word_counters.data(), exact);
+          const auto sweep = [&](const auto& emit) {
+            float_word_sweep<K>(word_masks, full, base, v.s_inner, q0, q1, slots.data(), nslots,
+                                float_word_counters.data(), exact, emit);
+          };
+          if (fuse_groups) {
+            with_row_activation(job.act, job.y + o * job.yv.s_outer + c0, sweep);
+            written = full * W;
+          } else {
+            sweep(NoEmit{});
+          }
           v0 = full;
         }
       }
@@ -256,17 +272,29 @@ void run_channels(const Job<S>& job) {
       if constexpr (kBytes) {
         if (bytes) {
           constexpr bool kMayUseWords = std::is_same_v<S, float> && !kTies && K >= 2;
-          if (kMayUseWords && sign_zero && word_masks.usable) {
-            if constexpr (kMayUseWords) {
-              byte_sweep<S, K, kTies, true, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
-                                                  byte_counters.data(), kFromMemory, word_masks);
+          const auto sweep = [&](const auto& emit) {
+            if (kMayUseWords && sign_zero && word_masks.usable) {
+              if constexpr (kMayUseWords) {
+                byte_sweep<S, K, kTies, true, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
+                                                    byte_counters.data(), kFromMemory, word_masks, emit);
+              }
+            } else if (sign_zero) {
+              byte_sweep<S, K, kTies, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
+                                            byte_counters.data(), kFromMemory, word_masks, emit);
+            } else {
+              byte_sweep<S, K, kTies, false>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
+                                             byte_counters.data(), kFromMemory, word_masks, emit);
             }
-          } else if (sign_zero) {
-            byte_sweep<S, K, kTies, true>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
-                                          byte_counters.data(), kFromMemory, word_masks);
+          };
+          if constexpr (std::is_same_v<S, float>) {
+            if (fuse_groups) {
+              with_row_activation(job.act, job.y + o * job.yv.s_outer + c0, sweep);
+              written = 64 * (n / 64);
+            } else {
+              sweep(NoEmit{});
+            }
           } else {
-            byte_sweep<S, K, kTies, false>(ms, base, v.s_inner, q0, q1, n / 64, slots.data(), nslots,
-                                           byte_counters.data(), kFromMemory, word_masks);
+            sweep(NoEmit{});
           }
           v0 = 4 * (n / 64);
         }
@@ -339,8 +367,8 @@ void run_channels(const Job<S>& job) {
           Ctr::add_states(job.counts + (c0 + first + l) * (K + 1), sums, job.th.ignore_ties);
         }
       }
-      if (job.y != nullptr) {
-        for (int64_t q = q0; q < q1; ++q) write_activation(job, o, c0, q, n, true, buf.data());
+      if (job.y != nullptr && written < n) {
+        for (int64_t q = q0; q < q1; ++q) write_activation(job, o, c0 + written, q, n - written, true, buf.data());
       }
     }
     if (use_tables) tables.write_states(job.counts);

@@ -142,6 +142,13 @@ struct RowActivation {
     for (int v = 0; v < 4; ++v) one(i + 16 * v, x[v], static_cast<__mmask16>(live >> (16 * v)));
   }
 };
+
+// f(RowActivation<kind>(act, y)) for act's piecewise kind (is_piecewise(act.kind) holds): one instantiation of the
+// counting loop that f runs per kind.
+template <class F>
+inline decltype(auto) with_row_activation(const Act<float>& act, float* y, F&& f) {
+  return with_piecewise(act.kind, [&](auto kind) { return f(RowActivation<decltype(kind)::value>(act, y)); });
+}
 #endif
 
 // Fused output of the values at (o, c, i0..i0+n) of x's view: read again while they are still in cache.

@@ -124,9 +124,7 @@ void run_rows(const Job<S>& job) {
             };
             if (fuse_rows) {
               float* y = job.y + o * job.yv.s_outer + c * job.yv.s_channel + i0;
-              quick = with_piecewise(job.act.kind, [&](auto kind) {
-                return quick_row(RowActivation<decltype(kind)::value>(job.act, y));
-              });
+              quick = with_row_activation(job.act, y, quick_row);
             } else {
               quick = quick_row(NoEmit{});
             }

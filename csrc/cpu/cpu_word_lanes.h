@@ -126,10 +126,12 @@ void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, 
 // numbers, or an overflow. Never inlined, as word_tile. The loops over the groups are unrolled by pragma: from four
 // groups on, GCC otherwise kept the counters in memory as well and stored them at every position. No prefetching:
 // from L3 it cost time (prefetches take load slots), and from memory it measured 0.94-0.97 of the time with 64
-// channels, 1.03-1.42x with 96 and 144.
-template <int K, int G>
+// channels, 1.03-1.42x with 96 and 144. emit.one(q * stride + 32 * g + 16 * h, x, live) gets each vector as it is
+// read (NoEmit, or a RowActivation that writes the fused output at the same offset from its own base).
+template <int K, int G, class Emit>
 __attribute__((noinline)) bool float_word_tile(const FloatWordMasks<K> wm, const float* first, int64_t stride,
-                                               int64_t q0, int64_t q1, bool half_last, uint8_t* counters) {
+                                               int64_t q0, int64_t q1, bool half_last, uint8_t* counters,
+                                               const Emit emit) {
   const __m512i upper = in_register(FloatWordMasks<K>::upper_words()), up = FloatWordMasks<K>::round_up();
   const auto last = static_cast<__mmask16>(half_last ? 0 : 0xffff);
   __m512i c[G][K];
@@ -147,6 +149,8 @@ __attribute__((noinline)) bool float_word_tile(const FloatWordMasks<K> wm, const
       const __m512 x0 = in_register(_mm512_loadu_ps(row + 32 * g));
       const __m512 x1 = g + 1 < G ? in_register(_mm512_loadu_ps(row + 32 * g + 16))
                                   : in_register(_mm512_maskz_loadu_ps(last, row + 32 * g + 16));
+      emit.one(q * stride + 32 * g, x0, 0xffff);
+      emit.one(q * stride + 32 * g + 16, x1, g + 1 < G ? 0xffff : last);
       sum[g % 2] = _mm512_add_ps(sum[g % 2], _mm512_add_ps(x0, x1));
       const __m512i w = FloatWordMasks<K>::rounded_words(x0, x1, upper, up);
       for (int k = 0; k < K; ++k) c[g][k] = WordOps::count_above(c[g][k], w, t[k]);
@@ -165,25 +169,27 @@ template <int K>
 constexpr int kFloatWordTile = std::min(8, 12 / K);
 
 // float_word_tile with 1 <= m <= G groups (m known only at run time).
-template <int K, int G>
+template <int K, int G, class Emit>
 inline bool float_word_narrow(int64_t m, const FloatWordMasks<K>& wm, const float* first, int64_t stride, int64_t q0,
-                              int64_t q1, bool half_last, uint8_t* counters) {
+                              int64_t q1, bool half_last, uint8_t* counters, const Emit& emit) {
   if constexpr (G > 1) {
-    if (m != G) return float_word_narrow<K, G - 1>(m, wm, first, stride, q0, q1, half_last, counters);
+    if (m != G) return float_word_narrow<K, G - 1>(m, wm, first, stride, q0, q1, half_last, counters, emit);
   }
-  return float_word_tile<K, G>(wm, first, stride, q0, q1, half_last, counters);
+  return float_word_tile<K, G>(wm, first, stride, q0, q1, half_last, counters, emit);
 }
 
 // word_sweep for `vectors` <= 2 x kFloatWordTile<K> float vectors of float32 channels (float_word_tile): a chunk
-// whose float sum is not finite is counted again by exact(qb, qe).
-template <int K, class I, class Exact>
+// whose float sum is not finite is counted again by exact(qb, qe). emit: as float_word_tile's (it writes every
+// chunk's output, counted again or not).
+template <int K, class I, class Exact, class Emit = NoEmit>
 void float_word_sweep(const FloatWordMasks<K>& wm, int64_t vectors, const float* base, int64_t stride, int64_t q0,
-                      int64_t q1, I* slots, int64_t nslots, uint8_t* counters, Exact&& exact) {
+                      int64_t q1, I* slots, int64_t nslots, uint8_t* counters, Exact&& exact,
+                      const Emit& emit = Emit{}) {
   const int64_t groups = ceil_div(vectors, 2);
   for (int64_t cb = q0; cb < q1; cb += 65535) {
     const int64_t ce = std::min(q1, cb + 65535);
     const bool half_last = vectors % 2 != 0;
-    if (!float_word_narrow<K, kFloatWordTile<K>>(groups, wm, base, stride, cb, ce, half_last, counters)) {
+    if (!float_word_narrow<K, kFloatWordTile<K>>(groups, wm, base, stride, cb, ce, half_last, counters, emit)) {
       exact(cb, ce);
       continue;
     }
