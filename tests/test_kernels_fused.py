@@ -335,18 +335,19 @@ def test_fused_long_rows_with_and_without_nan(device_backend, kind, params, thre
     assert torch.equal(counts.cpu(), 2 * count_states_reference(x.cpu(), states, 1, False))
 
 
+# Fused kinds for the tests below of the cpu backend's counting loops that write float32 output: with thresholds its
+# word fills and word lanes take (0 and 6; 0 and 1) and with ones they do not (-1 and 0.3: float compares).
+IN_LOOP_KINDS = [
+    ("relu", {}, None),
+    ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, None),
+    ("hardtanh", {"min_val": -1.0, "max_val": 0.3}, None),
+    ("leaky_relu", {"negative_slope": 0.1}, None),
+    ("relu", {}, (0.0, 1.0)),
+]
+
+
 @pytest.mark.parametrize("inner,channels", [(49, 163), (455, 19), (1001, 11)], ids=lambda v: str(v))
-@pytest.mark.parametrize(
-    "kind,params,thresholds",
-    [
-        ("relu", {}, None),
-        ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, None),
-        ("hardtanh", {"min_val": -1.0, "max_val": 0.3}, None),
-        ("leaky_relu", {"negative_slope": 0.1}, None),
-        ("relu", {}, (0.0, 1.0)),
-    ],
-    ids=["relu", "relu6", "hardtanh", "leaky", "relu-2"],
-)
+@pytest.mark.parametrize("kind,params,thresholds", IN_LOOP_KINDS, ids=["relu", "relu6", "hardtanh", "leaky", "relu-2"])
 def test_fused_short_rows_in_blocks_with_and_without_nan(device_backend, kind, params, thresholds, inner, channels):
     """float32 NCHW rows short enough for the cpu backend's bitmaps (up to 1024 values), whose fills write the
     output as they read the values: blocks of whole rows (80 rows of 49 values, 8 of 455, 4 of 1001), two full
@@ -380,17 +381,7 @@ def test_fused_short_rows_in_blocks_with_and_without_nan(device_backend, kind, p
     [((3, 64, 9, 7), 1), ((3, 48, 5, 5), 1), ((2, 1312, 3, 3), 1), ((2, 1280, 3, 3), 1), ((3, 50, 128), -1)],
     ids=["cl64", "cl48", "cl1312", "cl1280", "tokens128"],
 )
-@pytest.mark.parametrize(
-    "kind,params,thresholds",
-    [
-        ("relu", {}, None),
-        ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, None),
-        ("hardtanh", {"min_val": -1.0, "max_val": 0.3}, None),
-        ("leaky_relu", {"negative_slope": 0.1}, None),
-        ("relu", {}, (0.0, 1.0)),
-    ],
-    ids=["relu", "relu6", "hardtanh", "leaky", "relu-2"],
-)
+@pytest.mark.parametrize("kind,params,thresholds", IN_LOOP_KINDS, ids=["relu", "relu6", "hardtanh", "leaky", "relu-2"])
 def test_fused_channel_groups_with_and_without_nan(device_backend, kind, params, thresholds, shape, channel_dim):
     """float32 with the channels innermost (channels_last maps, token tensors): the cpu backend's byte lanes write
     the output of each group of 64 channels as they read it, and the channels left over (1312 = 20 x 64 + 32) after

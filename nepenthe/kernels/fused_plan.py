@@ -23,6 +23,9 @@ from .plan import remember
 from .thresholds import KernelThresholds, kernel_thresholds
 from .validate import check_input, check_thresholds
 
+# The thresholds a caller gives: None for the activation's knees.
+Given = Sequence[float] | None
+
 # A forward prepared for one plan: forward(x, counts) returns activation(x) and adds x's states into counts.
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -79,7 +82,7 @@ def fused_plan(  # noqa: PLR0913
     x: torch.Tensor,
     kind: str,
     params: dict[str, object],
-    thresholds: Sequence[float] | None,
+    thresholds: Given,
     channel_dim: int,
     ignore_ties: bool,
 ) -> FusedPlan:
@@ -113,19 +116,14 @@ def _plain(value: object) -> bool:
 
 
 def _make(  # noqa: PLR0913
-    x: torch.Tensor,
-    kind: str,
-    params: dict[str, object],
-    thresholds: Sequence[float] | None,
-    channel_dim: int,
-    ignore_ties: bool,
+    x: torch.Tensor, kind: str, params: dict[str, object], thresholds: Given, dim: int, ties: bool
 ) -> FusedPlan:
-    cd = check_input(x, channel_dim)
+    cd = check_input(x, dim)
     checked = check_params(kind, params)
     values = check_thresholds(default_thresholds(kind, checked) if thresholds is None else thresholds)
     view = channel_view(x, cd) if x.numel() and _dense(x.shape, x.stride()) else None
     kt = kernel_thresholds(values, x.dtype)
-    return FusedPlan(x.dtype, kind, checked, values, cd, x.shape[cd], len(values) + 1, kt, bool(ignore_ties), view)
+    return FusedPlan(x.dtype, kind, checked, values, cd, x.shape[cd], len(values) + 1, kt, bool(ties), view)
 
 
 def _dense(shape: Sequence[int], strides: Sequence[int]) -> bool:
