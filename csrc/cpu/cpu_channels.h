@@ -140,6 +140,12 @@ void run_channels(const Job<S>& job) {
       !kFromMemory && (kVecBytes == 32 || v.numel() * static_cast<int64_t>(sizeof(S)) <= kWordTilesMaxBytes);
   const bool words = kWords && p.chans >= kWordLanes &&
                      (word_tiles || p.chans / kWordLanes <= kTile);
+  // Fused relu and hardtanh with y laid out like x: word_sweep writes the output of its groups as it reads them,
+  // in their own 16 bits (WordRowActivation); the channels left over are written after the item.
+  [[maybe_unused]] const bool fuse_words = words && job.y != nullptr &&
+                                           (job.act.kind == kRelu || job.act.kind == kHardtanh) &&
+                                           job.yv.s_channel == 1 && job.yv.s_inner == v.s_inner &&
+                                           job.yv.s_outer == v.s_outer;
 #else
   [[maybe_unused]] constexpr bool kWords = false;
   [[maybe_unused]] const bool words = false;
@@ -236,13 +242,22 @@ void run_channels(const Job<S>& job) {
             };
             const uint16_t* tile = first + g0 * kWordLanes;
             I* tile_slots = slots.data() + 2 * g0;
-            if (wt.key) {
-              word_sweep<K, true>(gs, wt, tile, v.s_inner, q0, q1, tile_slots, nslots, counters, exact);
+            const auto sweep = [&](const auto& emit) {
+              if (wt.key) {
+                word_sweep<K, true>(gs, wt, tile, v.s_inner, q0, q1, tile_slots, nslots, counters, exact, emit);
+              } else {
+                word_sweep<K, false>(gs, wt, tile, v.s_inner, q0, q1, tile_slots, nslots, counters, exact, emit);
+              }
+            };
+            if (fuse_words) {
+              S* y = job.y + o * job.yv.s_outer + c0 + g0 * kWordLanes;
+              sweep(WordRowActivation<S>{y, WordActivation<S>(job.act)});
             } else {
-              word_sweep<K, false>(gs, wt, tile, v.s_inner, q0, q1, tile_slots, nslots, counters, exact);
+              sweep(NoWordEmit{});
             }
           }
           v0 = 2 * groups;
+          if (fuse_words) written = groups * kWordLanes;
         }
       }
 #endif

@@ -23,10 +23,11 @@ namespace {
 // into uint16 counters, kept in registers and then stored as G x K rows of one vector at `counters` (K per
 // vector); returns the largest magnitude bits seen. Each row is prefetched about 4 KiB ahead (from memory,
 // MobileNet-V2's 96 channels measured 12% faster with it). Never inlined: inlined into word_sweep, GCC's register
-// allocation made MobileNet-V2's 96 channels 1.4x slower.
-template <int K, bool kKey, int G>
+// allocation made MobileNet-V2's 96 channels 1.4x slower. emit(q * stride + kWordLanes * g, x) gets each vector as
+// it is read: NoWordEmit, or a WordRowActivation, which writes the fused output at the same offset from its base.
+template <int K, bool kKey, int G, class Emit>
 __attribute__((noinline)) WordVec word_tile(const WordVec* t, const uint16_t* first, int64_t stride, int64_t q0,
-                                             int64_t q1, uint8_t* counters) {
+                                             int64_t q1, uint8_t* counters, const Emit emit) {
   WordVec c[G][K];
   for (int g = 0; g < G; ++g) {
     for (int k = 0; k < K; ++k) c[g][k] = WordOps::zero();
@@ -43,6 +44,7 @@ __attribute__((noinline)) WordVec word_tile(const WordVec* t, const uint16_t* fi
         prefetch_line(reinterpret_cast<const char*>(row + kWordLanes * g + ahead));
       }
       const WordVec x = WordOps::load(row + kWordLanes * g);
+      emit(q * stride + kWordLanes * g, x);
       top[g % kTops] = WordOps::max(top[g % kTops], WordOps::magnitude(x));
       const WordVec kx = kKey ? WordOps::key(x) : x;
       for (int k = 0; k < K; ++k) c[g][k] = WordOps::count_above(c[g][k], kx, t[k]);
@@ -60,14 +62,32 @@ template <int K>
 constexpr int kWordTile = WordOps::kTileCounters / K;
 
 // word_tile with 1 <= m <= G vectors (m known only at run time).
-template <int K, bool kKey, int G>
+template <int K, bool kKey, int G, class Emit>
 inline WordVec word_narrow(int64_t m, const WordVec* t, const uint16_t* first, int64_t stride, int64_t q0,
-                           int64_t q1, uint8_t* counters) {
+                           int64_t q1, uint8_t* counters, const Emit& emit) {
   if constexpr (G > 1) {
-    if (m != G) return word_narrow<K, kKey, G - 1>(m, t, first, stride, q0, q1, counters);
+    if (m != G) return word_narrow<K, kKey, G - 1>(m, t, first, stride, q0, q1, counters, emit);
   }
-  return word_tile<K, kKey, G>(t, first, stride, q0, q1, counters);
+  return word_tile<K, kKey, G>(t, first, stride, q0, q1, counters, emit);
 }
+
+// What word_tile hands each vector of a count alone: nothing.
+struct NoWordEmit {
+  void operator()(int64_t, WordVec) const {}
+};
+
+// The fused relu or hardtanh of 16-bit values written as word_tile reads them (WordActivation), at y + i.
+template <class S>
+struct WordRowActivation {
+  S* y;
+  WordActivation<S> f;
+  void operator()(int64_t i, WordVec x) const {
+    typename WordActivation<S>::I16 b;
+    std::memcpy(&b, &x, sizeof b);
+    const auto out = f(b);
+    std::memcpy(y + i, &out, sizeof out);
+  }
+};
 
 // Adds word tiles' counters into the int32 lane slots of float vectors [0, vectors): slot j * nslots + 2g + h holds
 // the h-th half of word vector g (j = 0 valid, the chunk's positions; 1 + k above threshold k). counters holds
@@ -98,15 +118,15 @@ void add_word_counters(int64_t groups, int64_t vectors, const uint8_t* counters,
 // (float comparisons). counters: scratch for the groups x K vectors word_tile stores. More channels than one tile
 // take byte_sweep or float tiles: tiles that split a row measured up to 1.9x slower from memory than those paths
 // (AVX-512).
-template <int K, bool kKey, class I, class Exact>
+template <int K, bool kKey, class I, class Exact, class Emit = NoWordEmit>
 void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, int64_t stride, int64_t q0, int64_t q1,
-                I* slots, int64_t nslots, uint8_t* counters, Exact&& exact) {
+                I* slots, int64_t nslots, uint8_t* counters, Exact&& exact, const Emit& emit = Emit{}) {
   WordVec t[K];
   for (int k = 0; k < K; ++k) t[k] = WordOps::splat(wt.bits[k]);
   const WordVec inf = WordOps::splat(wt.inf);
   for (int64_t cb = q0; cb < q1; cb += 65535) {
     const int64_t ce = std::min(q1, cb + 65535);
-    const WordVec top = word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters);
+    const WordVec top = word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters, emit);
     if (WordOps::any_above(top, inf)) {  // NaN in the chunk
       exact(cb, ce);
       continue;

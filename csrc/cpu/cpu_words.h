@@ -76,38 +76,50 @@ struct WordThresholds {
   }
 };
 
-// relu and hardtanh of n contiguous float16/bfloat16 values compared in their own 16 bits, as keys
-// (WordThresholds), with no widening to float32 and no rounding back: a value below the lower bound becomes the
-// bound (rounded to nearest, as torch rounds it), one above the upper bound that bound, and NaN and -0.0 stay
-// (bit-exact with torch's CPU kernels). x < lo exactly when key(x) <= key of the largest 16-bit value below lo;
-// x > hi exactly when key(x) > key of the largest at or below hi; NaN is neither. Whole vectors only; returns how
-// many values it wrote.
+// relu and hardtanh of float16/bfloat16 values compared in their own 16 bits, as keys (WordThresholds), with no
+// widening to float32 and no rounding back: a value below the lower bound becomes the bound (rounded to nearest, as
+// torch rounds it), one above the upper bound that bound, and NaN and -0.0 stay (bit-exact with torch's CPU
+// kernels). x < lo exactly when key(x) <= key of the largest 16-bit value below lo; x > hi exactly when key(x) >
+// key of the largest at or below hi; NaN is neither. One vector of kVecBytes at a time (operator()).
 template <class S>
-int64_t activate_words(const Act<float>& act, const S* x, int64_t n, S* y) {
+struct WordActivation {
   typedef int16_t I16 __attribute__((vector_size(kVecBytes)));
-  constexpr int L = kVecBytes / 2;
-  const float lo = act.kind == kRelu ? 0.0f : act.lo, hi = act.kind == kRelu ? INFINITY : act.hi;
-  uint16_t below = WordThresholds::at_or_below<S>(lo);
-  if (WordThresholds::value(below, S{}) == lo) {  // the largest value strictly below lo (-0.0 equals +0.0)
-    below = (below & 0x7fff) == 0 ? 0x8001 : (below & 0x8000) ? below + 1 : below - 1;
+  I16 lo_bits, hi_bits;
+  int16_t lo_key, hi_key, inf;
+  explicit WordActivation(const Act<float>& act) : inf(std::is_same_v<S, BF16> ? 0x7f80 : 0x7c00) {
+    const float lo = act.kind == kRelu ? 0.0f : act.lo, hi = act.kind == kRelu ? INFINITY : act.hi;
+    uint16_t below = WordThresholds::at_or_below<S>(lo);
+    if (WordThresholds::value(below, S{}) == lo) {  // the largest value strictly below lo (-0.0 equals +0.0)
+      below = (below & 0x7fff) == 0 ? 0x8001 : (below & 0x8000) ? below + 1 : below - 1;
+    }
+    const auto as_bits = [](float v) {
+      const S s = Traits<S>::store(v);  // rounded to nearest even, as the float path stores it
+      uint16_t b;
+      std::memcpy(&b, &s, sizeof b);
+      return static_cast<int16_t>(b);
+    };
+    lo_key = static_cast<int16_t>(WordThresholds::key_of(below));
+    hi_key = static_cast<int16_t>(WordThresholds::key_of(WordThresholds::at_or_below<S>(hi)));
+    lo_bits = as_bits(lo) - I16{};
+    hi_bits = as_bits(hi) - I16{};
   }
-  const auto as_bits = [](float v) {
-    const S s = Traits<S>::store(v);  // rounded to nearest even, as the float path stores it
-    uint16_t b;
-    std::memcpy(&b, &s, sizeof b);
-    return static_cast<int16_t>(b);
-  };
-  const int16_t inf = std::is_same_v<S, BF16> ? 0x7f80 : 0x7c00;
-  const int16_t lo_key = static_cast<int16_t>(WordThresholds::key_of(below));
-  const int16_t hi_key = static_cast<int16_t>(WordThresholds::key_of(WordThresholds::at_or_below<S>(hi)));
-  const I16 lo_bits = as_bits(lo) - I16{}, hi_bits = as_bits(hi) - I16{};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    I16 b;
-    std::memcpy(&b, x + i, sizeof b);
+  I16 operator()(I16 b) const {
     const I16 key = b ^ ((b >> 15) & 0x7fff);
     const I16 number = (b & 0x7fff) <= inf;
-    const I16 out = (number & (key <= lo_key)) ? lo_bits : ((number & (key > hi_key)) ? hi_bits : b);
+    return (number & (key <= lo_key)) ? lo_bits : ((number & (key > hi_key)) ? hi_bits : b);
+  }
+};
+
+// WordActivation of n contiguous values, whole vectors only; returns how many values it wrote.
+template <class S>
+int64_t activate_words(const Act<float>& act, const S* x, int64_t n, S* y) {
+  const WordActivation<S> f(act);
+  constexpr int L = kVecBytes / 2;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    typename WordActivation<S>::I16 b;
+    std::memcpy(&b, x + i, sizeof b);
+    const auto out = f(b);
     std::memcpy(y + i, &out, sizeof out);
   }
   return i;
