@@ -105,6 +105,10 @@ void run_channels(const Job<S>& job) {
   constexpr int R = std::max(1, (kFromMemory ? 16 : 14) / Ctr::kAcc);
 #endif
   const View& v = job.v;
+  // A fused output laid out like x: the lanes that write it as they read x (fuse_words, fuse_groups) store at x's
+  // own offsets from y's item base.
+  [[maybe_unused]] const bool y_like_x = job.y != nullptr && job.yv.s_channel == 1 && job.yv.s_inner == v.s_inner &&
+                                         job.yv.s_outer == v.s_outer;
   ChannelPlan p = plan_channels(v, kChanTarget, kMaxItemChans);
   // Few positions per item make the per-channel flush (a few hundred ns per 16 channels) rival the counting
   // when there are many channels: keep items long, yet split the positions evenly among the threads.
@@ -142,10 +146,7 @@ void run_channels(const Job<S>& job) {
                      (word_tiles || p.chans / kWordLanes <= kTile);
   // Fused relu and hardtanh with y laid out like x: word_sweep writes the output of its groups as it reads them,
   // in their own 16 bits (WordRowActivation); the channels left over are written after the item.
-  [[maybe_unused]] const bool fuse_words = words && job.y != nullptr &&
-                                           (job.act.kind == kRelu || job.act.kind == kHardtanh) &&
-                                           job.yv.s_channel == 1 && job.yv.s_inner == v.s_inner &&
-                                           job.yv.s_outer == v.s_outer;
+  [[maybe_unused]] const bool fuse_words = words && y_like_x && (job.act.kind == kRelu || job.act.kind == kHardtanh);
 #else
   [[maybe_unused]] constexpr bool kWords = false;
   [[maybe_unused]] const bool words = false;
@@ -175,9 +176,8 @@ void run_channels(const Job<S>& job) {
   // output of their channels as they read them (RowActivation), and the channels left over are written after the
   // item, as any other fused item's. After the item, the output had been read back from L2 or beyond: the fused
   // call took as long as torch's activation and a count one after the other.
-  [[maybe_unused]] const bool fuse_groups = std::is_same_v<S, float> && (bytes || float_words) && job.y != nullptr &&
-                                            is_piecewise(job.act.kind) && job.yv.s_channel == 1 &&
-                                            job.yv.s_inner == v.s_inner && job.yv.s_outer == v.s_outer;
+  [[maybe_unused]] const bool fuse_groups =
+      std::is_same_v<S, float> && (bytes || float_words) && y_like_x && is_piecewise(job.act.kind);
 #elif defined(NEP_BYTE_LANES_AVX2)
   // Float compute from the caches, three groups of 32 channels or more, or exactly two: the groups go through
   // byte-lane counters (byte_sweep_avx2), the channels left over through tiles. With fewer groups each counter row
