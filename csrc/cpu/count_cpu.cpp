@@ -18,6 +18,7 @@
 
 #include "cpu_tuning.h"
 #include "cpu_storage.h"
+#include "cpu_scratch.h"
 #include "cpu_activation.h"
 #include "cpu_simd.h"
 #include "cpu_counter.h"

@@ -7,11 +7,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "../common/count_args.h"
 #include "cpu_fused_output.h"
 #include "cpu_job.h"
+#include "cpu_scratch.h"
 #include "cpu_storage.h"
 #include "cpu_tuning.h"
 
@@ -31,7 +31,7 @@ void run_activation(const Job<S>& job) {
   const bool parallel = job.threads > 1 && items > 1 && v.numel() >= kParallelMin;
 #pragma omp parallel num_threads(job.threads) if (parallel)
   {
-    std::vector<T> buf(kChunk);
+    LineVector<T> buf(kChunk);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t o = item / chan_blocks, c0 = (item % chan_blocks) * chans;

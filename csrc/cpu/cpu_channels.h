@@ -19,6 +19,7 @@
 #include "cpu_counter.h"
 #include "cpu_fused_output.h"
 #include "cpu_job.h"
+#include "cpu_scratch.h"
 #include "cpu_simd.h"
 #include "cpu_storage.h"
 #include "cpu_thread_tables.h"
@@ -199,19 +200,19 @@ void run_channels(const Job<S>& job) {
   Tables tables(use_tables ? v.channels : 0, threads, /*by_comparison=*/true);
 #pragma omp parallel num_threads(threads) if (parallel)
   {
-    std::vector<T> buf(kChunk);
+    LineVector<T> buf(kChunk);
     std::vector<I> slots(static_cast<size_t>(Ctr::kAcc * nslots));
     int64_t* table = use_tables ? tables.mine() : nullptr;
-    std::vector<uint8_t> byte_counters(bytes ? static_cast<size_t>(kVecBytes * Ctr::kAcc * (p.chans / kVecBytes)) : 0);
+    LineVector<uint8_t> byte_counters(bytes ? static_cast<size_t>(kVecBytes * Ctr::kAcc * (p.chans / kVecBytes)) : 0);
     Ctr ctr[R];
     for (int r = 0; r < R; ++r) ctr[r] = Ctr(job.th);
 #if defined(NEP_WORD_LANES)
     const auto word_th = word_thresholds_if<kWords, S>(job.th);
     const int64_t word_groups = std::min(p.chans / kWordLanes, kTile);
-    std::vector<uint8_t> word_counters(words ? sizeof(WordVec) * K * static_cast<size_t>(word_groups) : 0);
+    LineVector<uint8_t> word_counters(words ? sizeof(WordVec) * K * static_cast<size_t>(word_groups) : 0);
 #endif
 #if defined(NEP_FLOAT_WORDS)
-    std::vector<uint8_t> float_word_counters(float_words ? sizeof(WordVec) * 12 : 0);  // >= K x kFloatWordTile<K>
+    LineVector<uint8_t> float_word_counters(float_words ? sizeof(WordVec) * 12 : 0);  // >= K x kFloatWordTile<K>
 #endif
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
-#include <vector>
 
 #include "../common/count_args.h"
 #include "cpu_counter.h"
@@ -18,6 +17,7 @@
 #include "cpu_packed_masks.h"
 #include "cpu_row_signs.h"
 #include "cpu_row_words.h"
+#include "cpu_scratch.h"
 #include "cpu_simd.h"
 #include "cpu_storage.h"
 #include "cpu_thread_tables.h"
@@ -88,7 +88,7 @@ void run_rows(const Job<S>& job) {
                      v.s_channel == v.inner && job.yv.s_inner == 1 && job.yv.s_channel == v.inner;
 #pragma omp parallel num_threads(threads) if (parallel)
   {
-    std::vector<T> buf(kChunk);
+    LineVector<T> buf(kChunk);
     Ctr counter(job.th);
     int64_t* table = use_tables ? tables.mine() : nullptr;
     int64_t quick_counts[Ctr::kAcc] = {};  // comparison counts of the rows count_row_signs or _words took

@@ -17,13 +17,13 @@
 #include <cstring>
 #include <optional>
 #include <type_traits>
-#include <vector>
 
 #include "../common/count_args.h"
 #include "cpu_bitmaps.h"
 #include "cpu_fused_output.h"
 #include "cpu_job.h"
 #include "cpu_packed_masks.h"
+#include "cpu_scratch.h"
 #include "cpu_storage.h"
 #include "cpu_thread_tables.h"
 #include "cpu_tuning.h"
@@ -216,8 +216,8 @@ void run_short_rows_bitmap(const Job<S>& job) {
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     int64_t* table = tables.mine();
-    std::vector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords + kMapTailBytes / sizeof(Lanes::Mask)));
-    std::vector<typename Traits<S>::T> buf(job.y != nullptr ? kChunk : 0);
+    LineVector<Lanes::Mask> maps(static_cast<size_t>(A * kMapWords + kMapTailBytes / sizeof(Lanes::Mask)));
+    LineVector<typename Traits<S>::T> buf(job.y != nullptr ? kChunk : 0);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t cb = item % chan_blocks, rb = item / chan_blocks;

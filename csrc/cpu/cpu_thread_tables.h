@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "cpu_scratch.h"
+
 namespace nepenthe {
 namespace {
 
@@ -63,13 +65,18 @@ struct ThreadTables {
   int64_t channels;
   int threads;
   bool by_comparison;  // entry (c, j) of a table at j * channels + c (else c * kAcc + j)
-  std::unique_ptr<int64_t[]> data;  // threads tables, each cleared by its thread in mine()
+  int64_t table_size;  // entries from one thread's table to the next: channels * kAcc, rounded up to a cache line
+  LineArray<int64_t> data;  // threads tables, each cleared by its thread in mine()
   ThreadTables(int64_t c, int t, bool by_comparison = false)
-      : channels(c), threads(t), by_comparison(by_comparison), data(new int64_t[static_cast<size_t>(c * kAcc * t)]) {}
+      : channels(c),
+        threads(t),
+        by_comparison(by_comparison),
+        table_size((c * kAcc + 7) / 8 * 8),
+        data(line_array<int64_t>(static_cast<size_t>(table_size * t))) {}
   static bool fits(int64_t c, int t) { return c * kAcc * t <= kMaxTableEntries; }
   // The calling thread's table, cleared: call once per thread, in the region, before its work items.
   int64_t* mine() {
-    int64_t* t = data.get() + omp_get_thread_num() * channels * kAcc;
+    int64_t* t = data.get() + omp_get_thread_num() * table_size;
     std::fill(t, t + channels * kAcc, int64_t{0});
     return t;
   }
@@ -81,7 +88,6 @@ struct ThreadTables {
   void write_states(int64_t* counts, int64_t values_per_channel = -1) {
     constexpr int64_t kBlock = 64;
     const int team = omp_get_num_threads();
-    const int64_t table_size = channels * kAcc;
 #if defined(__AVX512F__)
     static const StateInterleave<K> shared;
     const StateInterleave<K> il = shared;  // a local copy stays in registers: the stores to counts may alias shared
@@ -141,7 +147,7 @@ struct ThreadTables {
   inline void add_group(const StateInterleave<K>& il, int64_t* counts, int64_t c, __mmask8 live,
                         int64_t values_per_channel, int team) const {
     constexpr int S = K + 1;
-    const int64_t table_size = channels * kAcc, n = __builtin_popcount(live);
+    const int64_t n = __builtin_popcount(live);
     const int64_t* in = data.get() + c;
     __m512i a[kAcc];  // comparison j of the 8 channels (unrolled loops keep a in registers)
 #pragma GCC unroll 16
