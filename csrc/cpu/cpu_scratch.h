@@ -1,5 +1,5 @@
-// Per-thread scratch memory that starts on a cache line (LineVector, LineArray): counters, bitmaps and value buffers that the
-// kernels read and write a vector at a time.
+// Per-thread scratch memory that starts on a cache line (LineVector, LineArray): counters, bitmaps and value
+// buffers that the kernels read and write a vector at a time.
 //
 // A std::vector<uint8_t> or <float> starts wherever malloc puts it, 16 bytes into a line as often as not: each
 // 64-byte counter row then spans two lines, and every load and store of it is split. byte_sweep's counter rows
@@ -48,7 +48,7 @@ using LineVector = std::vector<T, LineAllocator<T>>;
 // n uninitialized T (trivial types) from a cache line on, for memory its users clear themselves (ThreadTables).
 template <class T>
 struct LineFree {
-  void operator()(T* p) const { ::operator delete(p, std::align_val_t{kLineBytes}); }
+  void operator()(T* p) const { LineAllocator<T>().deallocate(p, 0); }
 };
 
 template <class T>
@@ -57,7 +57,7 @@ using LineArray = std::unique_ptr<T[], LineFree<T>>;
 template <class T>
 LineArray<T> line_array(std::size_t n) {
   static_assert(std::is_trivial_v<T>, "left uninitialized");
-  return LineArray<T>(static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{kLineBytes})));
+  return LineArray<T>(LineAllocator<T>().allocate(n));
 }
 
 }  // namespace

@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 
 #include "cpu_scratch.h"
 
@@ -71,9 +70,13 @@ struct ThreadTables {
       : channels(c),
         threads(t),
         by_comparison(by_comparison),
-        table_size((c * kAcc + 7) / 8 * 8),
+        table_size(ceil_to_line(c * kAcc)),
         data(line_array<int64_t>(static_cast<size_t>(table_size * t))) {}
   static bool fits(int64_t c, int t) { return c * kAcc * t <= kMaxTableEntries; }
+  static int64_t ceil_to_line(int64_t entries) {
+    constexpr auto kPerLine = static_cast<int64_t>(kLineBytes / sizeof(int64_t));
+    return (entries + kPerLine - 1) / kPerLine * kPerLine;
+  }
   // The calling thread's table, cleared: call once per thread, in the region, before its work items.
   int64_t* mine() {
     int64_t* t = data.get() + omp_get_thread_num() * table_size;
