@@ -190,6 +190,44 @@ def test_fused_training_outputs_gradients_and_counts_equal_hook_mode(smooth):
     assert isinstance(model[2], nn.ReLU) and model[2].inplace
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_in_place_activations_overwrite_their_input_and_count_as_hooks(channels_last, monkeypatch):
+    """Under no_grad, inplace=True activations on CPU run fused_activation_: the output of the layer before is
+    overwritten, as the original modules do, and the counts equal hook mode's."""
+    import nepenthe.profiler.fused as profiler_fused
+
+    in_place_calls: list[str] = []
+    real = profiler_fused.fused_activation_
+
+    def spy(x, kind, counts, **kw):
+        in_place_calls.append(kind)
+        return real(x, kind, counts, **kw)
+
+    monkeypatch.setattr(profiler_fused, "fused_activation_", spy)
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU6(inplace=True), nn.Conv2d(16, 8, 1), nn.LeakyReLU(0.2, inplace=True),
+    ).eval()  # fmt: skip
+    x = torch.randn(8, 3, 14, 14) * 3
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    plain = hook_counts(model, x)
+    with torch.no_grad():
+        y_ref = model(x)
+    seen: list[torch.Tensor] = []
+    handle = model[2].register_forward_hook(lambda m, i, out: seen.append(out))
+    with nepenthe.profile(model, fused=True) as prof, torch.no_grad():
+        y = model(x)
+    handle.remove()
+    assert torch.equal(y, y_ref)
+    assert torch.equal(seen[0], torch.clamp(seen[0], 0.0, 6.0))  # the conv's output, overwritten by ReLU6
+    assert in_place_calls == ["relu", "hardtanh", "leaky_relu"]
+    for layer, c in plain.items():
+        assert torch.equal(prof.counts()[layer], c), layer
+
+
 def test_inference_mode_channels_last_and_autocast():
     model = small_cnn().eval()
     x = torch.randn(4, 3, 8, 8)

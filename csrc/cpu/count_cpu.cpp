@@ -107,7 +107,7 @@ template <class S>
 void run(const CountRequest& r) {
   using T = typename Traits<S>::T;
   Job<S> job{static_cast<const S*>(r.x), r.view, {}, r.counts, static_cast<S*>(r.y), r.y_view,
-             Act<T>(r.activation), std::max(1, r.threads), false};
+             Act<T>(r.activation), std::max(1, r.threads), false, false};
   job.th.k = r.num_thresholds;
   job.th.ignore_ties = r.ignore_ties;
   for (int k = 0; k < r.num_thresholds; ++k) {
@@ -117,6 +117,7 @@ void run(const CountRequest& r) {
   // A dimension of size 1 has no meaningful stride: reading it as stride 1 keeps the fast paths.
   if (job.v.inner == 1) job.v.s_inner = job.v.s_channel == 1 ? 0 : 1;
   job.by_channel = job.v.s_inner != 1 && job.v.s_channel == 1;
+  job.in_place = job.y != nullptr && static_cast<const void*>(job.y) == static_cast<const void*>(job.x);
   run_k<S, 1>(job);
 }
 

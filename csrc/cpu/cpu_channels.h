@@ -106,10 +106,10 @@ void run_channels(const Job<S>& job) {
   constexpr int R = std::max(1, (kFromMemory ? 16 : 14) / Ctr::kAcc);
 #endif
   const View& v = job.v;
-  // A fused output laid out like x: the lanes that write it as they read x (fuse_words, fuse_groups) store at x's
-  // own offsets from y's item base.
-  [[maybe_unused]] const bool y_like_x = job.y != nullptr && job.yv.s_channel == 1 && job.yv.s_inner == v.s_inner &&
-                                         job.yv.s_outer == v.s_outer;
+  // A fused output laid out like x, and not x itself (Job::in_place): the lanes that write it as they read x
+  // (fuse_words, fuse_groups) store at x's own offsets from y's item base.
+  [[maybe_unused]] const bool y_like_x = job.y != nullptr && !job.in_place && job.yv.s_channel == 1 &&
+                                         job.yv.s_inner == v.s_inner && job.yv.s_outer == v.s_outer;
   ChannelPlan p = plan_channels(v, kChanTarget, kMaxItemChans);
   // Few positions per item make the per-channel flush (a few hundred ns per 16 channels) rival the counting
   // when there are many channels: keep items long, yet split the positions evenly among the threads.

@@ -79,7 +79,8 @@ void run_rows(const Job<S>& job) {
   bool fuse_rows = false;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<S, float> && (kSigns || kFloatWords)) {
-    fuse_rows = job.y != nullptr && (signs || float_word_rows) && job.yv.s_inner == 1 && is_piecewise(job.act.kind);
+    fuse_rows = job.y != nullptr && !job.in_place && (signs || float_word_rows) && job.yv.s_inner == 1 &&
+                is_piecewise(job.act.kind);
   }
 #endif
   // Whole rows of consecutive channels that lie back to back in x and in y (contiguous NCHW), not fused rows: the

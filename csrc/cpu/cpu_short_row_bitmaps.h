@@ -211,7 +211,7 @@ void run_short_rows_bitmap(const Job<S>& job) {
 #endif
 #if defined(NEP_OUTPUT_IN_FILL)
   bool in_fill = false;  // the fills write the fused output
-  if constexpr (std::is_same_v<S, float>) in_fill = job.y != nullptr && is_piecewise(job.act.kind);
+  if constexpr (std::is_same_v<S, float>) in_fill = job.y != nullptr && !job.in_place && is_piecewise(job.act.kind);
 #endif
 #pragma omp parallel num_threads(threads) if (parallel)
   {

@@ -2,7 +2,7 @@
 
 from .count import count_states
 from .dispatch import BACKENDS, BackendStatus, BackendUnavailable, available_backends, backend_status
-from .fused import fused_activation
+from .fused import fused_activation, fused_activation_
 
 __all__ = [
     "BACKENDS",
@@ -12,4 +12,5 @@ __all__ = [
     "backend_status",
     "count_states",
     "fused_activation",
+    "fused_activation_",
 ]

@@ -11,6 +11,7 @@ from types import ModuleType
 
 import torch
 
+from .count import count_states
 from .dispatch import select_backend
 from .fused_plan import Forward, FusedPlan, fused_plan
 from .jobs import FusedJob
@@ -122,3 +123,58 @@ def fused_activation(
     if torch.is_grad_enabled() and x.requires_grad:
         return _FusedActivation.apply(x, counts, plan, chosen)
     return run_fused(x, counts, plan, chosen)  # no graph to record: skip the autograd Function's cost (a few us)
+
+
+def fused_activation_(
+    x: torch.Tensor,
+    kind: str,
+    counts: torch.Tensor,
+    *,
+    channel_dim: int = 1,
+    thresholds: Sequence[float] | None = None,
+    ignore_ties: bool = False,
+    backend: str | None = None,
+    **params: object,
+) -> torch.Tensor:
+    """In place: overwrite ``x`` with activation ``kind`` of ``x`` and add the states of ``x`` (as it was) into
+    ``counts``; returns ``x``. Arguments as :func:`fused_activation`.
+
+    Where the backend's ``fused_in_place(plan)`` says its kernel is faster so (``cpu``: long contiguous rows, such
+    as ResNet-18 layer1's NCHW 56x56 maps) x is read once: each row is counted and then overwritten while it is in
+    cache. Otherwise (other backends and layouts, or autograd recording x) x is counted and then activated by
+    torch's own in-place operation, which records the same graph as ``F.relu(x, inplace=True)``. GELU has no
+    in-place form in torch, so it cannot be recorded.
+
+    Example::
+
+        >>> x, counts = torch.tensor([[-1.0, 2.0]]), torch.zeros(2, 2, dtype=torch.int64)
+        >>> fused_activation_(x, "relu", counts)
+        tensor([[0., 2.]])
+        >>> counts
+        tensor([[1, 0],
+                [0, 1]])
+    """
+    plan = fused_plan(x, kind, params, thresholds, channel_dim, bool(ignore_ties))
+    check_counts(counts, plan.channels, plan.states, x.device)
+    chosen = select_backend(x.device, backend)
+    recorded = torch.is_grad_enabled() and x.requires_grad
+    in_place = getattr(chosen, "fused_in_place", None)
+    if plan.view is not None and not recorded and in_place is not None and in_place(plan):
+        chosen.fused_forward(_job(x, counts, plan, plan.view, x, plan.view))
+        return x
+    if recorded and plan.kind == "gelu":
+        raise ValueError("fused_activation_: gelu has no in-place form in torch, and autograd records x here")
+    count_states(x, plan.values, channel_dim=plan.channel_dim, counts=counts, ignore_ties=plan.ignore_ties,
+                 backend=backend)  # fmt: skip
+    return _activate_in_place(x, plan.kind, plan.params)
+
+
+def _activate_in_place(x: torch.Tensor, kind: str, params: dict[str, object]) -> torch.Tensor:
+    F = torch.nn.functional
+    if kind == "relu":
+        return torch.relu_(x)
+    if kind == "hardtanh":
+        return F.hardtanh_(x, float(params["min_val"]), float(params["max_val"]))
+    if kind == "leaky_relu":
+        return F.leaky_relu_(x, float(params["negative_slope"]))
+    return x.copy_(F.gelu(x, approximate=str(params["approximate"])))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..activations import ActivationSpec
-from ..kernels import count_states, fused_activation
+from ..kernels import fused_activation, fused_activation_
 
 
 class FusedCountingActivation(nn.Module):
@@ -21,9 +21,10 @@ class FusedCountingActivation(nn.Module):
     or None to run the original module unchanged. The original module is kept as a plain attribute, not a
     submodule, so the model's ``state_dict`` keys do not change during profiling.
 
-    ``inplace=True`` activations on CPU count their input and then run in place as before: a fused kernel would
-    write a freshly allocated output, and on CPU the page faults of that allocation cost more than the one
-    extra read of counting (on CUDA the caching allocator makes the new output free, so the fused kernel runs).
+    ``inplace=True`` activations on CPU run in place, as before, through :func:`fused_activation_` (one pass over
+    long contiguous rows, a count and torch's in-place activation elsewhere). An out-of-place fused kernel would
+    write a freshly allocated output, whose page faults on CPU cost more than the extra read it saves (on CUDA the
+    caching allocator makes the new output free, so the out-of-place fused kernel runs there).
     """
 
     def __init__(self, original: nn.Module, spec: ActivationSpec, site: Callable[[torch.Tensor], tuple | None]):
@@ -40,10 +41,8 @@ class FusedCountingActivation(nn.Module):
         if found is None:
             return self.original(x)
         counts, thresholds, channel_dim, ignore_ties = found
-        if self.inplace and x.device.type == "cpu":
-            count_states(x, thresholds, channel_dim=channel_dim, counts=counts, ignore_ties=ignore_ties)
-            return self.original(x)
-        return fused_activation(
+        fused = fused_activation_ if self.inplace and x.device.type == "cpu" else fused_activation
+        return fused(
             x,
             self.kind,
             counts,

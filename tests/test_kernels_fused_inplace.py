@@ -1,0 +1,203 @@
+"""``fused_activation_``: the activation written over its input, and the input's states counted, in one call.
+
+The oracle is torch's own activation of a copy of the input (bit for bit; GELU within tolerance) and the reference
+counts of that copy. On the cpu backend the extension gets y = x: every path that writes the output as it reads
+the input (the bitmap fills, byte and word lanes, sign and word rows) must write only what it has counted,
+because a block, item or row that holds NaN is read again to be counted exactly. The inputs put NaN next to
+values above ReLU6's 6 and below leaky_relu's knee, which the activation changes: a recount that read the output
+would miscount them.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+import torch
+from activation_oracles import assert_bit_equal, assert_gelu_close, torch_activation
+
+from nepenthe.kernels import available_backends, cpu_backend, fused_activation_
+from nepenthe.kernels.fused_plan import default_thresholds
+from nepenthe.kernels.reference import count_states_reference
+
+needs_cpu = pytest.mark.skipif("cpu" not in available_backends(), reason="the cpu extension is not built")
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> list[bool]:
+    """The cpu backend's in-place kernel for every layout (its own choice takes it only for long rows): one entry
+    per extension call, True when it got y = x."""
+    calls: list[bool] = []
+    kernel = cpu_backend.fused_forward
+
+    def spy(job):
+        calls.append(job.y is job.x)
+        kernel(job)
+
+    monkeypatch.setattr(cpu_backend, "fused_in_place", lambda plan: True)
+    monkeypatch.setattr(cpu_backend, "fused_forward", spy)
+    return calls
+
+
+KINDS = [
+    ("relu", {}, None),
+    ("hardtanh", {"min_val": 0.0, "max_val": 6.0}, None),
+    ("hardtanh", {"min_val": -1.0, "max_val": 0.3}, None),
+    ("leaky_relu", {"negative_slope": 0.1}, None),
+    ("leaky_relu", {"negative_slope": 0.1}, (-0.5, 0.0)),
+    ("relu", {}, (0.0, 1.0)),
+    ("gelu", {"approximate": "tanh"}, None),
+]
+KIND_IDS = ["relu", "relu6", "hardtanh", "leaky", "leaky-below", "relu-2", "gelu"]
+
+# (shape, channels_last, channel_dim): 7x7 and 14x14 maps (bitmap rows), 56x56 (long rows), channels_last maps
+# of 64, 96 and 1312 channels (byte and word lanes, tiles), tokens, and (N, C).
+SHAPES = [
+    ((6, 163, 7, 7), False, 1),
+    ((3, 40, 14, 14), False, 1),
+    ((2, 5, 56, 56), False, 1),
+    ((4, 64, 9, 7), True, 1),
+    ((3, 96, 6, 6), True, 1),
+    ((2, 1312, 3, 3), True, 1),
+    ((3, 50, 128), False, -1),
+    ((300, 33), False, 1),
+]
+SHAPE_IDS = ["7x7", "14x14", "56x56", "cl64", "cl96", "cl1312", "tokens", "nc"]
+
+
+def _input(shape: tuple[int, ...], channels_last: bool, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Values around the knees, NaN in about one block in three, and infinities."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 5
+    x = torch.where(torch.rand(shape, generator=gen) < 0.2, torch.round(x), x)
+    flat = x.view(-1)
+    nans = torch.randint(0, flat.numel(), (max(1, flat.numel() // 3000),), generator=gen)
+    flat[nans] = math.nan
+    flat[7] = math.nan
+    flat[-1] = math.inf
+    flat[flat.numel() // 2] = -math.inf
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@needs_cpu
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,channels_last,channel_dim", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("kind,params,thresholds", KINDS, ids=KIND_IDS)
+def test_in_place_matches_torch_and_reference(
+    kind, params, thresholds, shape, channels_last, channel_dim, dtype, threads, kernel_calls
+):
+    seed = zlib.crc32(repr((kind, params, thresholds, shape, channels_last, dtype)).encode())
+    x = _input(shape, channels_last, dtype, seed)
+    if kind == "gelu":  # torch's vectorized GELU turns +-inf into NaN; the fused kernel gives the limit
+        x = torch.nan_to_num(x, nan=math.nan, posinf=3.0, neginf=-3.0)
+    original = x.clone()
+    states = default_thresholds(kind, params) if thresholds is None else thresholds
+    want_counts = count_states_reference(original, states, channel_dim, False)
+    want_y = torch_activation(original, kind, params)
+    counts = torch.zeros(x.shape[channel_dim], len(states) + 1, dtype=torch.int64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = fused_activation_(
+            x, kind, counts, channel_dim=channel_dim, thresholds=thresholds, backend="cpu", **params
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert got is x and kernel_calls == [True]
+    assert x.stride() == original.stride()
+    if kind == "gelu":
+        assert_gelu_close(x, want_y)
+    else:
+        assert_bit_equal(x, want_y)
+    assert torch.equal(counts, want_counts)
+
+
+@needs_cpu
+@pytest.mark.parametrize("kind,params,thresholds", KINDS[:2], ids=KIND_IDS[:2])
+def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, kernel_calls):
+    """A map large enough for two threads' items and every path's blocks, counted twice into the same counts."""
+    x = _input((32, 96, 28, 28), False, torch.float32, 11)
+    original = x.clone()
+    states = default_thresholds(kind, params)
+    counts = torch.zeros(96, len(states) + 1, dtype=torch.int64)
+    fused_activation_(x, kind, counts, backend="cpu", **params)
+    assert_bit_equal(x, torch_activation(original, kind, params))
+    fused_activation_(original.clone(), kind, counts, backend="cpu", **params)
+    assert torch.equal(counts, 2 * count_states_reference(original, states, 1, False))
+    assert kernel_calls == [True, True]
+
+
+@needs_cpu
+@pytest.mark.parametrize(
+    "shape,channels_last,chosen",
+    [((2, 8, 56, 56), False, True), ((2, 8, 17, 17), False, True), ((2, 8, 14, 14), False, False),
+     ((2, 8, 56, 56), True, False), ((50, 300), False, False)],
+    ids=["56x56", "17x17", "14x14", "cl56x56", "nc"],
+)  # fmt: skip
+def test_cpu_backend_runs_its_kernel_in_place_only_on_long_rows(shape, channels_last, chosen, monkeypatch):
+    calls: list[bool] = []
+    kernel = cpu_backend.fused_forward
+    monkeypatch.setattr(cpu_backend, "fused_forward", lambda job: (calls.append(job.y is job.x), kernel(job)))
+    x = _input(shape, channels_last, torch.float32, 9)
+    original = x.clone()
+    counts = torch.zeros(8 if len(shape) == 4 else 300, 2, dtype=torch.int64)
+    fused_activation_(x, "relu", counts, backend="cpu")
+    assert calls == ([True] if chosen else [])
+    assert_bit_equal(x, torch.relu(original))
+    assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
+
+
+@pytest.mark.parametrize("kind,params,thresholds", KINDS, ids=KIND_IDS)
+def test_other_backends_count_then_activate_in_place(kind, params, thresholds):
+    """The torch backend has no in-place kernel: x is counted, then activated by torch's in-place operation."""
+    x = _input((4, 19, 5, 7), False, torch.float32, 3)
+    if kind == "gelu":
+        x = torch.nan_to_num(x, nan=math.nan, posinf=3.0, neginf=-3.0)
+    original = x.clone()
+    states = default_thresholds(kind, params) if thresholds is None else thresholds
+    counts = torch.zeros(19, len(states) + 1, dtype=torch.int64)
+    assert fused_activation_(x, kind, counts, thresholds=thresholds, backend="torch", **params) is x
+    assert torch.equal(counts, count_states_reference(original, states, 1, False))
+    if kind == "gelu":
+        assert_gelu_close(x, torch_activation(original, kind, params))
+    else:
+        assert_bit_equal(x, torch_activation(original, kind, params))
+
+
+@pytest.mark.parametrize("backend", [None, "torch"])
+def test_recorded_by_autograd_like_torch_in_place(backend):
+    """x produced by a graph: the in-place activation is recorded as torch's own, so gradients are torch's."""
+    w = torch.randn(6, 5, 4, 4, requires_grad=True)
+    counts = torch.zeros(5, 3, dtype=torch.int64)
+    y = fused_activation_(w * 2.0, "hardtanh", counts, backend=backend, min_val=0.0, max_val=6.0)
+    y.sum().backward()
+    w_ref = w.detach().clone().requires_grad_(True)
+    torch.nn.functional.hardtanh(w_ref * 2.0, 0.0, 6.0, inplace=True).sum().backward()
+    assert torch.equal(w.grad, w_ref.grad)
+    assert torch.equal(counts, count_states_reference((w * 2.0).detach(), (0.0, 6.0), 1, False))
+
+
+def test_recorded_gelu_is_refused():
+    w = torch.randn(2, 3, requires_grad=True)
+    counts = torch.zeros(3, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="gelu has no in-place form"):
+        fused_activation_(w * 1.0, "gelu", counts, approximate="none")
+    assert int(counts.sum()) == 0
+
+
+@needs_cpu
+def test_layout_that_needs_a_copy_still_writes_x(kernel_calls):
+    """A strided view that no channel view describes with two strides: counted from a copy, activated in x."""
+    base = _input((3, 8, 5, 6), False, torch.float32, 5)
+    x = base[:, :, ::2, ::2]  # strides (240, 30, 12, 2)
+    original = x.clone()
+    counts = torch.zeros(8, 2, dtype=torch.int64)
+    assert fused_activation_(x, "relu", counts, backend="cpu") is x
+    assert kernel_calls == []  # counted from a copy, then activated by torch in place
+    assert_bit_equal(x, torch.relu(original))
+    assert_bit_equal(base[:, :, ::2, ::2], torch.relu(original))
+    assert not torch.equal(base[:, :, 1::2], torch.relu(base[:, :, 1::2]))  # the rows between are left alone
+    assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
