@@ -93,6 +93,22 @@ class _FusedActivation(torch.autograd.Function):
         return _activation_grad(grad, x, ctx.plan.kind, ctx.plan.params), None, None, None
 
 
+def _checked(
+    x: torch.Tensor,
+    kind: str,
+    counts: torch.Tensor,
+    channel_dim: int,
+    thresholds: Sequence[float] | None,
+    ignore_ties: bool,
+    backend: str | None,
+    params: dict[str, object],
+) -> tuple[FusedPlan, ModuleType]:
+    """The plan of a fused call and the backend it runs on; raises on bad arguments before any kernel runs."""
+    plan = fused_plan(x, kind, params, thresholds, channel_dim, bool(ignore_ties))
+    check_counts(counts, plan.channels, plan.states, x.device)
+    return plan, select_backend(x.device, backend)
+
+
 def fused_activation(
     x: torch.Tensor,
     kind: str,
@@ -117,9 +133,7 @@ def fused_activation(
         >>> int(counts.sum())
         128
     """
-    plan = fused_plan(x, kind, params, thresholds, channel_dim, bool(ignore_ties))
-    check_counts(counts, plan.channels, plan.states, x.device)
-    chosen = select_backend(x.device, backend)
+    plan, chosen = _checked(x, kind, counts, channel_dim, thresholds, ignore_ties, backend, params)
     if torch.is_grad_enabled() and x.requires_grad:
         return _FusedActivation.apply(x, counts, plan, chosen)
     return run_fused(x, counts, plan, chosen)  # no graph to record: skip the autograd Function's cost (a few us)
@@ -154,9 +168,7 @@ def fused_activation_(
         tensor([[1, 0],
                 [0, 1]])
     """
-    plan = fused_plan(x, kind, params, thresholds, channel_dim, bool(ignore_ties))
-    check_counts(counts, plan.channels, plan.states, x.device)
-    chosen = select_backend(x.device, backend)
+    plan, chosen = _checked(x, kind, counts, channel_dim, thresholds, ignore_ties, backend, params)
     recorded = torch.is_grad_enabled() and x.requires_grad
     in_place = getattr(chosen, "fused_in_place", None)
     if plan.view is not None and not recorded and in_place is not None and in_place(plan):
