@@ -26,8 +26,8 @@ needs_cpu = pytest.mark.skipif("cpu" not in available_backends(), reason="the cp
 
 @pytest.fixture
 def kernel_calls(monkeypatch) -> list[bool]:
-    """The cpu backend's in-place kernel for every layout (its own choice takes it only for long rows): one entry
-    per extension call, True when it got y = x."""
+    """The cpu backend's in-place kernel for every layout and dtype (its own choice leaves some to the count and
+    torch's pass): one entry per extension call, True when it got y = x."""
     calls: list[bool] = []
     kernel = cpu_backend.fused_forward
 
@@ -132,18 +132,20 @@ def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, kern
 
 @needs_cpu
 @pytest.mark.parametrize(
-    "shape,channels_last,chosen",
-    [((2, 8, 56, 56), False, True), ((2, 8, 17, 17), False, True), ((2, 8, 14, 14), False, False),
-     ((2, 8, 56, 56), True, False), ((50, 300), False, False)],
-    ids=["56x56", "17x17", "14x14", "cl56x56", "nc"],
+    "shape,channels_last,dtype,chosen",
+    [((2, 8, 56, 56), False, torch.float32, True), ((2, 8, 7, 7), False, torch.float32, True),
+     ((2, 8, 7, 7), True, torch.float32, False), ((2, 8, 7, 7), True, torch.bfloat16, True),
+     ((2, 8, 7, 7), False, torch.float16, True), ((50, 8), False, torch.float32, False),
+     ((50, 8), False, torch.float16, True), ((2, 8, 7, 7), False, torch.float64, False)],
+    ids=["56x56", "7x7", "cl7x7", "cl7x7-bf16", "7x7-f16", "nc", "nc-f16", "7x7-f64"],
 )  # fmt: skip
-def test_cpu_backend_runs_its_kernel_in_place_only_on_long_rows(shape, channels_last, chosen, monkeypatch):
+def test_cpu_backend_chooses_its_kernel_where_it_measured_faster(shape, channels_last, dtype, chosen, monkeypatch):
     calls: list[bool] = []
     kernel = cpu_backend.fused_forward
     monkeypatch.setattr(cpu_backend, "fused_forward", lambda job: (calls.append(job.y is job.x), kernel(job)))
-    x = _input(shape, channels_last, torch.float32, 9)
+    x = _input(shape, channels_last, dtype, 9)
     original = x.clone()
-    counts = torch.zeros(8 if len(shape) == 4 else 300, 2, dtype=torch.int64)
+    counts = torch.zeros(8, 2, dtype=torch.int64)
     fused_activation_(x, "relu", counts, backend="cpu")
     assert calls == ([True] if chosen else [])
     assert_bit_equal(x, torch.relu(original))

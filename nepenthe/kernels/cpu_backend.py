@@ -14,8 +14,6 @@ from .plan import Counter, CountPlan
 NAME = "cpu"
 EXTENSION = "nepenthe._cpu"
 ISA_EXTENSION = "nepenthe._cpu_isa"
-# Rows longer than this (the extension's kSmallInner) are counted one by one; shorter ones in blocks of rows.
-SHORT_ROWS = 256
 
 # Must match the DType and Activation enums of csrc/common/count_args.h.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
@@ -135,12 +133,20 @@ def fused_forward(job: FusedJob) -> None:
 def fused_in_place(plan: FusedPlan) -> bool:
     """Whether ``fused_activation_`` should hand the extension y = x for ``plan`` (x laid out as ``plan.view``)
     rather than count x and let torch activate it in place. The extension takes y = x on every path (it writes
-    what it has counted, never as it reads); it is faster only where rows are long and contiguous. Against a count
-    and torch's in-place activation, float32, two threads (Zen 4): ResNet-18 layer1's 56x56 NCHW map (25 MB, from
-    memory) 0.75 of the time, 28x28 maps 0.97; 7x7 and 14x14 maps 0.96-1.03, where the count is bound by its
-    arithmetic and torch's in-place pass is quick; channels_last maps 1.03-1.19, written after each work item."""
+    what it has counted, never as it reads). Against a count and torch's in-place activation, two threads (Zen 4):
+
+    - float16/bfloat16, where torch's in-place activations are slow on CPU: 0.37-0.83 of the time on NCHW and
+      channels_last maps from 7x7 to 112x112 and on tokens, except channels_last float16 56x56 (1.17);
+    - float32 rows (NCHW): 56x56 and 112x112 maps from memory 0.62-0.83, 7x7 to 28x28 maps 0.87-1.03, where the
+      count is bound by its arithmetic and torch's in-place pass is quick;
+    - float32 with the channels innermost (channels_last, (N, C)), written after each work item from L2:
+      1.03-1.19 on maps (tokens from memory 0.68), so those, and float64, take the count and torch's pass."""
     view = plan.view
-    return view is not None and view.stride_inner == 1 and view.inner > SHORT_ROWS
+    if view is None:
+        return False
+    if plan.dtype in (torch.float16, torch.bfloat16):
+        return True
+    return plan.dtype == torch.float32 and view.stride_inner == 1 and view.inner > 1
 
 
 def prepare_fused(plan: FusedPlan) -> Forward:

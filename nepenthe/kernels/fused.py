@@ -153,11 +153,11 @@ def fused_activation_(
     """In place: overwrite ``x`` with activation ``kind`` of ``x`` and add the states of ``x`` (as it was) into
     ``counts``; returns ``x``. Arguments as :func:`fused_activation`.
 
-    Where the backend's ``fused_in_place(plan)`` says its kernel is faster so (``cpu``: long contiguous rows, such
-    as ResNet-18 layer1's NCHW 56x56 maps) x is read once: each row is counted and then overwritten while it is in
-    cache. Otherwise (other backends and layouts, or autograd recording x) x is counted and then activated by
-    torch's own in-place operation, which records the same graph as ``F.relu(x, inplace=True)``. GELU has no
-    in-place form in torch, so it cannot be recorded.
+    Where the backend's ``fused_in_place(plan)`` says its kernel is faster so (``cpu``: float16/bfloat16, and
+    float32 NCHW maps) x is read once: each block or row is counted and then overwritten while it is in cache.
+    Otherwise (other backends and layouts, or autograd recording x) x is counted and then activated by torch's own
+    in-place operation, which records the same graph as ``F.relu(x, inplace=True)``. GELU has no in-place form in
+    torch, so it cannot be recorded.
 
     Example::
 

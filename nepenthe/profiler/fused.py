@@ -21,10 +21,10 @@ class FusedCountingActivation(nn.Module):
     or None to run the original module unchanged. The original module is kept as a plain attribute, not a
     submodule, so the model's ``state_dict`` keys do not change during profiling.
 
-    ``inplace=True`` activations on CPU run in place, as before, through :func:`fused_activation_` (one pass over
-    long contiguous rows, a count and torch's in-place activation elsewhere). An out-of-place fused kernel would
-    write a freshly allocated output, whose page faults on CPU cost more than the extra read it saves (on CUDA the
-    caching allocator makes the new output free, so the out-of-place fused kernel runs there).
+    ``inplace=True`` activations on CPU run in place, as before, through :func:`fused_activation_` (one pass where
+    the cpu backend measured it faster, a count and torch's in-place activation elsewhere). An out-of-place fused
+    kernel would write a freshly allocated output, whose page faults on CPU cost more than the extra read it saves
+    (on CUDA the caching allocator makes the new output free, so the out-of-place fused kernel runs there).
     """
 
     def __init__(self, original: nn.Module, spec: ActivationSpec, site: Callable[[torch.Tensor], tuple | None]):
