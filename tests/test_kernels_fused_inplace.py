@@ -182,6 +182,19 @@ def test_recorded_by_autograd_like_torch_in_place(backend):
     assert torch.equal(counts, count_states_reference((w * 2.0).detach(), (0.0, 6.0), 1, False))
 
 
+@needs_cpu
+def test_kernel_marks_x_changed_for_graphs_that_saved_it(kernel_calls):
+    """x needs no gradient, but a product recorded it for its other factor's: as after torch's relu_, the backward
+    pass refuses to use the overwritten x."""
+    w = torch.randn(4, 3, 5, 5, requires_grad=True)
+    x = torch.randn(4, 3, 5, 5)
+    product = w * x
+    fused_activation_(x, "relu", torch.zeros(3, 2, dtype=torch.int64), backend="cpu")
+    assert kernel_calls == [True]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        product.sum().backward()
+
+
 def test_recorded_gelu_is_refused():
     w = torch.randn(2, 3, requires_grad=True)
     counts = torch.zeros(3, 2, dtype=torch.int64)

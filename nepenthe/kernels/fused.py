@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import torch
+from torch.autograd.graph import increment_version
 
 from .count import count_states
 from .dispatch import select_backend
@@ -173,6 +174,7 @@ def fused_activation_(
     in_place = getattr(chosen, "fused_in_place", None)
     if plan.view is not None and not recorded and in_place is not None and in_place(plan):
         chosen.fused_forward(_job(x, counts, plan, plan.view, x, plan.view))
+        increment_version(x)  # as torch's in-place ops do: a graph that saved x sees that it changed
         return x
     if recorded and plan.kind == "gelu":
         raise ValueError("fused_activation_: gelu has no in-place form in torch, and autograd records x here")
