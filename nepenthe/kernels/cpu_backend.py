@@ -136,7 +136,7 @@ def fused_in_place(plan: FusedPlan) -> bool:
     what it has counted, never as it reads). Against a count and torch's in-place activation, two threads (Zen 4):
 
     - float16/bfloat16, where torch's in-place activations are slow on CPU: 0.37-0.83 of the time on NCHW and
-      channels_last maps from 7x7 to 112x112 and on tokens, except channels_last float16 56x56 (1.17);
+      channels_last maps from 7x7 to 112x112 and on tokens (channels_last float16 56x56 varied, 0.92-1.17);
     - float32 rows (NCHW): 56x56 and 112x112 maps from memory 0.62-0.83, 7x7 to 28x28 maps 0.87-1.03, where the
       count is bound by its arithmetic and torch's in-place pass is quick;
     - float32 with the channels innermost (channels_last, (N, C)), written after each work item from L2:
