@@ -53,11 +53,12 @@ def measure(case: tuple, dtype: torch.dtype, channels_last: bool, rounds: int) -
     x = (torch.randn(*shape) * 4).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    counts = torch.zeros(shape[channel_dim], 3 if kind == "hardtanh" else 2, dtype=torch.int64)
+    plan = fused_plan(x, kind, params, None, channel_dim, False)
+    counts = torch.zeros(plan.channels, plan.states, dtype=torch.int64)
     chosen = cpu_backend.fused_in_place
     try:
         # fused_in_place is looked up at each call: each way forces its own answer, and the backend's is asked first
-        picks = chosen(fused_plan(x, kind, params, None, channel_dim, False))
+        picks = chosen(plan)
 
         def way(one_pass: bool) -> Callable[[], object]:
             def run() -> object:
