@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine (no network needed): build nepenthe with its CUDA extension, run the gpu-marked tests and
-# the kernel (with the Triton host time a call), profiler and depth-reduction benchmarks, and write everything
-# under results/gpu-<UTC date-time>/ (printed at the start and end).
+# the kernel (with the Triton host time a call and the in-place fused activations), profiler and depth-reduction
+# benchmarks, and write everything under results/gpu-<UTC date-time>/ (printed at the start and end).
 #
 #   bash benchmarks/gpu_check.sh            # full benchmark (batch 32)
 #   QUICK=1 bash benchmarks/gpu_check.sh    # batch 8, fewer repetitions
@@ -85,6 +85,10 @@ echo "[${SECONDS} s] == Triton host time a call (bench_triton_host.py)"
 step "$PY" benchmarks/bench_triton_host.py --calls 1000 --out "$RESULTS/triton_host.md" >"$RESULTS/triton_host.txt" 2>&1 \
   || { echo "bench_triton_host.py failed, see $RESULTS/triton_host.txt"; status=1; }
 head -n 8 "$RESULTS/triton_host.txt"
+
+echo "[${SECONDS} s] == in-place fused activations (bench_inplace.py --device cuda)"
+step "$PY" benchmarks/bench_inplace.py --device cuda 2>&1 | tee "$RESULTS/bench_inplace.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # The A/B before the sweeps: shorter, and what a DEADLINE should least cut off.
 if [ -n "${AB_OLD:-}" ]; then

@@ -20,7 +20,7 @@ from types import ModuleType, SimpleNamespace
 import torch
 from cuda_toolkit import HOST_WARNINGS, ROOT, find_nvcc
 
-from nepenthe.kernels import cpu_backend
+from nepenthe.kernels import cpu_backend, cuda_backend
 
 PAIR = ("cpu", "cuda")
 PAIR_ID = "cpu-cuda_emulated"
@@ -65,7 +65,7 @@ def backend(ext: ModuleType) -> SimpleNamespace:
         ext.fused(*cpu_backend.job_args(job), 0, job.y.data_ptr(), job.y_view.args, *args)
 
     return SimpleNamespace(NAME="cuda", load=lambda: None, device_problem=device_problem, count=count,
-                           fused_forward=fused_forward)  # fmt: skip
+                           fused_forward=fused_forward, fused_in_place=cuda_backend.fused_in_place)  # fmt: skip
 
 
 def available() -> bool:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import zlib
 
+import cuda_emulated
 import pytest
 import torch
-from activation_oracles import assert_bit_equal, assert_gelu_close, torch_activation
+from activation_oracles import as_cuda_computes, assert_bit_equal, assert_gelu_close, torch_activation
 
-from nepenthe.kernels import available_backends, cpu_backend, fused_activation_
+from nepenthe.kernels import available_backends, cpu_backend, dispatch, fused_activation_
 from nepenthe.kernels.fused_plan import default_thresholds
 from nepenthe.kernels.reference import count_states_reference
 
@@ -216,3 +217,103 @@ def test_layout_that_needs_a_copy_still_writes_x(kernel_calls):
     assert_bit_equal(base[:, :, ::2, ::2], torch.relu(original))
     assert not torch.equal(base[:, :, 1::2], torch.relu(base[:, :, 1::2]))  # the rows between are left alone
     assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
+
+
+# The GPU kernels' paths: long rows (with a head before the first 16-byte boundary when x starts one value in),
+# short rows, 16-byte channel groups, channels that fit no group, tokens and (N, C).
+GPU_SHAPES = [
+    ((2, 3, 33, 31), False, 1, 0),
+    ((2, 3, 33, 31), False, 1, 1),
+    ((4, 19, 5, 7), False, 1, 0),
+    ((2, 64, 5, 3), True, 1, 0),
+    ((3, 19, 4, 5), True, 1, 0),
+    ((3, 50, 128), False, -1, 0),
+    ((300, 33), False, 1, 0),
+]
+GPU_SHAPE_IDS = ["rows", "rows-offset", "short-rows", "cl64", "cl19", "tokens", "nc"]
+GPU_KINDS = [KINDS[0], KINDS[1], KINDS[3], KINDS[6]]
+GPU_KIND_IDS = [KIND_IDS[0], KIND_IDS[1], KIND_IDS[3], KIND_IDS[6]]
+
+
+def _gpu_input(shape, channels_last, offset, dtype, device, seed) -> torch.Tensor:
+    """``_input`` on ``device``, starting ``offset`` values into its storage (still dense, so one pass takes it)."""
+    x = _input(shape, channels_last, dtype, seed)
+    if offset:
+        flat = torch.empty(x.numel() + offset, dtype=dtype)
+        x = flat[offset:].view(shape).copy_(x)
+    return x.to(device)
+
+
+def _expected(original: torch.Tensor, kind: str, params: dict, emulated: bool) -> torch.Tensor:
+    want = torch_activation(original, kind, params)
+    if emulated:  # the CUDA kernels on CPU tensors give what torch's CUDA kernels give (-0.0 at a bound: +0.0)
+        want = as_cuda_computes(want, original, kind, params.get("min_val", 0.0))
+    return want
+
+
+def _check_in_place(x, original, kind, params, thresholds, channel_dim, backend, emulated, calls) -> None:
+    states = default_thresholds(kind, params) if thresholds is None else thresholds
+    counts = torch.zeros(x.shape[channel_dim], len(states) + 1, dtype=torch.int64, device=x.device)
+    got = fused_activation_(x, kind, counts, channel_dim=channel_dim, thresholds=thresholds, backend=backend,
+                            **params)  # fmt: skip
+    assert got is x and calls == [True]
+    if kind == "gelu":
+        assert_gelu_close(x, torch_activation(original, kind, params))
+    else:
+        assert_bit_equal(x, _expected(original, kind, params, emulated))
+    assert torch.equal(counts.cpu(), count_states_reference(original.cpu(), states, channel_dim, False))
+
+
+def _spy_on(monkeypatch, backend: str) -> list[bool]:
+    """One entry per call of the dispatcher's ``backend``'s fused kernel, True when it got y = x."""
+    module = dispatch._loaded[backend]
+    kernel = module.fused_forward
+    calls: list[bool] = []
+
+    def spy(job):
+        calls.append(job.y is job.x)
+        kernel(job)
+
+    monkeypatch.setattr(module, "fused_forward", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,channels_last,channel_dim,offset", GPU_SHAPES, ids=GPU_SHAPE_IDS)
+@pytest.mark.parametrize("kind,params,thresholds", GPU_KINDS, ids=GPU_KIND_IDS)
+def test_gpu_kernels_write_x_in_place(
+    device_backend, kind, params, thresholds, shape, channels_last, channel_dim, offset, dtype, monkeypatch
+):
+    """The cuda kernels (on a GPU, or emulated on CPU tensors) and Triton's (on a GPU) take y = x on every dense
+    layout: each value is read once, by the thread that then writes its activation. The cpu extension, forced to
+    its kernel on every layout, runs these inputs too."""
+    device, backend = device_backend
+    if backend == "cpu":
+        monkeypatch.setattr(cpu_backend, "fused_in_place", lambda plan: True)
+    if device == "cpu" and backend == "triton":
+        pytest.skip("interpreted Triton: test_triton_interpreted_writes_x_in_place")
+    seed = zlib.crc32(repr((kind, params, shape, offset, dtype)).encode())
+    x = _gpu_input(shape, channels_last, offset, dtype, device, seed)
+    if kind == "gelu":
+        x = torch.nan_to_num(x, nan=math.nan, posinf=3.0, neginf=-3.0)
+    original = x.clone()
+    calls = _spy_on(monkeypatch, backend)
+    emulated = tuple(device_backend) == cuda_emulated.PAIR
+    _check_in_place(x, original, kind, params, thresholds, channel_dim, backend, emulated, calls)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,channels_last,channel_dim,offset", GPU_SHAPES[1:5], ids=GPU_SHAPE_IDS[1:5])
+@pytest.mark.parametrize("kind,params,thresholds", GPU_KINDS[1:3], ids=GPU_KIND_IDS[1:3])
+def test_triton_interpreted_writes_x_in_place(
+    kind, params, thresholds, shape, channels_last, channel_dim, offset, dtype, monkeypatch
+):
+    """Triton's kernel, interpreted on CPU tensors, given y = x."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if "triton" not in available_backends("cpu"):
+        pytest.skip("Triton's interpreter cannot run nepenthe's kernel here (`python -m nepenthe doctor` says why)")
+    seed = zlib.crc32(repr((kind, params, shape, offset, dtype, "triton")).encode())
+    x = _gpu_input(shape, channels_last, offset, dtype, "cpu", seed)
+    original = x.clone()
+    calls = _spy_on(monkeypatch, "triton")
+    _check_in_place(x, original, kind, params, thresholds, channel_dim, "triton", False, calls)

@@ -190,9 +190,10 @@ def test_fused_training_outputs_gradients_and_counts_equal_hook_mode(smooth):
     assert isinstance(model[2], nn.ReLU) and model[2].inplace
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_in_place_activations_overwrite_their_input_and_count_as_hooks(channels_last, monkeypatch):
-    """Under no_grad, inplace=True activations on CPU run fused_activation_: the output of the layer before is
+def test_fused_in_place_activations_overwrite_their_input_and_count_as_hooks(channels_last, device, monkeypatch):
+    """Under no_grad, inplace=True activations run fused_activation_: the output of the layer before is
     overwritten, as the original modules do, and the counts equal hook mode's."""
     import nepenthe.profiler.fused as profiler_fused
 
@@ -210,6 +211,7 @@ def test_fused_in_place_activations_overwrite_their_input_and_count_as_hooks(cha
         nn.ReLU6(inplace=True), nn.Conv2d(16, 8, 1), nn.LeakyReLU(0.2, inplace=True),
     ).eval()  # fmt: skip
     x = torch.randn(8, 3, 14, 14) * 3
+    model, x = model.to(device), x.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

@@ -12,6 +12,7 @@ import torch
 
 from .cpu_backend import activation_args, job_args
 from .cuda_device import on_device
+from .fused_plan import FusedPlan
 from .jobs import CountJob, FusedJob
 
 NAME = "cuda"
@@ -56,3 +57,11 @@ def fused_forward(job: FusedJob) -> None:
     with on_device(job.x.device):
         stream = torch.cuda.current_stream().cuda_stream
         _ext.fused(*job_args(job), stream, job.y.data_ptr(), job.y_view.args, *activation_args(job.kind, job.params))
+
+
+def fused_in_place(plan: FusedPlan) -> bool:
+    """Whether ``fused_activation_`` should hand the extension y = x: on every dense layout (``plan.view``). Every
+    CUDA kernel reads each value once, and the thread that read it then writes its activation, so no value is read
+    after it was overwritten: one pass reads and writes x once, where a count and torch's in-place activation read
+    it twice."""
+    return plan.view is not None

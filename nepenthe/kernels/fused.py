@@ -131,8 +131,8 @@ def fused_activation(
 
         >>> counts = torch.zeros(3, 2, dtype=torch.int64)
         >>> y = fused_activation(torch.randn(8, 3, 4, 4), "relu", counts)
-        >>> int(counts.sum())
-        128
+        >>> int(counts.sum())  # 8 * 3 * 4 * 4 values
+        384
     """
     plan, chosen = _checked(x, kind, counts, channel_dim, thresholds, ignore_ties, backend, params)
     if torch.is_grad_enabled() and x.requires_grad:
@@ -154,10 +154,11 @@ def fused_activation_(
     """In place: overwrite ``x`` with activation ``kind`` of ``x`` and add the states of ``x`` (as it was) into
     ``counts``; returns ``x``. Arguments as :func:`fused_activation`.
 
-    Where the backend's ``fused_in_place(plan)`` says its kernel is faster so (``cpu``: float16/bfloat16, and
-    float32 NCHW maps) x is read once: each block or row is counted and then overwritten while it is in cache.
-    Otherwise (other backends and layouts, or autograd recording x) x is counted and then activated by torch's own
-    in-place operation, which records the same graph as ``F.relu(x, inplace=True)``. GELU has no in-place form in
+    Where the backend's ``fused_in_place(plan)`` says its kernel is faster so, x is read once: ``cuda`` and
+    ``triton`` on every dense layout (each value is overwritten by the thread that read it), ``cpu`` on
+    float16/bfloat16 and float32 NCHW maps (each block or row is counted, then overwritten while it is in cache).
+    Otherwise (the torch backend, other layouts, or autograd recording x) x is counted and then activated by
+    torch's own in-place operation, which records the same graph as ``F.relu(x, inplace=True)``. GELU has no in-place form in
     torch, so it cannot be recorded.
 
     Example::

@@ -10,6 +10,7 @@ import functools
 
 import torch
 
+from .fused_plan import FusedPlan
 from .jobs import CountJob, FusedJob
 
 NAME = "triton"
@@ -100,6 +101,14 @@ def count(job: CountJob) -> None:
     from .triton_count import run_kernel
 
     run_kernel(job)
+
+
+def fused_in_place(plan: FusedPlan) -> bool:
+    """Whether ``fused_activation_`` should hand the kernel y = x: on every dense layout (``plan.view``). A program
+    loads each tile once and stores its activations to the same offsets (tiles of one program, and of different
+    programs, never overlap), so no value is read after it was overwritten: one pass reads and writes x once,
+    where a count and torch's in-place activation read it twice."""
+    return plan.view is not None
 
 
 def fused_forward(job: FusedJob) -> None:

@@ -21,10 +21,11 @@ class FusedCountingActivation(nn.Module):
     or None to run the original module unchanged. The original module is kept as a plain attribute, not a
     submodule, so the model's ``state_dict`` keys do not change during profiling.
 
-    ``inplace=True`` activations on CPU run in place, as before, through :func:`fused_activation_` (one pass where
-    the cpu backend measured it faster, a count and torch's in-place activation elsewhere). An out-of-place fused
-    kernel would write a freshly allocated output, whose page faults on CPU cost more than the extra read it saves
-    (on CUDA the caching allocator makes the new output free, so the out-of-place fused kernel runs there).
+    ``inplace=True`` activations run in place, as the original modules do, through :func:`fused_activation_`:
+    one pass where the backend's kernel writes x (the cuda and Triton kernels on every dense layout, the cpu
+    extension where it measured faster), a count and torch's in-place activation elsewhere. On CPU an out-of-place
+    fused kernel would write a freshly allocated output, whose page faults cost more than the extra read it saves;
+    on CUDA, under autograd, the out-of-place kernel runs (one pass, where the in-place form records torch's op).
     """
 
     def __init__(self, original: nn.Module, spec: ActivationSpec, site: Callable[[torch.Tensor], tuple | None]):
@@ -41,7 +42,11 @@ class FusedCountingActivation(nn.Module):
         if found is None:
             return self.original(x)
         counts, thresholds, channel_dim, ignore_ties = found
-        fused = fused_activation_ if self.inplace and x.device.type == "cpu" else fused_activation
+        # Under autograd on CUDA the out-of-place kernel stays: in place, x would be counted and then activated by
+        # torch's op (a second read), since the graph must record torch's in-place activation.
+        recorded = torch.is_grad_enabled() and x.requires_grad
+        in_place = self.inplace and (x.device.type == "cpu" or not recorded)
+        fused = fused_activation_ if in_place else fused_activation
         return fused(
             x,
             self.kind,
