@@ -21,6 +21,13 @@ Usage::
     python benchmarks/sweep_triton.py --match MobileNet --thresholds own 0 0,1,2   # 2, 1 and 3 thresholds
     python benchmarks/sweep_triton.py --match nchw --inner-fit 0 1   # NCHW rows in tiles that divide them
     python benchmarks/sweep_triton.py --small --warps 8 16 --per-sm 2 4   # the maps in L2 instead (no bar)
+    python benchmarks/sweep_triton.py --fused --match "block1 channels_last" --tiles 8192 16384 --fit 0 1
+
+With ``--fused`` it times the fused kernel instead (``fused_activation``, out of place: ReLU for the tensors counted
+at 0, ReLU6 for those at 0 and 6; the kernel ``fused_activation_`` runs with y = x), which reads the tensor and
+writes as much: its ideal is twice ``x.sum()``'s time. Fused channel tiles have their own warps
+(``FUSED_CHANNEL_TILE_WARPS``) and take ``TILE_BYTES``; ``--warps`` and ``--tiles`` set those too. Each setting's
+counts and output are checked against the torch reference and torch's activation.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from functools import partial
 import torch
 from bench_kernels import gpu_time, timer
 
-from nepenthe import count_states
+from nepenthe import count_states, fused_activation
 from nepenthe.kernels import triton_count
 
 # (name, shape, channel_dim, layout, dtype, thresholds): each over 60 MiB, the H200's L2.
@@ -45,6 +52,7 @@ TENSORS = [
     ("ResNet-18 layer4", (1024, 512, 7, 7), 1, "channels_last", torch.float16, (0.0,)),
     ("MobileNet-V2 block1", (32, 96, 112, 112), 1, "nchw", torch.float32, (0.0, 6.0)),
     ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "nchw", torch.float16, (0.0, 6.0)),
+    ("MobileNet-V2 block1", (32, 96, 112, 112), 1, "channels_last", torch.float32, (0.0, 6.0)),
     ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "channels_last", torch.float16, (0.0, 6.0)),
     ("MobileNet-V2 block1", (64, 96, 112, 112), 1, "channels_last", torch.bfloat16, (0.0, 6.0)),
     ("Swin-T stage1 MLP", (64, 56, 56, 384), -1, "natural", torch.float16, (0.0,)),
@@ -117,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         "--match", nargs="+", default=None, help="only tensors whose 'name layout dtype' holds one of these strings"
     )
     parser.add_argument("--small", action="store_true", help="the maps in L2 (SMALL_TENSORS) instead of the large")
+    parser.add_argument("--fused", action="store_true", help="time the fused kernel (relu or relu6) instead")
     args = parser.parse_args(argv)
     threshold_sets = [_threshold_set(text) for text in args.thresholds]
     tensors = [
@@ -139,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---|")
     names = (
-        "TILE_BYTES", "CHANNEL_TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "FEW_TILES_WARPS",
+        "TILE_BYTES", "CHANNEL_TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "FUSED_CHANNEL_TILE_WARPS",
+        "FEW_TILES_WARPS",
         "_target_programs", "MIN_TILES_PER_PROGRAM",
         "INNER_TILE_UNROLL", "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES",
         *(constant for constant, _ in SWITCHES.values()),
@@ -172,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages or None
                 if warps is not None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
+                    triton_count.FUSED_CHANNEL_TILE_WARPS = warps
                     triton_count.FEW_TILES_WARPS = ()  # the warps of every launch, whatever its tiles
                 for (constant, _), value in zip(SWITCHES.values(), switches, strict=True):
                     if value is not None:
@@ -180,8 +191,11 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count._target_programs = lambda device, along, fused, per_sm=per_sm: per_sm * sms
                     triton_count.MIN_TILES_PER_PROGRAM = 1  # exactly that many programs, whatever the tiles
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
-                run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
-                same = torch.equal(run(), reference)
+                if args.fused:
+                    run, same = _fused_run(x, thresholds, channel_dim, reference)
+                else:
+                    run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
+                    same = torch.equal(run(), reference)
                 t = time_it(run)
                 tg = gpu_timer(run, args.reps)
                 gpu = (
@@ -202,6 +216,23 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in defaults.items():
             setattr(triton_count, name, value)
         triton_count._static_launch.cache_clear()
+
+
+def _fused_run(x: torch.Tensor, thresholds: tuple[float, ...], channel_dim: int, reference: torch.Tensor):
+    """A call of the fused kernel on x (ReLU at 0, ReLU6 at 0 and 6), and whether its counts and output are exact."""
+    if thresholds == (0.0,):
+        kind, params, want = "relu", {}, torch.relu(x)
+    elif thresholds == (0.0, 6.0):
+        kind, params, want = "hardtanh", {"min_val": 0.0, "max_val": 6.0}, torch.nn.functional.hardtanh(x, 0.0, 6.0)
+    else:
+        raise SystemExit(f"--fused times ReLU and ReLU6, whose thresholds are their own, not {thresholds}")
+    counts = torch.zeros_like(reference)
+
+    def run() -> torch.Tensor:
+        return fused_activation(x, kind, counts, channel_dim=channel_dim, backend="triton", **params)
+
+    y = run()
+    return run, torch.equal(counts, reference) and torch.equal(y, want)
 
 
 def _shown(value: int | None) -> str:

@@ -34,9 +34,10 @@ def _sweep(*args: str) -> list[dict[str, str]]:
 
 
 def test_sweep_runs_every_setting_with_exact_counts():
-    # Session 20's first channel-tile sweep on the H200 (benchmarks/gpu-results): 7 tensors, 8 settings.
+    # Session 20's first channel-tile sweep on the H200 (benchmarks/gpu-results): 7 tensors (8 since MobileNet-V2's
+    # float32 channels_last joined them), 8 settings.
     rows = _sweep("--match", "channels_last", "natural", "--warps", "4", "8", "--per-sm", "4", "8", "--fit", "0", "1")
-    assert len(rows) == 7 * 8
+    assert len(rows) == 8 * 8
     assert all(row["counts"] == "exact" for row in rows), [r for r in rows if r["counts"] != "exact"]
     assert {(row["warps"], row["programs/SM"], row["fitted channel blocks"]) for row in rows} == {
         (w, p, f) for w in "48" for p in "48" for f in "01"
@@ -44,10 +45,10 @@ def test_sweep_runs_every_setting_with_exact_counts():
 
 
 def test_sweep_counts_other_threshold_sets_with_and_without_masks():
-    # Session 20's second sweep: the 5 channels_last tensors, masks on and off, own and three thresholds.
+    # Session 20's second sweep: the 6 channels_last tensors, masks on and off, own and three thresholds.
     masks = ("--unmasked", "0", "1")
     rows = _sweep("--match", "channels_last", "--fit", "1", *masks, "--thresholds", "own", "0,1,2")
-    assert len(rows) == 5 * 2 * 2
+    assert len(rows) == 6 * 2 * 2
     assert [row["unmasked full tiles"] for row in rows[:4]] == ["0", "0", "1", "1"]
     assert [row["thresholds"] for row in rows if "MobileNet" in row["tensor"]][:2] == ["0, 6", "0, 1, 2"]
     assert [row["thresholds"] for row in rows if "layer1" in row["tensor"]][:2] == ["0", "0, 1, 2"]
@@ -69,3 +70,12 @@ def test_sweep_of_the_maps_in_l2():
     assert {row["tensor"] for row in rows} == {"ResNet-18 layer4", "MobileNet-V2 last"}
     assert [row["warps"] for row in rows] == ["8", "16"] * 7
     assert all(row["counts"] == "exact" for row in rows)
+
+
+def test_sweep_of_the_fused_kernel():
+    # --fused: the fused ReLU6 on MobileNet-V2's channels_last tensors, channel blocks fitted and widest.
+    rows = _sweep("--fused", "--match", "block1 channels_last", "--tiles", "8192", "--warps", "4", "--fit", "0", "1")
+    assert len(rows) == 3 * 2
+    assert [row["dtype"] for row in rows] == ["float32", "float32", "float16", "float16", "bfloat16", "bfloat16"]
+    assert [row["fitted channel blocks"] for row in rows] == ["0", "1"] * 3
+    assert all(row["counts"] == "exact" for row in rows), rows

@@ -158,8 +158,8 @@ def fused_activation_(
     ``triton`` on every dense layout (each value is overwritten by the thread that read it), ``cpu`` on
     float16/bfloat16 and float32 NCHW maps (each block or row is counted, then overwritten while it is in cache).
     Otherwise (the torch backend, other layouts, or autograd recording x) x is counted and then activated by
-    torch's own in-place operation, which records the same graph as ``F.relu(x, inplace=True)``. GELU has no in-place form in
-    torch, so it cannot be recorded.
+    torch's own in-place operation, which records the same graph as ``F.relu(x, inplace=True)``. GELU has no
+    in-place form in torch, so it cannot be recorded.
 
     Example::
 
