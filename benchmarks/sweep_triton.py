@@ -24,9 +24,10 @@ Usage::
     python benchmarks/sweep_triton.py --fused --match "block1 channels_last" --tiles 8192 16384 --fit 0 1
 
 With ``--fused`` it times the fused kernel instead (``fused_activation``, out of place: ReLU for the tensors counted
-at 0, ReLU6 for those at 0 and 6; the kernel ``fused_activation_`` runs with y = x), which reads the tensor and
-writes as much: its ideal is twice ``x.sum()``'s time. Fused channel tiles have their own warps
-(``FUSED_CHANNEL_TILE_WARPS``) and take ``TILE_BYTES``; ``--warps`` and ``--tiles`` set those too. Each setting's
+at 0, ReLU6 for those at 0 and 6; with ``--in-place``, ``fused_activation_``, the kernel with y = x), which reads
+the tensor and writes as much: its ideal is twice ``x.sum()``'s time. Fused channel tiles have their own warps
+(``FUSED_CHANNEL_TILE_WARPS``, ``FUSED_NARROW_TILE_WARPS``) and take ``TILE_BYTES``; ``--warps`` and ``--tiles``
+set those too. Each setting's
 counts and output are checked against the torch reference and torch's activation.
 """
 
@@ -39,7 +40,7 @@ from functools import partial
 import torch
 from bench_kernels import gpu_time, timer
 
-from nepenthe import count_states, fused_activation
+from nepenthe import count_states, fused_activation, fused_activation_
 from nepenthe.kernels import triton_count
 
 # (name, shape, channel_dim, layout, dtype, thresholds): each over 60 MiB, the H200's L2.
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--small", action="store_true", help="the maps in L2 (SMALL_TENSORS) instead of the large")
     parser.add_argument("--fused", action="store_true", help="time the fused kernel (relu or relu6) instead")
+    parser.add_argument("--in-place", action="store_true", help="with --fused: in place (fused_activation_, y = x)")
     args = parser.parse_args(argv)
     threshold_sets = [_threshold_set(text) for text in args.thresholds]
     tensors = [
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---|")
     names = (
         "TILE_BYTES", "CHANNEL_TILE_BYTES", "INNER_TILE_WARPS", "CHANNEL_TILE_WARPS", "FUSED_CHANNEL_TILE_WARPS",
-        "FEW_TILES_WARPS",
+        "FUSED_NARROW_TILE_WARPS", "FEW_TILES_WARPS",
         "_target_programs", "MIN_TILES_PER_PROGRAM",
         "INNER_TILE_UNROLL", "CHANNEL_TILE_UNROLL", "HALF_COMPARES", "INNER_TILE_STAGES", "CHANNEL_TILE_STAGES",
         *(constant for constant, _ in SWITCHES.values()),
@@ -182,17 +184,17 @@ def main(argv: list[str] | None = None) -> None:
                     triton_count.INNER_TILE_STAGES = triton_count.CHANNEL_TILE_STAGES = stages or None
                 if warps is not None:
                     triton_count.INNER_TILE_WARPS = triton_count.CHANNEL_TILE_WARPS = warps
-                    triton_count.FUSED_CHANNEL_TILE_WARPS = warps
+                    triton_count.FUSED_CHANNEL_TILE_WARPS = triton_count.FUSED_NARROW_TILE_WARPS = warps
                     triton_count.FEW_TILES_WARPS = ()  # the warps of every launch, whatever its tiles
                 for (constant, _), value in zip(SWITCHES.values(), switches, strict=True):
                     if value is not None:
                         setattr(triton_count, constant, bool(value))
                 if per_sm is not None:
-                    triton_count._target_programs = lambda device, along, fused, per_sm=per_sm: per_sm * sms
+                    triton_count._target_programs = lambda device, *tile, per_sm=per_sm: per_sm * sms
                     triton_count.MIN_TILES_PER_PROGRAM = 1  # exactly that many programs, whatever the tiles
                 triton_count._static_launch.cache_clear()  # launches remembered under other constants
                 if args.fused:
-                    run, same = _fused_run(x, thresholds, channel_dim, reference)
+                    run, same = _fused_run(x, thresholds, channel_dim, reference, args.in_place)
                 else:
                     run = partial(count_states, x, thresholds, channel_dim=channel_dim, backend="triton")
                     same = torch.equal(run(), reference)
@@ -218,8 +220,11 @@ def main(argv: list[str] | None = None) -> None:
         triton_count._static_launch.cache_clear()
 
 
-def _fused_run(x: torch.Tensor, thresholds: tuple[float, ...], channel_dim: int, reference: torch.Tensor):
-    """A call of the fused kernel on x (ReLU at 0, ReLU6 at 0 and 6), and whether its counts and output are exact."""
+def _fused_run(
+    x: torch.Tensor, thresholds: tuple[float, ...], channel_dim: int, reference: torch.Tensor, in_place: bool
+):
+    """A call of the fused kernel on x (ReLU at 0, ReLU6 at 0 and 6), and whether its counts and output are exact.
+    ``in_place``: the call overwrites x (checked on a copy of x first)."""
     if thresholds == (0.0,):
         kind, params, want = "relu", {}, torch.relu(x)
     elif thresholds == (0.0, 6.0):
@@ -227,12 +232,15 @@ def _fused_run(x: torch.Tensor, thresholds: tuple[float, ...], channel_dim: int,
     else:
         raise SystemExit(f"--fused times ReLU and ReLU6, whose thresholds are their own, not {thresholds}")
     counts = torch.zeros_like(reference)
+    fused = fused_activation_ if in_place else fused_activation
 
-    def run() -> torch.Tensor:
-        return fused_activation(x, kind, counts, channel_dim=channel_dim, backend="triton", **params)
+    def run(x: torch.Tensor = x) -> torch.Tensor:
+        return fused(x, kind, counts, channel_dim=channel_dim, backend="triton", **params)
 
-    y = run()
-    return run, torch.equal(counts, reference) and torch.equal(y, want)
+    y = run(x.clone() if in_place else x)
+    exact = torch.equal(counts, reference) and torch.equal(y, want)
+    # In place, each setting is timed on its own copy of x, so that the next setting is checked on x's own values.
+    return (partial(run, x.clone()) if in_place else run), exact
 
 
 def _shown(value: int | None) -> str:

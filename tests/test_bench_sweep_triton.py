@@ -79,3 +79,11 @@ def test_sweep_of_the_fused_kernel():
     assert [row["dtype"] for row in rows] == ["float32", "float32", "float16", "float16", "bfloat16", "bfloat16"]
     assert [row["fitted channel blocks"] for row in rows] == ["0", "1"] * 3
     assert all(row["counts"] == "exact" for row in rows), rows
+
+
+def test_sweep_of_the_fused_kernel_in_place():
+    # ReLU6 changes the values above 6: each setting must be checked on the tensor's values, not the last setting's
+    # output (session 31's first in-place sweep marked every setting but the first WRONG).
+    rows = _sweep("--fused", "--in-place", "--match", "block1 channels_last", "--warps", "8", "16", "--fit", "0", "1")
+    assert len(rows) == 3 * 4
+    assert all(row["counts"] == "exact" for row in rows), rows

@@ -317,3 +317,23 @@ def test_triton_interpreted_writes_x_in_place(
     original = x.clone()
     calls = _spy_on(monkeypatch, "triton")
     _check_in_place(x, original, kind, params, thresholds, channel_dim, "triton", False, calls)
+
+
+@pytest.mark.parametrize(
+    "shape,channels_last,dtype,one_pass",
+    [((2, 96, 5, 5), True, torch.float16, False), ((2, 96, 5, 5), True, torch.bfloat16, False),
+     ((2, 96, 5, 5), True, torch.float32, True), ((2, 96, 5, 5), False, torch.float16, True),
+     ((2, 64, 5, 5), True, torch.float16, True), ((2, 1280, 5, 5), True, torch.float16, True),
+     ((2, 19, 5, 5), True, torch.float16, True)],
+    ids=["cl96-f16", "cl96-bf16", "cl96-f32", "nchw96-f16", "cl64-f16", "cl1280-f16", "cl19-f16"],
+)  # fmt: skip
+def test_triton_takes_one_pass_unless_channel_blocks_share_lines(shape, channels_last, dtype, one_pass):
+    """Triton's channel blocks narrower than a cache line (96 16-bit channels in blocks of 32: 64-byte rows) were
+    slower in place on the H200 than a count and torch's op: those, and only those, take the count."""
+    pytest.importorskip("triton")
+    from nepenthe.kernels import triton_backend
+    from nepenthe.kernels.fused_plan import fused_plan
+
+    x = torch.empty(shape, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    assert triton_backend.fused_in_place(fused_plan(x, "relu", {}, None, 1, False)) is one_pass

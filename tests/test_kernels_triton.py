@@ -340,6 +340,7 @@ def test_counting_and_fused_kernels_take_their_own_launch_constants(monkeypatch)
     constants = dict(
         TILE_BYTES=2048, CHANNEL_TILE_BYTES=4096, INNER_TILE_WARPS=1, CHANNEL_TILE_WARPS=2, FUSED_CHANNEL_TILE_WARPS=4,
         INNER_TILE_PROGRAMS_PER_SM=3, CHANNEL_TILE_PROGRAMS_PER_SM=5, FUSED_CHANNEL_TILE_PROGRAMS_PER_SM=7,
+        FUSED_NARROW_CHANNELS=32, FUSED_NARROW_TILE_WARPS=8, FUSED_NARROW_TILE_PROGRAMS_PER_SM=13,
     )  # fmt: skip
     for name, value in constants.items():
         monkeypatch.setattr(tc, name, value)
@@ -365,9 +366,15 @@ def test_counting_and_fused_kernels_take_their_own_launch_constants(monkeypatch)
         assert (fused.num_warps, tile_bytes(fused)) == (4, 2048)
         for act in (0, relu):
             assert (launch(nchw, act).num_warps, tile_bytes(launch(nchw, act))) == (1, 2048)
+        # 96 channels fused in blocks of 32 (narrow) take their own warps (programs: _target_programs below); counting
+        # them, the count's own
+        narrow = ChannelView(64, 96, 64, 96 * 64, 1, 96)
+        assert (launch(narrow, relu).num_warps, tile_bytes(launch(narrow, relu))) == (8, 2048)
+        assert launch(narrow, 0).num_warps == 2
         cuda = torch.device("cuda")
         assert tc._target_programs(cuda, True, False) == 5 * 11
         assert tc._target_programs(cuda, True, True) == 7 * 11
+        assert tc._target_programs(cuda, True, True, True) == 13 * 11
         assert tc._target_programs(cuda, False, False) == tc._target_programs(cuda, False, True) == 3 * 11
     finally:
         tc._static_launch.cache_clear()  # launches and grids remembered under these constants

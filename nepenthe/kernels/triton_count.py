@@ -104,6 +104,21 @@ MIN_INNER_ROW_BYTES = 128
 INNER_TILE_WARPS, CHANNEL_TILE_WARPS, FUSED_CHANNEL_TILE_WARPS = 8, 16, 8
 INNER_TILE_PROGRAMS_PER_SM, CHANNEL_TILE_PROGRAMS_PER_SM, FUSED_CHANNEL_TILE_PROGRAMS_PER_SM = 16, 2, 4
 INNER_TILE_UNROLL, CHANNEL_TILE_UNROLL = 2, 2
+# Fused channel tiles of at most FUSED_NARROW_CHANNELS channels (MobileNet-V2's 96 channels_last channels, in fitted
+# blocks of 32) take 16 warps and 2 programs per SM. H200, session 31 (sweep_triton.py --fused, 8 KiB tiles, GPU-only
+# time over x.sum()'s, which a fused kernel's read and write make 2 at best; two calls): MobileNet-V2 block1
+# channels_last ReLU6 float16 2.34-2.35 -> 2.01, bfloat16 2.35-2.37 -> 2.02-2.03, float32 2.87-2.93 -> 2.43-2.47. The
+# wider blocks lost with them: ResNet-18 layer1's 64 channels_last channels 2.01 -> 2.12 (float32), 1.99 -> 2.15
+# (bfloat16), Swin-T's 384-channel tokens in 16 bits 1.67-1.68 -> 1.81-1.82; so they keep the fused constants above.
+FUSED_NARROW_CHANNELS = 32
+FUSED_NARROW_TILE_WARPS, FUSED_NARROW_TILE_PROGRAMS_PER_SM = 16, 2
+# Channel blocks whose rows are narrower than a cache line, where a line holds rows of several programs' blocks (96
+# 16-bit channels in blocks of 32: three programs read and write 64 bytes each of every 192-byte position). Written
+# in place, such lines were read by one program while another wrote them: on the H200 (session 31, sweep_triton.py
+# --fused --in-place) MobileNet-V2 block1 channels_last float16 took 3.5-4.2x x.sum()'s GPU time in place, 1.9-2.6x
+# out of place under the same settings. Blocks of whole lines (float32, or the widest blocks) took the same time either
+# way. So the backend runs a count and torch's in-place activation there instead (channel_rows_share_lines).
+LINE_BYTES = 128
 # Tensors of few tiles (the maps an H200's L2 holds: ResNet-18 layer4, MobileNet-V2's last map; H200, session 26,
 # sweep_triton.py --small, GPU-only time over x.sum()'s). With the programs per SM above, a program counted one or two
 # NCHW tiles and then flushed its counts: ResNet-18 layer4 float32 took 1.54 of the sum with 16 programs per SM,
@@ -376,11 +391,14 @@ class TileConstants(NamedTuple):
     programs_per_sm: int
 
 
-def _tile_constants(along_channels: bool, fused: bool) -> TileConstants:
-    """The launch constants of tiles along the channels or the inner positions, counting alone or fused (read when
-    called, so that benchmarks/sweep_triton.py can set them)."""
+def _tile_constants(along_channels: bool, fused: bool, narrow: bool = False) -> TileConstants:
+    """The launch constants of tiles along the channels or the inner positions, counting alone or fused, fused channel
+    blocks ``narrow`` or not (FUSED_NARROW_CHANNELS) (read when called, so that benchmarks/sweep_triton.py can set
+    them)."""
     if not along_channels:
         return TileConstants(TILE_BYTES, INNER_TILE_WARPS, INNER_TILE_PROGRAMS_PER_SM)
+    if fused and narrow:
+        return TileConstants(TILE_BYTES, FUSED_NARROW_TILE_WARPS, FUSED_NARROW_TILE_PROGRAMS_PER_SM)
     if fused:
         return TileConstants(TILE_BYTES, FUSED_CHANNEL_TILE_WARPS, FUSED_CHANNEL_TILE_PROGRAMS_PER_SM)
     return TileConstants(CHANNEL_TILE_BYTES, CHANNEL_TILE_WARPS, CHANNEL_TILE_PROGRAMS_PER_SM)
@@ -396,10 +414,10 @@ def _min_programs(device: torch.device) -> int | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _target_programs(device: torch.device, along_channels: bool, fused: bool) -> int:
+def _target_programs(device: torch.device, along_channels: bool, fused: bool, narrow: bool = False) -> int:
     if device.type == "cuda":
         # A few resident-or-queued programs per SM: full occupancy, a short tail, few atomics.
-        per_sm = _tile_constants(along_channels, fused).programs_per_sm
+        per_sm = _tile_constants(along_channels, fused, narrow).programs_per_sm
         return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # the interpreter: few programs, so the tests cover programs that walk several tiles
 
@@ -511,6 +529,23 @@ def _channel_block(channels: int, itemsize: int) -> int:
     return best
 
 
+def channel_rows_share_lines(view: ChannelView, itemsize: int) -> bool:
+    """Whether the tiles of ``view`` run along the channels in several blocks whose rows are narrower than a cache line
+    (``LINE_BYTES``), so that programs of different blocks read and write the same lines (see LINE_BYTES).
+
+    Example (MobileNet-V2 block1, channels_last: 96 channels, blocks of 32)::
+
+        >>> channel_rows_share_lines(ChannelView(8, 96, 12544, 96 * 12544, 1, 96), 2)  # float16: 64-byte rows
+        True
+        >>> channel_rows_share_lines(ChannelView(8, 96, 12544, 96 * 12544, 1, 96), 4)  # float32: 128 bytes
+        False
+    """
+    if not tiles_along_channels(view):
+        return False
+    block = _channel_block(view.channels, itemsize)
+    return block < view.channels and block * itemsize < LINE_BYTES
+
+
 def _unroll(along_channels: bool, act: int) -> int:
     if not along_channels:
         return INNER_TILE_UNROLL
@@ -611,7 +646,9 @@ def _static_launch(
     # Fused kernels keep the widest NCHW tiles: fitted, their masked loops took 13-32 more registers (float16 relu
     # 59 -> 72, hardtanh 64 -> 91).
     fused = act != 0
-    cfg = launch_config(view, itemsize, _target_programs(device, along_channels, fused), fused, _min_programs(device))
+    narrow = fused and along_channels and _channel_block(view.channels, itemsize) <= FUSED_NARROW_CHANNELS
+    target = _target_programs(device, along_channels, fused, narrow)
+    cfg = launch_config(view, itemsize, target, fused, _min_programs(device))
     ints = (
         view.channels, view.inner, cfg.n_itiles, cfg.total_tiles, cfg.iters, cfg.n_cblocks,
         view.stride_outer, view.stride_channel, view.stride_inner,
@@ -654,7 +691,7 @@ def _static_launch(
         # element of a constexpr tuple, as a hint's value.
         **dict(zip(ALIGN_NAMES, alignments, strict=True)),
     )
-    warps = _tile_constants(along_channels, fused).warps
+    warps = _tile_constants(along_channels, fused, narrow).warps
     if along_channels and not fused:  # as measured: counting only (fused channel tiles keep theirs, untimed)
         warps = _few_tiles_warps(cfg.iters, warps)
     return StaticLaunch(cfg.programs, ints, constexprs, warps)
