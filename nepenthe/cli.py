@@ -323,9 +323,9 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nepenthe`` console script; returns the exit status.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> main(["doctor"])
+        main(["doctor"])
     """
     from .orchestrator.checkpoint import CheckpointError
 

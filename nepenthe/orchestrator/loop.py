@@ -333,12 +333,12 @@ def run_nepenthe(
     the checkpoints and the report (the CLI records the model and dataset names there). Under ``torchrun``
     every rank calls this; fine-tuning uses DDP, counts are summed over ranks, and only rank 0 writes.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> data = nepenthe.orchestrator.load_dataset("digits")
-        >>> model = nepenthe.orchestrator.build_model("small_cnn", in_channels=1)
-        >>> result = nepenthe.run_nepenthe(model, data.train, data.test, NepentheConfig(out_dir="runs/x"))
-        >>> result.removed, result.final_accuracy
+        data = nepenthe.orchestrator.load_dataset("digits")
+        model = nepenthe.orchestrator.build_model("small_cnn", in_channels=1)
+        result = nepenthe.run_nepenthe(model, data.train, data.test, NepentheConfig(out_dir="runs/x"))
+        result.removed, result.final_accuracy
     """
     cfg = config if config is not None else NepentheConfig()
     if not isinstance(cfg, NepentheConfig):

@@ -15,11 +15,11 @@ from torch import nn
 class PruningMasks:
     """Boolean keep-masks per module name (True = weight kept).
 
-    Example::
+    Usage (a sketch)::
 
-        >>> masks = PruningMasks()
-        >>> masks.prune(model, "layer1.0.conv1", 100)   # zero the 100 smallest remaining |w|
-        >>> masks.apply(model)                           # after an optimizer step
+        masks = PruningMasks()
+        masks.prune(model, "layer1.0.conv1", 100)   # zero the 100 smallest remaining |w|
+        masks.apply(model)                           # after an optimizer step
     """
 
     def __init__(self) -> None:

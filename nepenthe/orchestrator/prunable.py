@@ -42,6 +42,7 @@ def feeding_layers(model: nn.Module, example_input: torch.Tensor | None = None) 
 
     Example::
 
+        >>> import torch, torchvision
         >>> feeding_layers(torchvision.models.resnet18())["layer1.0.relu@1"]
         'layer1.0.conv2'
     """
@@ -72,10 +73,10 @@ def feeding_calls_in_order(
 ) -> dict[tuple[str, int], str | None]:
     """For each activation call, the last module of ``allowed`` (conv/linear names) that ran before it.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> dense = feeding_calls(model)
-        >>> feeding_calls_in_order(model, x, {v for v in dense.values() if v})
+        dense = feeding_calls(model)
+        feeding_calls_in_order(model, x, {v for v in dense.values() if v})
     """
     return _by_execution(model, example_input, lambda name: name in allowed)
 

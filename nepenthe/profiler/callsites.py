@@ -51,6 +51,7 @@ def trace_call_sites(model: nn.Module, *inputs: object, **kwargs: object) -> lis
 
     Example::
 
+        >>> import torch, torchvision
         >>> sites = trace_call_sites(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
         >>> len(sites), sites[1].name
         (17, 'layer1.0.relu@0')

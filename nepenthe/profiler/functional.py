@@ -210,9 +210,10 @@ def prepare(model: nn.Module, tracer: fx.Tracer | None = None) -> fx.GraphModule
 
     Example::
 
+        >>> import torch, torchvision, nepenthe
         >>> model = nepenthe.prepare(torchvision.models.densenet121())
         >>> with nepenthe.profile(model) as prof:
-        ...     model(torch.randn(2, 3, 64, 64))
+        ...     _ = model(torch.randn(2, 3, 64, 64))
         >>> "relu_f0" in prof.layers
         True
     """

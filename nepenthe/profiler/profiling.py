@@ -537,13 +537,12 @@ def profile(
     Call the model (or its DDP / compiled wrapper) itself: the per-forward call counter resets when the root
     model's forward starts. See the module docstring for the supported settings.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> with nepenthe.profile(model) as prof:
-        ...     for x, _ in loader:
-        ...         model(x)
-        >>> prof.layer_entropy()["layer1.0.relu@1"]
-        0.93
-        >>> print(prof.summary())
+        with nepenthe.profile(model) as prof:
+            for x, _ in loader:
+                model(x)
+        prof.layer_entropy()["layer1.0.relu@1"]  # 0.93
+        print(prof.summary())
     """
     return Profile(model, activations, ignore_ties, fused, channel_dims, aggregate, warn_functional)

@@ -252,9 +252,9 @@ def compose_conv_shapes(a: dict, b: dict, in_hw: Pair, a_has_bias: bool = True) 
 def compose_convs(a: ConvOp, b: ConvOp, in_hw: Pair) -> ConvOp | Refusal:
     """One conv equal to ``b(a(x))`` on ``in_hw`` inputs, or a :class:`Refusal` with the reason.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> merged = compose_convs(conv_op_from_module(pw), conv_op_from_module(dw), (32, 32))
+        merged = compose_convs(conv_op_from_module(pw), conv_op_from_module(dw), (32, 32))
     """
     a_has_bias = bool((a.bias != 0).any())
     shape = compose_conv_shapes(conv_shape(a), conv_shape(b), in_hw, a_has_bias)

@@ -122,10 +122,10 @@ def apply_constant_edit(gm: fx.GraphModule, edit: dict, module: nn.Module) -> No
     The node reads ``edit['input']``, stands just before ``edit['output_of']`` and takes over its users; the
     ``edit['removed']`` nodes are erased.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> for edit in plan["edits"]:  # what plan replay does (through rewrite.apply_edit)
-        ...     apply_constant_edit(gm, edit, constant_module_from_spec(edit["spec"]))
+        for edit in plan["edits"]:  # what plan replay does (through rewrite.apply_edit)
+            apply_constant_edit(gm, edit, constant_module_from_spec(edit["spec"]))
     """
     nodes = {n.name: n for n in gm.graph.nodes}
     missing = [n for n in [edit["input"], edit["output_of"], *edit["removed"]] if n not in nodes]
@@ -236,10 +236,10 @@ def _per_sample(s: Any, n: fx.Node) -> bool:
 def constant_nodes(s: Any) -> set[fx.Node]:
     """The nodes of ``s.gm`` whose value does not depend on the model input (``s``: a :class:`Surgeon`).
 
-    Example::
+    Usage (a sketch)::
 
-        >>> [n.name for n in constant_nodes(Surgeon(gm))]
-        ['layer3_0_conv1', 'layer3_0_bn1', 'layer3_0_relu', 'layer3_0_conv2', 'layer3_0_bn2']
+        [n.name for n in constant_nodes(Surgeon(gm))]
+        # ['layer3_0_conv1', 'layer3_0_bn1', 'layer3_0_relu', 'layer3_0_conv2', 'layer3_0_bn2']
     """
     const: set[fx.Node] = set()
     for n in s.gm.graph.nodes:
@@ -432,11 +432,11 @@ def constant_pass(s: Any) -> bool:
     its value and, where the value is added to a tensor, by a bias add on that tensor; or folds an earlier
     :class:`ConstantMap` that could not be folded then. Each replaced subgraph is reported as a merge.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> surgeon = Surgeon(gm)
-        >>> while constant_pass(surgeon):
-        ...     pass
+        surgeon = Surgeon(gm)
+        while constant_pass(surgeon):
+            pass
     """
     from .rewrite import Decision
 

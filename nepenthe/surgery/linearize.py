@@ -190,10 +190,10 @@ def linearize(
     their sign-constant approximation, reported as approximate. Without a profile every named layer becomes
     the identity (the papers' behaviour), also reported.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> model, report = nepenthe.linearize(model, ["layer1.0.relu@0"], profile=prof)
-        >>> print(report)
+        model, report = nepenthe.linearize(model, ["layer1.0.relu@0"], profile=prof)
+        print(report)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

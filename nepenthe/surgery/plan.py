@@ -59,10 +59,10 @@ def make_plan(model: nn.Module) -> dict:
 def save_plan(plan: dict, path: str | os.PathLike) -> None:
     """Write ``plan`` (``report.plan``) as JSON.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> small, report = nepenthe.shrink(model, x)
-        >>> nepenthe.save_plan(report.plan, "plan.json"); torch.save(small.state_dict(), "small.pt")
+        small, report = nepenthe.shrink(model, x)
+        nepenthe.save_plan(report.plan, "plan.json"); torch.save(small.state_dict(), "small.pt")
     """
     with open(path, "w") as f:
         json.dump(plan, f, indent=1)
@@ -90,10 +90,10 @@ def apply_plan(model: nn.Module, plan: dict) -> fx.GraphModule:
 
     The result has the shrunk model's layers with placeholder values: load the shrunk model's ``state_dict``.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> small = nepenthe.apply_plan(torchvision.models.resnet18(), nepenthe.load_plan("plan.json"))
-        >>> small.load_state_dict(torch.load("small.pt"))
+        small = nepenthe.apply_plan(torchvision.models.resnet18(), nepenthe.load_plan("plan.json"))
+        small.load_state_dict(torch.load("small.pt"))
     """
     _check(plan)
     if plan.get("architecture") not in (None, type(model).__name__):

@@ -88,11 +88,11 @@ def shrink(
     left unchanged. With ``latency`` the report measures batch 1 and ``latency_batch`` on ``example_input``'s
     device: before, identity-only and shrunk.
 
-    Example::
+    Usage (a sketch)::
 
-        >>> model, _ = nepenthe.linearize(model, prof.linearizable(), profile=prof)
-        >>> small, report = nepenthe.shrink(model, torch.randn(1, 3, 224, 224))
-        >>> print(report)
+        model, _ = nepenthe.linearize(model, prof.linearizable(), profile=prof)
+        small, report = nepenthe.shrink(model, torch.randn(1, 3, 224, 224))
+        print(report)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
