@@ -338,3 +338,48 @@ def test_triton_takes_one_pass_unless_channel_blocks_share_lines(shape, channels
     x = torch.empty(shape, dtype=dtype)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     assert triton_backend.fused_in_place(fused_plan(x, "relu", {}, None, 1, False)) is one_pass
+
+
+def _refused(x: torch.Tensor, match: str, **kw) -> None:
+    """fused_activation_ raises naming why, before counting or writing anything."""
+    before = x.detach().clone()
+    counts = torch.zeros(x.shape[1], 2, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match=match):
+        fused_activation_(x, "relu", counts, **kw)
+    assert int(counts.abs().sum()) == 0
+    assert_bit_equal(x.detach(), before)
+
+
+# The cpu backend's kernel (NCHW float32 56x56) and its count then torch's op (channels_last float32).
+WRITE_LAYOUTS = [((2, 8, 56, 56), False), ((2, 8, 56, 56), True)]
+
+
+@pytest.mark.parametrize("shape,channels_last", WRITE_LAYOUTS, ids=["kernel", "count-then-torch"])
+def test_inference_tensor_outside_inference_mode_is_refused(shape, channels_last):
+    with torch.inference_mode():
+        x = _input(shape, channels_last, torch.float32, 21)
+    _refused(x, "inference tensor")
+    original = x.clone()
+    counts = torch.zeros(8, 2, dtype=torch.int64)
+    with torch.inference_mode():  # where torch's own relu_ may write it, so may fused_activation_
+        fused_activation_(x, "relu", counts)
+    assert_bit_equal(x, torch.relu(original))
+    assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
+
+
+@pytest.mark.parametrize("shape,channels_last", WRITE_LAYOUTS, ids=["kernel", "count-then-torch"])
+def test_leaf_that_requires_grad_is_refused_while_autograd_records(shape, channels_last):
+    leaf = _input(shape, channels_last, torch.float32, 22).requires_grad_(True)
+    _refused(leaf, "leaf tensor that requires grad")
+    _refused(leaf[1:], "leaf tensor that requires grad")  # a view of it
+    original = leaf.detach().clone()
+    counts = torch.zeros(8, 2, dtype=torch.int64)
+    with torch.no_grad():  # where torch's own relu_ may write it, so may fused_activation_
+        fused_activation_(leaf, "relu", counts)
+    assert_bit_equal(leaf.detach(), torch.relu(original))
+    assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
+
+
+def test_expanded_tensor_is_refused():
+    x = torch.randn(3, 1, 4, 4).expand(3, 5, 4, 4)
+    _refused(x, "several elements in one memory location")

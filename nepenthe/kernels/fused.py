@@ -171,6 +171,7 @@ def fused_activation_(
                 [0, 1]])
     """
     plan, chosen = _checked(x, kind, counts, channel_dim, thresholds, ignore_ties, backend, params)
+    _check_writable(x)
     recorded = torch.is_grad_enabled() and x.requires_grad
     in_place = getattr(chosen, "fused_in_place", None)
     if plan.view is not None and not recorded and in_place is not None and in_place(plan):
@@ -179,9 +180,31 @@ def fused_activation_(
         return x
     if recorded and plan.kind == "gelu":
         raise ValueError("fused_activation_: gelu has no in-place form in torch, and autograd records x here")
+    if any(n > 1 and step == 0 for n, step in zip(x.shape, x.stride(), strict=True)):  # dense x (a view) has none
+        raise RuntimeError(
+            f"fused_activation_: x (shape {tuple(x.shape)}, strides {x.stride()}) has several elements in one memory "
+            "location (an expanded tensor), which cannot be written in place; pass x.contiguous(), or call "
+            "fused_activation"
+        )
     count_states(x, plan.values, channel_dim=plan.channel_dim, counts=counts, ignore_ties=plan.ignore_ties,
                  backend=backend)  # fmt: skip
     return _activate_in_place(x, plan.kind, plan.params)
+
+
+def _check_writable(x: torch.Tensor) -> None:
+    """Refuse, as torch's in-place operations do, but before anything is counted, an x that may not be written in
+    place: an inference tensor outside inference mode, and a leaf that requires grad (or a view of one) while
+    autograd records."""
+    if x.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "fused_activation_: x is an inference tensor (made under torch.inference_mode), which may not be written "
+            "in place outside inference mode; call it under torch.inference_mode(), or pass x.clone()"
+        )
+    if x.requires_grad and torch.is_grad_enabled() and (x.is_leaf or (x._base is not None and x._base.is_leaf)):
+        raise RuntimeError(
+            "fused_activation_: x is a leaf tensor that requires grad (or a view of one), which autograd cannot let "
+            "be overwritten in place; call it under torch.no_grad(), or call fused_activation"
+        )
 
 
 def _activate_in_place(x: torch.Tensor, kind: str, params: dict[str, object]) -> torch.Tensor:
