@@ -115,9 +115,10 @@ FUSED_NARROW_TILE_WARPS, FUSED_NARROW_TILE_PROGRAMS_PER_SM = 16, 2
 # Channel blocks whose rows are narrower than a cache line, where a line holds rows of several programs' blocks (96
 # 16-bit channels in blocks of 32: three programs read and write 64 bytes each of every 192-byte position). Written
 # in place, such lines were read by one program while another wrote them: on the H200 (session 31, sweep_triton.py
-# --fused --in-place) MobileNet-V2 block1 channels_last float16 took 3.5-4.2x x.sum()'s GPU time in place, 1.9-2.6x
-# out of place under the same settings. Blocks of whole lines (float32, or the widest blocks) took the same time either
-# way. So the backend runs a count and torch's in-place activation there instead (channel_rows_share_lines).
+# --fused --in-place) MobileNet-V2 block1 channels_last float16 took 3.4-4.2x x.sum()'s GPU time in place, 1.9-2.6x
+# out of place under the same settings. With blocks of whole lines (float32, or the widest blocks) in place took within
+# 10% of out of place. So the backend runs a count and torch's in-place activation there instead
+# (channel_rows_share_lines).
 LINE_BYTES = 128
 # Tensors of few tiles (the maps an H200's L2 holds: ResNet-18 layer4, MobileNet-V2's last map; H200, session 26,
 # sweep_triton.py --small, GPU-only time over x.sum()'s). With the programs per SM above, a program counted one or two
