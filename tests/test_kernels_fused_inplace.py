@@ -117,13 +117,20 @@ def test_in_place_matches_torch_and_reference(
 
 
 @needs_cpu
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((32, 96, 28, 28), False), ((32, 96, 28, 28), True), ((8, 64, 56, 56), True)],
+    ids=["nchw", "cl96", "cl64"],
+)
 @pytest.mark.parametrize("kind,params,thresholds", KINDS[:2], ids=KIND_IDS[:2])
-def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, kernel_calls):
-    """A map large enough for two threads' items and every path's blocks, counted twice into the same counts."""
-    x = _input((32, 96, 28, 28), False, torch.float32, 11)
+def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, shape, channels_last, kernel_calls):
+    """A map large enough for two threads' items and every path's blocks, counted twice into the same counts. The
+    channels_last maps take several blocks of byte lanes (ReLU: 255 positions each) and chunks of word lanes (ReLU6),
+    each written once it is counted, some of them holding NaN."""
+    x = _input(shape, channels_last, torch.float32, 11)
     original = x.clone()
     states = default_thresholds(kind, params)
-    counts = torch.zeros(96, len(states) + 1, dtype=torch.int64)
+    counts = torch.zeros(shape[1], len(states) + 1, dtype=torch.int64)
     fused_activation_(x, kind, counts, backend="cpu", **params)
     assert_bit_equal(x, torch_activation(original, kind, params))
     fused_activation_(original.clone(), kind, counts, backend="cpu", **params)
@@ -135,10 +142,11 @@ def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, kern
 @pytest.mark.parametrize(
     "shape,channels_last,dtype,chosen",
     [((2, 8, 56, 56), False, torch.float32, True), ((2, 8, 7, 7), False, torch.float32, True),
-     ((2, 8, 7, 7), True, torch.float32, False), ((2, 8, 7, 7), True, torch.bfloat16, True),
-     ((2, 8, 7, 7), False, torch.float16, True), ((50, 8), False, torch.float32, False),
-     ((50, 8), False, torch.float16, True), ((2, 8, 7, 7), False, torch.float64, False)],
-    ids=["56x56", "7x7", "cl7x7", "cl7x7-bf16", "7x7-f16", "nc", "nc-f16", "7x7-f64"],
+     ((2, 8, 7, 7), True, torch.float32, True), ((2, 8, 7, 7), True, torch.bfloat16, True),
+     ((2, 8, 7, 7), False, torch.float16, True), ((50, 8), False, torch.float32, True),
+     ((50, 8), False, torch.float16, True), ((2, 8, 7, 7), False, torch.float64, False),
+     ((2, 8, 7, 7), True, torch.float64, False)],
+    ids=["56x56", "7x7", "cl7x7", "cl7x7-bf16", "7x7-f16", "nc", "nc-f16", "7x7-f64", "cl7x7-f64"],
 )  # fmt: skip
 def test_cpu_backend_chooses_its_kernel_where_it_measured_faster(shape, channels_last, dtype, chosen, monkeypatch):
     calls: list[bool] = []
@@ -350,14 +358,14 @@ def _refused(x: torch.Tensor, match: str, **kw) -> None:
     assert_bit_equal(x.detach(), before)
 
 
-# The cpu backend's kernel (NCHW float32 56x56) and its count then torch's op (channels_last float32).
-WRITE_LAYOUTS = [((2, 8, 56, 56), False), ((2, 8, 56, 56), True)]
+# The cpu backend's kernel (float32) and its count then torch's op (float64).
+WRITE_DTYPES = [torch.float32, torch.float64]
 
 
-@pytest.mark.parametrize("shape,channels_last", WRITE_LAYOUTS, ids=["kernel", "count-then-torch"])
-def test_inference_tensor_outside_inference_mode_is_refused(shape, channels_last):
+@pytest.mark.parametrize("dtype", WRITE_DTYPES, ids=["kernel", "count-then-torch"])
+def test_inference_tensor_outside_inference_mode_is_refused(dtype):
     with torch.inference_mode():
-        x = _input(shape, channels_last, torch.float32, 21)
+        x = _input((2, 8, 56, 56), True, dtype, 21)
     _refused(x, "inference tensor")
     original = x.clone()
     counts = torch.zeros(8, 2, dtype=torch.int64)
@@ -367,9 +375,9 @@ def test_inference_tensor_outside_inference_mode_is_refused(shape, channels_last
     assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
 
 
-@pytest.mark.parametrize("shape,channels_last", WRITE_LAYOUTS, ids=["kernel", "count-then-torch"])
-def test_leaf_that_requires_grad_is_refused_while_autograd_records(shape, channels_last):
-    leaf = _input(shape, channels_last, torch.float32, 22).requires_grad_(True)
+@pytest.mark.parametrize("dtype", WRITE_DTYPES, ids=["kernel", "count-then-torch"])
+def test_leaf_that_requires_grad_is_refused_while_autograd_records(dtype):
+    leaf = _input((2, 8, 56, 56), True, dtype, 22).requires_grad_(True)
     _refused(leaf, "leaf tensor that requires grad")
     _refused(leaf[1:], "leaf tensor that requires grad")  # a view of it
     original = leaf.detach().clone()

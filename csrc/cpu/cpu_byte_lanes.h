@@ -182,6 +182,15 @@ void byte_sweep(const MaskSet<K, kTies> ms, const S* base, int64_t stride, int64
         }
       }
     }
+    if constexpr (kEmitsAfter<Emit>) {  // in place: the block is counted, so its output may now overwrite it
+      for (int64_t q = qb; q < qe; ++q) {
+        const S* row = base + q * stride;
+        for (int64_t g = 0; g < groups; ++g) {
+          emit.after(q * stride + 64 * g, lanes(row + 64 * g), lanes(row + 64 * g + 16), lanes(row + 64 * g + 32),
+                     lanes(row + 64 * g + 48), ~uint64_t{0});
+        }
+      }
+    }
     for (int j = 0; j < A; ++j) {
       for (int64_t g = 0; g < groups; ++g) {
         if (j == 0 && !exact_valid) {

@@ -44,7 +44,8 @@ struct Job {
   int threads;
   bool by_channel;  // channel stride 1 and inner stride not 1: count across each position's channels
   // y is x (an in-place fused call): the output is written only once its values are counted, never as they are
-  // read, since a block or row that may hold NaN is read again to be counted exactly.
+  // read, since a block or row that may hold NaN is read again to be counted exactly (the channel lanes write each
+  // block once it is counted: EmitAfter).
   bool in_place;
 };
 

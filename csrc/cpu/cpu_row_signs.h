@@ -33,6 +33,21 @@ struct NoEmit {
   void one(int64_t, __m512, __mmask16) const {}
 };
 
+// In place (y is x, Job::in_place), the channel lanes' fused output (`after`, a RowActivation): nothing as each vector
+// is read, since a block that may hold NaN is read again to be counted exactly; byte_sweep and float_word_sweep hand
+// each block's vectors to `after` once the block is counted, from the caches.
+template <class Emit>
+struct EmitAfter {
+  static constexpr bool kWrites = true;
+  Emit after;
+  void operator()(int64_t, __m512, __m512, __m512, __m512, uint64_t) const {}
+  void one(int64_t, __m512, __mmask16) const {}
+};
+template <class Emit>
+inline constexpr bool kEmitsAfter = false;
+template <class Emit>
+inline constexpr bool kEmitsAfter<EmitAfter<Emit>> = true;
+
 // Calls step(x0, x1, x2, x3) on the n float32 values at p, 64 at a time in four vectors; the tail is read with masked
 // loads that fill zeros (which read nothing past n). emit(i, x0, x1, x2, x3, live) gets the same vectors with the
 // position i of x0's first value and the lanes that hold values (bit l: value i + l): the fused activation writes
