@@ -122,12 +122,13 @@ def test_in_place_matches_torch_and_reference(
     [((32, 96, 28, 28), False), ((32, 96, 28, 28), True), ((8, 64, 56, 56), True)],
     ids=["nchw", "cl96", "cl64"],
 )
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("kind,params,thresholds", KINDS[:2], ids=KIND_IDS[:2])
-def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, shape, channels_last, kernel_calls):
+def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, shape, channels_last, dtype, kernel_calls):
     """A map large enough for two threads' items and every path's blocks, counted twice into the same counts. The
-    channels_last maps take several blocks of byte lanes (ReLU: 255 positions each) and chunks of word lanes (ReLU6),
-    each written once it is counted, some of them holding NaN."""
-    x = _input(shape, channels_last, torch.float32, 11)
+    channels_last maps take several blocks of byte lanes (float32 ReLU: 255 positions each) and chunks of float32 or
+    16-bit word lanes (128 KiB each), each written once it is counted, some of them holding NaN."""
+    x = _input(shape, channels_last, dtype, 11)
     original = x.clone()
     states = default_thresholds(kind, params)
     counts = torch.zeros(shape[1], len(states) + 1, dtype=torch.int64)

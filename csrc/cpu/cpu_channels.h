@@ -161,7 +161,9 @@ void run_channels(const Job<S>& job) {
                      (word_tiles || p.chans / kWordLanes <= kTile);
   // Fused relu and hardtanh with y laid out like x: word_sweep writes the output of its groups as it reads them,
   // in their own 16 bits (WordRowActivation); the channels left over are written after the item.
-  [[maybe_unused]] const bool fuse_words = words && y_like_x && (job.act.kind == kRelu || job.act.kind == kHardtanh);
+  // In place (y is x), each chunk once it is counted (WordEmitAfter).
+  [[maybe_unused]] const bool fuse_words =
+      words && (y_like_x || job.in_place) && (job.act.kind == kRelu || job.act.kind == kHardtanh);
 #else
   [[maybe_unused]] constexpr bool kWords = false;
   [[maybe_unused]] const bool words = false;
@@ -268,8 +270,13 @@ void run_channels(const Job<S>& job) {
               }
             };
             if (fuse_words) {
-              S* y = job.y + o * job.yv.s_outer + c0 + g0 * kWordLanes;
-              sweep(WordRowActivation<S>{y, WordActivation<S>(job.act)});
+              const WordRowActivation<S> write{job.y + o * job.yv.s_outer + c0 + g0 * kWordLanes,
+                                               WordActivation<S>(job.act)};
+              if (job.in_place) {
+                sweep(WordEmitAfter<WordRowActivation<S>>{write});
+              } else {
+                sweep(write);
+              }
             } else {
               sweep(NoWordEmit{});
             }

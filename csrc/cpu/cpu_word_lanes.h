@@ -76,6 +76,39 @@ struct NoWordEmit {
   void operator()(int64_t, WordVec) const {}
 };
 
+// In place (y is x), word_sweep's fused output (`after`, a WordRowActivation): nothing as each vector is read, since
+// a chunk that holds NaN is read again to be counted exactly; each chunk's vectors go to `after` once it is counted.
+template <class Emit>
+struct WordEmitAfter {
+  Emit after;
+  void operator()(int64_t, WordVec) const {}
+};
+template <class Emit>
+inline constexpr bool kWordEmitsAfter = false;
+template <class Emit>
+inline constexpr bool kWordEmitsAfter<WordEmitAfter<Emit>> = true;
+
+// In place, the positions a chunk of the channel lanes holds at most before it is written (so that it is written from
+// L2): EmitAfter, WordEmitAfter.
+constexpr int64_t kAfterChunkBytes = 128 << 10;
+
+// The activation of `groups` word vectors from each position of [q0, q1), written in place (emit taken by value, so
+// that what it holds stays in registers; positions whose channels lie end to end are one run).
+template <class Emit>
+inline void write_words_after(const Emit emit, const uint16_t* base, int64_t stride, int64_t q0, int64_t q1,
+                              int64_t groups) {
+  if (kWordLanes * groups == stride) {
+    const int64_t first = q0 * stride, n = (q1 - q0) * stride;
+    for (int64_t i = 0; i < n; i += kWordLanes) emit(first + i, WordOps::load(base + first + i));
+    return;
+  }
+  for (int64_t q = q0; q < q1; ++q) {
+    for (int64_t g = 0; g < groups; ++g) {
+      emit(q * stride + kWordLanes * g, WordOps::load(base + q * stride + kWordLanes * g));
+    }
+  }
+}
+
 // The fused relu or hardtanh of 16-bit values written as word_tile reads them (WordActivation), at y + i.
 template <class S>
 struct WordRowActivation {
@@ -124,14 +157,24 @@ void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, 
   WordVec t[K];
   for (int k = 0; k < K; ++k) t[k] = WordOps::splat(wt.bits[k]);
   const WordVec inf = WordOps::splat(wt.inf);
-  for (int64_t cb = q0; cb < q1; cb += 65535) {
-    const int64_t ce = std::min(q1, cb + 65535);
-    const WordVec top = word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters, emit);
+  // In place (WordEmitAfter), chunks of at most kAfterChunkBytes, each written once it is counted.
+  constexpr bool kAfter = kWordEmitsAfter<Emit>;
+  const int64_t chunk =
+      kAfter ? std::max<int64_t>(1, kAfterChunkBytes / (static_cast<int64_t>(sizeof(WordVec)) * groups)) : 65535;
+  for (int64_t cb = q0; cb < q1; cb += chunk) {
+    const int64_t ce = std::min(q1, cb + chunk);
+    WordVec top;
+    if constexpr (kAfter) {
+      top = word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters, NoWordEmit{});
+    } else {
+      top = word_narrow<K, kKey, kWordTile<K>>(groups, t, base, stride, cb, ce, counters, emit);
+    }
     if (WordOps::any_above(top, inf)) {  // NaN in the chunk
       exact(cb, ce);
-      continue;
+    } else {
+      add_word_counters<K>(groups, 2 * groups, counters, ce - cb, slots, nslots);
     }
-    add_word_counters<K>(groups, 2 * groups, counters, ce - cb, slots, nslots);
+    if constexpr (kAfter) write_words_after(emit.after, base, stride, cb, ce, groups);
   }
 }
 
@@ -226,7 +269,6 @@ inline void write_after(const Emit emit, const float* base, int64_t stride, int6
 // whose float sum is not finite is counted again by exact(qb, qe). emit: as float_word_tile's (it writes every
 // chunk's output, counted again or not); an EmitAfter writes each chunk's output once it is counted, in chunks of at
 // most kAfterChunkBytes, so that the write reads them from L2.
-constexpr int64_t kAfterChunkBytes = 128 << 10;
 template <int K, class I, class Exact, class Emit = NoEmit>
 void float_word_sweep(const FloatWordMasks<K>& wm, int64_t vectors, const float* base, int64_t stride, int64_t q0,
                       int64_t q1, I* slots, int64_t nslots, uint8_t* counters, Exact&& exact,
