@@ -29,7 +29,7 @@ from activation_oracles import assert_bit_equal
 from cpu_variants import build_cpu_variant
 from test_kernels_count import activation_values, random_values
 
-from nepenthe.kernels.cpu_backend import job_args
+from nepenthe.kernels.cpu_backend import activation_args, job_args
 from nepenthe.kernels.jobs import CountJob
 from nepenthe.kernels.layout import readable_view
 from nepenthe.kernels.reference import count_states_reference
@@ -142,3 +142,23 @@ def test_portable_build_fused_relu_equals_torch(portable_ext, dtype):
     portable_ext.fused(*job_args(job), 1, y.data_ptr(), job.view.args, 0, 0.0, 0.0)
     assert_bit_equal(y, F.relu(x))
     assert torch.equal(job.counts, count_states_reference(x, (0.0,), 1, False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind,params", [("relu", {}), ("hardtanh", {"min_val": 0.0, "max_val": 6.0})], ids=str)
+def test_portable_build_fused_in_place_on_channels_last(portable_ext, kind, params, dtype):
+    """y = x on channels_last maps of several chunks, three of them holding NaN, which are read again to be counted
+    exactly: each build's lanes (byte, word or tiles) write only what they have counted."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(4, 64, 40, 40, generator=gen, dtype=torch.float64) * 4).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    for at in (7, 70_001, 300_000):
+        x.permute(0, 2, 3, 1).view(-1)[at] = math.nan  # in storage order: position-major
+    original = x.clone()
+    thresholds = (0.0,) if kind == "relu" else (0.0, 6.0)
+    job = _job(x, thresholds, False)
+    assert job.x.data_ptr() == x.data_ptr()  # counted where it lies: y = x is the tensor itself
+    portable_ext.fused(*job_args(job), 2, x.data_ptr(), job.view.args, *activation_args(kind, params))
+    want = F.relu(original) if kind == "relu" else F.hardtanh(original, 0.0, 6.0)
+    assert_bit_equal(x, want)
+    assert torch.equal(job.counts, count_states_reference(original, thresholds, 1, False))
