@@ -135,8 +135,8 @@ def fused_in_place(plan: FusedPlan) -> bool:
     rather than count x and let torch activate it in place. The extension takes y = x on every path (it writes
     what it has counted, never as it reads). Against a count and torch's in-place activation, two threads (Zen 4):
 
-    - float16/bfloat16, where torch's in-place activations are slow on CPU: 0.37-0.83 of the time on NCHW and
-      channels_last maps from 7x7 to 112x112 and on tokens (channels_last float16 56x56 varied, 0.92-1.17);
+    - float16/bfloat16, where torch's in-place activations are slow on CPU: 0.35-0.64 of the time on NCHW and
+      channels_last maps from 7x7 to 56x56 (the channel lanes write each chunk once it is counted);
     - float32 rows (NCHW): 56x56 and 112x112 maps from memory 0.62-0.83, 7x7 to 28x28 maps 0.87-1.03, where the
       count is bound by its arithmetic and torch's in-place pass is quick;
     - float32 with the channels innermost, each block written once it is counted (two runs): channels_last maps
