@@ -27,8 +27,7 @@ With ``--fused`` it times the fused kernel instead (``fused_activation``, out of
 at 0, ReLU6 for those at 0 and 6; with ``--in-place``, ``fused_activation_``, the kernel with y = x), which reads
 the tensor and writes as much: its ideal is twice ``x.sum()``'s time. Fused channel tiles have their own warps
 (``FUSED_CHANNEL_TILE_WARPS``, ``FUSED_NARROW_TILE_WARPS``) and take ``TILE_BYTES``; ``--warps`` and ``--tiles``
-set those too. Each setting's
-counts and output are checked against the torch reference and torch's activation.
+set those too. Each setting's counts and output are checked against the torch reference and torch's activation.
 """
 
 from __future__ import annotations
