@@ -141,24 +141,33 @@ def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, shap
 
 @needs_cpu
 @pytest.mark.parametrize(
-    "shape,channels_last,dtype,chosen",
-    [((2, 8, 56, 56), False, torch.float32, True), ((2, 8, 7, 7), False, torch.float32, True),
-     ((2, 8, 7, 7), True, torch.float32, True), ((2, 8, 7, 7), True, torch.bfloat16, True),
-     ((2, 8, 7, 7), False, torch.float16, True), ((50, 8), False, torch.float32, True),
-     ((50, 8), False, torch.float16, True), ((2, 8, 7, 7), False, torch.float64, False),
-     ((2, 8, 7, 7), True, torch.float64, False)],
-    ids=["56x56", "7x7", "cl7x7", "cl7x7-bf16", "7x7-f16", "nc", "nc-f16", "7x7-f64", "cl7x7-f64"],
+    "shape,channels_last,dtype,kind,chosen",
+    [((2, 8, 56, 56), False, torch.float32, "relu", True), ((2, 8, 7, 7), False, torch.float32, "relu", True),
+     ((2, 8, 7, 7), True, torch.float32, "relu", True), ((2, 8, 7, 7), True, torch.bfloat16, "relu", True),
+     ((2, 8, 7, 7), False, torch.float16, "relu", True), ((50, 8), False, torch.float32, "relu", True),
+     ((50, 8), False, torch.float16, "relu", True), ((2, 8, 7, 7), False, torch.float64, "relu", True),
+     ((2, 8, 7, 7), True, torch.float64, "relu", True), ((2, 8, 7, 7), True, torch.float32, "gelu", True),
+     ((2, 8, 7, 7), False, torch.float64, "gelu", False), ((2, 8, 7, 7), True, torch.float64, "gelu", False)],
+    ids=["56x56", "7x7", "cl7x7", "cl7x7-bf16", "7x7-f16", "nc", "nc-f16", "7x7-f64", "cl7x7-f64", "cl7x7-gelu",
+         "7x7-f64-gelu", "cl7x7-f64-gelu"],
 )  # fmt: skip
-def test_cpu_backend_chooses_its_kernel_where_it_measured_faster(shape, channels_last, dtype, chosen, monkeypatch):
+def test_cpu_backend_chooses_its_kernel_where_it_measured_faster(
+    shape, channels_last, dtype, kind, chosen, monkeypatch
+):
     calls: list[bool] = []
     kernel = cpu_backend.fused_forward
     monkeypatch.setattr(cpu_backend, "fused_forward", lambda job: (calls.append(job.y is job.x), kernel(job)))
     x = _input(shape, channels_last, dtype, 9)
+    if kind == "gelu":  # no infinities: torch's GELU of -inf is NaN, as is the kernel's, but compare finite values
+        x = torch.nan_to_num(x, nan=math.nan, posinf=3.0, neginf=-3.0)
     original = x.clone()
     counts = torch.zeros(8, 2, dtype=torch.int64)
-    fused_activation_(x, "relu", counts, backend="cpu")
+    fused_activation_(x, kind, counts, backend="cpu")
     assert calls == ([True] if chosen else [])
-    assert_bit_equal(x, torch.relu(original))
+    if kind == "gelu":
+        assert_gelu_close(x, torch_activation(original, kind, {"approximate": "none"}))
+    else:
+        assert_bit_equal(x, torch.relu(original))
     assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
 
 
@@ -359,32 +368,32 @@ def _refused(x: torch.Tensor, match: str, **kw) -> None:
     assert_bit_equal(x.detach(), before)
 
 
-# The cpu backend's kernel (float32) and its count then torch's op (float64).
-WRITE_DTYPES = [torch.float32, torch.float64]
+# The default backend's kernel (the cpu backend's, where it loaded), and the torch backend's count then torch's op.
+WRITE_BACKENDS = [None, "torch"]
 
 
-@pytest.mark.parametrize("dtype", WRITE_DTYPES, ids=["kernel", "count-then-torch"])
-def test_inference_tensor_outside_inference_mode_is_refused(dtype):
+@pytest.mark.parametrize("backend", WRITE_BACKENDS, ids=["kernel", "count-then-torch"])
+def test_inference_tensor_outside_inference_mode_is_refused(backend):
     with torch.inference_mode():
-        x = _input((2, 8, 56, 56), True, dtype, 21)
-    _refused(x, "inference tensor")
+        x = _input((2, 8, 56, 56), True, torch.float32, 21)
+    _refused(x, "inference tensor", backend=backend)
     original = x.clone()
     counts = torch.zeros(8, 2, dtype=torch.int64)
     with torch.inference_mode():  # where torch's own relu_ may write it, so may fused_activation_
-        fused_activation_(x, "relu", counts)
+        fused_activation_(x, "relu", counts, backend=backend)
     assert_bit_equal(x, torch.relu(original))
     assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
 
 
-@pytest.mark.parametrize("dtype", WRITE_DTYPES, ids=["kernel", "count-then-torch"])
-def test_leaf_that_requires_grad_is_refused_while_autograd_records(dtype):
-    leaf = _input((2, 8, 56, 56), True, dtype, 22).requires_grad_(True)
-    _refused(leaf, "leaf tensor that requires grad")
-    _refused(leaf[1:], "leaf tensor that requires grad")  # a view of it
+@pytest.mark.parametrize("backend", WRITE_BACKENDS, ids=["kernel", "count-then-torch"])
+def test_leaf_that_requires_grad_is_refused_while_autograd_records(backend):
+    leaf = _input((2, 8, 56, 56), True, torch.float32, 22).requires_grad_(True)
+    _refused(leaf, "leaf tensor that requires grad", backend=backend)
+    _refused(leaf[1:], "leaf tensor that requires grad", backend=backend)  # a view of it
     original = leaf.detach().clone()
     counts = torch.zeros(8, 2, dtype=torch.int64)
     with torch.no_grad():  # where torch's own relu_ may write it, so may fused_activation_
-        fused_activation_(leaf, "relu", counts)
+        fused_activation_(leaf, "relu", counts, backend=backend)
     assert_bit_equal(leaf.detach(), torch.relu(original))
     assert torch.equal(counts, count_states_reference(original, (0.0,), 1, False))
 

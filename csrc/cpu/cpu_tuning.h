@@ -22,6 +22,9 @@ constexpr int64_t kTableBytes = 16 << 10;  // short-row path: per-channel lane-c
 constexpr int64_t kSmallItem = 1 << 17;    // short-row path: elements per work item
 constexpr int64_t kMinPositions = 1024;    // channel path: positions per item, to amortize the per-channel flush
 constexpr int64_t kMinSplitPositions = 256;  // channel path: positions per item when splitting items evenly
+// Channel path, fused output written once counted (in place: EmitAfter, WordEmitAfter; AVX2's byte lanes): the bytes
+// of input a chunk of positions holds at most before its output is written, so that it is read again from L2.
+constexpr int64_t kAfterChunkBytes = 128 << 10;
 constexpr int64_t kWordTilesMaxBytes = 16 << 20;  // channel path, AVX-512: 16-bit tensors up to this size in word tiles
 
 }  // namespace

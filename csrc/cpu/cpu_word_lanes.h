@@ -88,10 +88,6 @@ inline constexpr bool kWordEmitsAfter = false;
 template <class Emit>
 inline constexpr bool kWordEmitsAfter<WordEmitAfter<Emit>> = true;
 
-// In place, the positions a chunk of the channel lanes holds at most before it is written (so that it is written from
-// L2): EmitAfter, WordEmitAfter.
-constexpr int64_t kAfterChunkBytes = 128 << 10;
-
 // The activation of `groups` word vectors from each position of [q0, q1), written in place (emit taken by value, so
 // that what it holds stays in registers; positions whose channels lie end to end are one run).
 template <class Emit>

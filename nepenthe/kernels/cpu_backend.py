@@ -140,10 +140,12 @@ def fused_in_place(plan: FusedPlan) -> bool:
     - float32 rows (NCHW): 56x56 and 112x112 maps from memory 0.62-0.83, 7x7 to 28x28 maps 0.87-1.03, where the
       count is bound by its arithmetic and torch's in-place pass is quick;
     - float32 with the channels innermost, each block written once it is counted (two runs): channels_last maps
-      0.71-0.95 (1312 channels, whose last 32 are written after the item, 0.94-1.03), tokens 0.65-0.76, (N, C)
-      0.94-0.99; GELU 0.18-0.25, against a count and torch's GELU copied back;
-    - float64: relu level (0.95-0.99), GELU 1.5-2.6x slower, so float64 takes the count and torch's pass."""
-    return plan.view is not None and plan.dtype != torch.float64
+      0.71-0.95, tokens 0.65-0.76, (N, C) 0.94-0.99; GELU 0.18-0.25, against a count and torch's GELU copied back;
+    - the same in kernels built for AVX2 (``NEPENTHE_CPU_ARCH=x86-64-v3``, torch on AVX2 too): NCHW maps 0.61-0.98,
+      channels_last maps 0.74-1.01 (they had taken 1.04-1.31 while AVX2's byte lanes wrote after the item);
+    - float64 relu and hardtanh: 0.60-1.03 on NCHW and channels_last maps; float64 GELU, whose activation the
+      extension computes a value at a time, 0.61-0.70 on large maps but 3x slower on 7x7 maps: count and torch's."""
+    return plan.view is not None and (plan.dtype != torch.float64 or plan.kind != "gelu")
 
 
 def prepare_fused(plan: FusedPlan) -> Forward:
