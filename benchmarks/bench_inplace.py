@@ -8,6 +8,7 @@ count, so the last ratio is what counting costs on top of it:
 
     python benchmarks/bench_inplace.py                           # cpu: float32, float16, bfloat16; NCHW, channels_last
     python benchmarks/bench_inplace.py --dtypes fp32 --rounds 100
+    python benchmarks/bench_inplace.py --dtypes fp64             # float64 (not in the default run)
     python benchmarks/bench_inplace.py --device cuda             # the cuda and triton backends, batch 128, GPU time
 
 On CPU each call is timed alone (wall clock). On CUDA a round runs ``--reps`` calls of each way between two events
@@ -30,7 +31,8 @@ import nepenthe
 from nepenthe.kernels.dispatch import select_backend
 from nepenthe.kernels.fused_plan import fused_plan
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+DEFAULT_DTYPES = ["fp32", "fp16", "bf16"]  # float64 on request (--dtypes fp64)
 RELU6 = ("hardtanh", {"min_val": 0.0, "max_val": 6.0})
 # (model, tensor, shape, channel_dim, kind and params)
 CPU_CASES = (
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--backends", nargs="+", help="default: cpu on CPU; cuda and triton (those loaded) on CUDA")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=DEFAULT_DTYPES)
     parser.add_argument("--rounds", type=int, default=None, help="default 60 on CPU, 20 on CUDA")
     parser.add_argument("--reps", type=int, default=10, help="calls per round on CUDA")
     parser.add_argument("--quick", action="store_true", help="one small map (a check that the script runs)")
