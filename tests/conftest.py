@@ -14,7 +14,7 @@ import cuda_emulated
 import pytest
 import torch
 
-from nepenthe.kernels import available_backends, dispatch
+from nepenthe.kernels import available_backends, cpu_backend, dispatch
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -74,3 +74,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def every_fused_call_runs_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fused_activation runs the backend's fused kernel even where the cpu backend would rather count and call torch's
+    activation (``cpu_backend.fused_one_pass``: GELU in bfloat16, float64, and float32 in AVX2 builds): for the tests
+    of the kernels."""
+    monkeypatch.setattr(cpu_backend, "fused_one_pass", lambda plan: True)

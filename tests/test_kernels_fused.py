@@ -41,6 +41,10 @@ LAYOUTS = {
 }
 
 
+# These tests check the fused kernels: every fused call runs one (conftest.py).
+pytestmark = pytest.mark.usefixtures("every_fused_call_runs_the_kernel")
+
+
 def _input(dtype: torch.dtype, device: str, seed: int, with_inf: bool) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(4, 19, 5, 7, generator=gen, dtype=torch.float64) * 4

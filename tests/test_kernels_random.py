@@ -32,6 +32,10 @@ DEFAULT_SEEDS = [0, 1]
 SLOW_SEEDS = list(range(2, 12))
 
 
+# These tests check the fused kernels: every fused call runs one (conftest.py).
+pytestmark = pytest.mark.usefixtures("every_fused_call_runs_the_kernel")
+
+
 def _values(rng: random.Random, shape: list[int], dtype: torch.dtype, thresholds: tuple[float, ...]) -> torch.Tensor:
     n = math.prod(shape)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))

@@ -357,7 +357,7 @@ void run_channels(const Job<S>& job) {
           const int64_t groups = n / 32;
           // With a fused output (in place or not), the positions go in chunks of at most kAfterChunkBytes, each
           // written once it is counted, from L2: after the item, the output had been read back from L3 (channels_last
-          // float32 maps in place: 1.09-1.33x a count and torch's in-place op; see cpu_backend.fused_in_place).
+          // float32 maps in place: 1.04-1.31x a count and torch's in-place op; see cpu_backend.fused_in_place).
           const int64_t chunk = job.y != nullptr
                                     ? std::max<int64_t>(1, kAfterChunkBytes / (n * static_cast<int64_t>(sizeof(S))))
                                     : q1 - q0;

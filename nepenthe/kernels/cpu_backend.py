@@ -148,6 +148,30 @@ def fused_in_place(plan: FusedPlan) -> bool:
     return plan.view is not None and (plan.dtype != torch.float64 or plan.kind != "gelu")
 
 
+def fused_one_pass(plan: FusedPlan) -> bool:
+    """Whether ``fused_activation`` should run the extension's fused kernel for ``plan`` rather than count x and
+    call torch's activation. Not for GELU where torch's own is quicker by more than the count: the kernel's GELU
+    gate is bound by its arithmetic (about 1.8 cycles a value with AVX-512, Zen 4), and torch computes bfloat16
+    GELU faster than that. Fused over a count and torch's GELU, two threads, new outputs (medians of 25 calls on
+    Swin-T's tokens, 32x384x28x28, 32x768x7x7 and ViT-B's 8x197x3072):
+
+    - AVX-512 build: bfloat16 1.21-1.45, float64 (libm's erf, a value at a time) 1.61-1.73; float32 0.30-1.05,
+      float16 0.82-1.10;
+    - AVX2 build (``NEPENTHE_CPU_ARCH=x86-64-v3``, torch on AVX2 too): bfloat16 1.40-2.16, float32 1.07-1.38,
+      float16 0.67-0.97.
+
+    The piecewise-linear activations take the kernel everywhere (``bench_kernels.py``'s fused table)."""
+    if plan.kind != "gelu" or plan.dtype == torch.float16:
+        return True
+    return plan.dtype == torch.float32 and not _avx2_only()
+
+
+def _avx2_only() -> bool:
+    """Whether the loaded extension was built for AVX2 without AVX-512 (its vectors are 256 bits wide)."""
+    isa = set(_isa.build_isa.split()) if _isa is not None else set()
+    return "avx2" in isa and "avx512f" not in isa
+
+
 def prepare_fused(plan: FusedPlan) -> Forward:
     """A forward for ``plan`` that passes the extension the arguments worked out here once: y is
     ``torch.empty_like(x)``, read through x's own view (the plan holds only layouts they share)."""

@@ -1,7 +1,8 @@
 """Fused activations: compute ReLU / Hardtanh / LeakyReLU / GELU and count the input's states in one pass.
 
-The forward pass runs one backend kernel that reads x once, writes the activation and adds the counts. The
-backward pass is torch's own activation gradient, so gradients are identical to the unfused activation.
+The forward pass runs one backend kernel that reads x once, writes the activation and adds the counts (or, where
+the backend's ``fused_one_pass(plan)`` says a count and torch's activation are faster, those two). The backward pass
+is torch's own activation gradient, so gradients are identical to the unfused activation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from types import ModuleType
 import torch
 from torch.autograd.graph import increment_version
 
+from . import torch_backend
 from .count import count_states
 from .dispatch import select_backend
 from .fused_plan import Forward, FusedPlan, fused_plan
@@ -33,7 +35,13 @@ def _activation_grad(grad: torch.Tensor, x: torch.Tensor, kind: str, params: dic
 
 
 def run_fused(x: torch.Tensor, counts: torch.Tensor, plan: FusedPlan, backend: ModuleType) -> torch.Tensor:
-    """activation(x), with the states of x added into counts by ``backend``'s fused kernel (checked arguments)."""
+    """activation(x), with the states of x added into counts by ``backend``'s fused kernel (checked arguments), or
+    by a count and torch's activation where the backend's ``fused_one_pass(plan)`` says those are faster."""
+    one_pass = getattr(backend, "fused_one_pass", None)
+    if one_pass is not None and not one_pass(plan):
+        count_states(x, plan.values, channel_dim=plan.channel_dim, counts=counts, ignore_ties=plan.ignore_ties,
+                     backend=backend.NAME)  # fmt: skip
+        return torch_backend.activation(x, plan.kind, plan.params)
     if plan.view is not None:
         return prepared(plan.forwards, backend, None, _new_forward, plan)(x, counts)
     xr, view = readable_view(x, plan.channel_dim)
