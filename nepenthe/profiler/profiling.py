@@ -526,7 +526,8 @@ def profile(
       Hardtanh and LeakyReLU give torch's outputs bit for bit; GELU agrees within float rounding (float32: about
       1e-6 relative), so what follows a GELU can differ in its last bits, and a later value that sits exactly on
       a kink (0 for a ReLU) may land on its other side and change that element's gradient. Hook mode leaves the
-      model's computation untouched.
+      model's computation untouched. Where a backend measured torch's activation and a count faster than its
+      kernel, fused mode runs those (on CPU: GELU in bfloat16 and float64, and in float32 with AVX2-only kernels).
     - ``channel_dims``: override the neuron dim per layer (``"layer1.0.relu@1"``) or per module (all its calls).
     - ``aggregate``: ``"sum"`` pools counts (exact entropy); ``"batch_mean"`` averages per-forward entropies as
       EGP/EASIER do (only to reproduce their numbers).
