@@ -267,8 +267,8 @@ void run_channels(const Job<S>& job) {
           // In place, the output of the other activations (leaky_relu, GELU): positions in chunks of at most
           // kAfterChunkBytes, each written once all its groups are counted, from L2. After the item, from L3 or
           // beyond, float16 leaky_relu on ResNet-18 layer1 channels_last took 1.03-1.13x a count and torch's op;
-          // per chunk 0.71-1.01 of that time on 16-bit maps (0.80-0.92 on leaky_relu from 56x56 up). Out of place
-          // the chunks measured 0.76-1.21 of the time after the item, slower on the 576x14x14 and 96x112x112 maps.
+          // per chunk, 16-bit leaky_relu and GELU took 0.76-1.04 of the time before (0.76-0.95 from 56x56 up). Out
+          // of place the chunks measured 0.76-1.21 of the time after the item, slower on 576x14x14 and 96x112x112.
           const bool write_chunks = job.in_place && !fuse_words;
           const int64_t chunk =
               write_chunks ? std::max<int64_t>(1, kAfterChunkBytes / (n * static_cast<int64_t>(sizeof(S)))) : q1 - q0;
