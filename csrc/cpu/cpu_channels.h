@@ -270,8 +270,7 @@ void run_channels(const Job<S>& job) {
           // per chunk, 16-bit leaky_relu and GELU took 0.76-1.04 of the time before (0.76-0.95 from 56x56 up). Out
           // of place the chunks measured 0.76-1.21 of the time after the item, slower on 576x14x14 and 96x112x112.
           const bool write_chunks = job.in_place && !fuse_words;
-          const int64_t chunk =
-              write_chunks ? std::max<int64_t>(1, kAfterChunkBytes / (n * static_cast<int64_t>(sizeof(S)))) : q1 - q0;
+          const int64_t chunk = write_chunks ? after_chunk_positions(n * static_cast<int64_t>(sizeof(S))) : q1 - q0;
           for (int64_t qa = q0; qa < q1; qa += chunk) {
             const int64_t qz = std::min(q1, qa + chunk);
             // one tile of groups [g0, g0 + gs) at a time (several only in AVX2 builds, word_tiles)
@@ -370,9 +369,8 @@ void run_channels(const Job<S>& job) {
           // With a fused output (in place or not), the positions go in chunks of at most kAfterChunkBytes, each
           // written once it is counted, from L2: after the item, the output had been read back from L3 (channels_last
           // float32 maps in place: 1.04-1.31x a count and torch's in-place op; see cpu_backend.fused_in_place).
-          const int64_t chunk = job.y != nullptr
-                                    ? std::max<int64_t>(1, kAfterChunkBytes / (n * static_cast<int64_t>(sizeof(S))))
-                                    : q1 - q0;
+          const int64_t chunk =
+              job.y != nullptr ? after_chunk_positions(n * static_cast<int64_t>(sizeof(S))) : q1 - q0;
           for (int64_t qb = q0; qb < q1; qb += chunk) {
             const int64_t qe = std::min(q1, qb + chunk);
             if (sign_zero) {

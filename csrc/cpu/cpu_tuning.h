@@ -25,6 +25,10 @@ constexpr int64_t kMinSplitPositions = 256;  // channel path: positions per item
 // Channel path, fused output written once counted (in place: EmitAfter, WordEmitAfter; AVX2's byte lanes): the bytes
 // of input a chunk of positions holds at most before its output is written, so that it is read again from L2.
 constexpr int64_t kAfterChunkBytes = 128 << 10;
+// The positions such a chunk holds when each position's values take row_bytes (at least one position).
+constexpr int64_t after_chunk_positions(int64_t row_bytes) {
+  return row_bytes >= kAfterChunkBytes ? 1 : kAfterChunkBytes / row_bytes;
+}
 constexpr int64_t kWordTilesMaxBytes = 16 << 20;  // channel path, AVX-512: 16-bit tensors up to this size in word tiles
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "cpu_packed_masks.h"
 #include "cpu_row_signs.h"
 #include "cpu_simd.h"
+#include "cpu_tuning.h"
 #include "cpu_words.h"
 
 namespace nepenthe {
@@ -155,8 +156,7 @@ void word_sweep(int64_t groups, const WordThresholds& wt, const uint16_t* base, 
   const WordVec inf = WordOps::splat(wt.inf);
   // In place (WordEmitAfter), chunks of at most kAfterChunkBytes, each written once it is counted.
   constexpr bool kAfter = kWordEmitsAfter<Emit>;
-  const int64_t chunk =
-      kAfter ? std::max<int64_t>(1, kAfterChunkBytes / (static_cast<int64_t>(sizeof(WordVec)) * groups)) : 65535;
+  const int64_t chunk = kAfter ? after_chunk_positions(static_cast<int64_t>(sizeof(WordVec)) * groups) : 65535;
   for (int64_t cb = q0; cb < q1; cb += chunk) {
     const int64_t ce = std::min(q1, cb + chunk);
     WordVec top;
@@ -271,7 +271,7 @@ void float_word_sweep(const FloatWordMasks<K>& wm, int64_t vectors, const float*
                       const Emit& emit = Emit{}) {
   const int64_t groups = ceil_div(vectors, 2);
   const bool half_last = vectors % 2 != 0;
-  const int64_t chunk = kEmitsAfter<Emit> ? std::max<int64_t>(1, kAfterChunkBytes / (64 * vectors)) : 65535;
+  const int64_t chunk = kEmitsAfter<Emit> ? after_chunk_positions(64 * vectors) : 65535;
   for (int64_t cb = q0; cb < q1; cb += chunk) {
     const int64_t ce = std::min(q1, cb + chunk);
     bool finite;
