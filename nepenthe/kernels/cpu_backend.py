@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -168,7 +169,12 @@ def fused_one_pass(plan: FusedPlan) -> bool:
 
 def _avx2_only() -> bool:
     """Whether the loaded extension was built for AVX2 without AVX-512 (its vectors are 256 bits wide)."""
-    isa = set(_isa.build_isa.split()) if _isa is not None else set()
+    return _isa is not None and _avx2_without_avx512(_isa.build_isa)
+
+
+@functools.cache
+def _avx2_without_avx512(build_isa: str) -> bool:  # asked on every float32 GELU call: parsed once
+    isa = set(build_isa.split())
     return "avx2" in isa and "avx512f" not in isa
 
 
