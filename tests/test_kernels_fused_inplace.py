@@ -147,9 +147,11 @@ def test_in_place_on_a_large_map_adds_into_counts(kind, params, thresholds, shap
      ((2, 8, 7, 7), False, torch.float16, "relu", True), ((50, 8), False, torch.float32, "relu", True),
      ((50, 8), False, torch.float16, "relu", True), ((2, 8, 7, 7), False, torch.float64, "relu", True),
      ((2, 8, 7, 7), True, torch.float64, "relu", True), ((2, 8, 7, 7), True, torch.float32, "gelu", True),
-     ((2, 8, 7, 7), False, torch.float64, "gelu", False), ((2, 8, 7, 7), True, torch.float64, "gelu", False)],
+     ((2, 8, 7, 7), False, torch.float64, "gelu", False), ((2, 8, 7, 7), True, torch.float64, "gelu", False),
+     ((2, 8, 7, 7), False, torch.bfloat16, "gelu", False), ((2, 8, 7, 7), True, torch.bfloat16, "gelu", True),
+     ((50, 8), False, torch.bfloat16, "gelu", True), ((2, 8, 7, 7), False, torch.float16, "gelu", True)],
     ids=["56x56", "7x7", "cl7x7", "cl7x7-bf16", "7x7-f16", "nc", "nc-f16", "7x7-f64", "cl7x7-f64", "cl7x7-gelu",
-         "7x7-f64-gelu", "cl7x7-f64-gelu"],
+         "7x7-f64-gelu", "cl7x7-f64-gelu", "7x7-bf16-gelu", "cl7x7-bf16-gelu", "nc-bf16-gelu", "7x7-f16-gelu"],
 )  # fmt: skip
 def test_cpu_backend_chooses_its_kernel_where_it_measured_faster(
     shape, channels_last, dtype, kind, chosen, monkeypatch

@@ -145,8 +145,18 @@ def fused_in_place(plan: FusedPlan) -> bool:
     - the same in kernels built for AVX2 (``NEPENTHE_CPU_ARCH=x86-64-v3``, torch on AVX2 too): NCHW maps 0.61-0.98,
       channels_last maps 0.74-1.01 (they had taken 1.04-1.31 while AVX2's byte lanes wrote after the item);
     - float64 relu and hardtanh: 0.60-1.03 on NCHW and channels_last maps; float64 GELU, whose activation the
-      extension computes a value at a time, 0.61-0.70 on large maps but 3x slower on 7x7 maps: count and torch's."""
-    return plan.view is not None and (plan.dtype != torch.float64 or plan.kind != "gelu")
+      extension computes a value at a time, 0.61-0.70 on large maps but 3x slower on 7x7 maps: count and torch's;
+    - bfloat16 GELU, against a count and torch's GELU copied back: with the channels innermost 0.59-0.68 on
+      channels_last maps and 0.41-1.03 on tokens, but on rows (NCHW), where torch's bfloat16 GELU is quicker than
+      the extension's gate, 1.10-1.23 on 7x7 and 14x14 maps, 0.92-1.15 on 28x28 and 56x56 (1.64-1.93 in AVX2
+      builds): count and torch's there."""
+    view = plan.view
+    if view is None:
+        return False
+    if plan.kind != "gelu":
+        return True
+    rows = view.stride_inner == 1  # NCHW: the spatial dims innermost
+    return plan.dtype != torch.float64 and not (plan.dtype == torch.bfloat16 and rows)
 
 
 def fused_one_pass(plan: FusedPlan) -> bool:

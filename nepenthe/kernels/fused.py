@@ -165,7 +165,7 @@ def fused_activation_(
     Where the backend's ``fused_in_place(plan)`` says its kernel is faster so, x is read once: ``cuda`` on dense
     layouts and ``triton`` on those whose channel blocks share no cache line (each value is overwritten by the
     thread that read it), ``cpu`` on dense float32, float16 and bfloat16 (each block or row is counted, then
-    overwritten while it is in cache).
+    overwritten while it is in cache), except GELU in bfloat16 on NCHW rows, where torch's GELU is quicker.
     Otherwise (the torch backend, other layouts, or autograd recording x) x is counted and then activated by
     torch's own in-place operation, which records the same graph as ``F.relu(x, inplace=True)``. GELU has no
     in-place form in torch, so it cannot be recorded.
