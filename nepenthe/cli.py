@@ -147,11 +147,16 @@ def _load_data_and_model(model_name: str, width: float, dataset: str, data_root:
     return data, model
 
 
+def _model_name(model: str, width: float) -> str:
+    return f"{model} model (width {width:g})"
+
+
 def _extra(model: str, width: float, dataset: str, data_root: str | None, image_size: int) -> dict[str, object]:
     return {"model": model, "width": width, "dataset": dataset, "data_root": data_root, "image_size": image_size}
 
 
 def _run_prune(args: argparse.Namespace, model_args: dict[str, object], base: dict[str, object] | None) -> int:
+    from .orchestrator.checkpoint import load_state_dict_file
     from .orchestrator.loop import run_nepenthe
     from .orchestrator.report import summary_table
 
@@ -165,8 +170,7 @@ def _run_prune(args: argparse.Namespace, model_args: dict[str, object], base: di
     )  # fmt: skip
     dense_checkpoint = getattr(args, "dense_checkpoint", None)
     if dense_checkpoint:
-        state = torch.load(dense_checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        load_state_dict_file(model, dense_checkpoint, _model_name(model_args["model"], model_args["width"]))
         cfg = dataclasses.replace(cfg, dense_epochs=0)
     extra = _extra(
         model_args["model"], model_args["width"], model_args["dataset"], model_args.get("data_root"),
@@ -183,6 +187,7 @@ def _run_prune(args: argparse.Namespace, model_args: dict[str, object], base: di
 def _cmd_profile(args: argparse.Namespace) -> int:
     import nepenthe
 
+    from .orchestrator.checkpoint import load_state_dict_file
     from .orchestrator.data import subset
     from .orchestrator.distributed import DistContext
     from .orchestrator.training import batches
@@ -190,7 +195,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     data, model = _load_data_and_model(args.model, args.width, args.dataset, args.data_root, args.image_size)
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+        load_state_dict_file(model, args.checkpoint, _model_name(args.model, args.width))
     model.eval()
     ctx = DistContext(0, 1, torch.device("cpu"))
     with torch.no_grad(), nepenthe.profile(model, ignore_ties=args.ignore_ties, fused=args.fused) as prof:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from nepenthe.cli import build_parser, main
 
@@ -79,3 +80,41 @@ def test_profile_prints_the_entropy_table(capsys) -> None:
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "features.2" in text and "features.8" in text  # the three ReLU layers of the small CNN
+
+
+def test_a_state_dict_that_cannot_load_is_named_not_raised(tmp_path, capsys) -> None:
+    """--checkpoint (profile) and --dense-checkpoint (prune): a missing, corrupt, foreign or misfit file is an error
+    naming the file and what is wrong, before any work; a state dict of the same model loads."""
+    from nepenthe.orchestrator.models import build_model
+
+    good = tmp_path / "good.pt"
+    torch.save(build_model("small_cnn", 10, 1, 0.5, 8).state_dict(), good)
+    torch.save(build_model("small_cnn", 10, 1, 1.0, 8).state_dict(), tmp_path / "wider.pt")
+    torch.save({"a": torch.zeros(3)}, tmp_path / "other.pt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:300])
+    profile = ["profile", "--model", "small_cnn", "--width", "0.5", "--dataset", "digits", "--subset", "32"]
+    cases = {
+        "missing.pt": "does not exist",
+        "garbage.pt": "is not a state dict",
+        "module.pt": "is not a state dict",
+        "cut.pt": "is corrupt",
+        "tensor.pt": "holds a Tensor, not a state dict",
+        "other.pt": "does not fit the small_cnn model (width 0.5): 20 of its 20 entries missing",
+        "wider.pt": "of other shapes (features.0.weight (16, 1, 3, 3) for (8, 1, 3, 3)",
+    }
+    for name, message in cases.items():
+        assert main([*profile, "--checkpoint", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name}" in err and message in err, (name, err)
+    assert (
+        "1 unexpected (a)" in (main([*profile, "--checkpoint", str(tmp_path / "other.pt")]), capsys.readouterr())[1].err
+    )
+    assert main([*profile, "--checkpoint", str(good)]) == 0
+    argv = ["prune", "--model", "small_cnn", "--width", "0.5", "--dataset", "digits", "--out", str(tmp_path / "run"),
+            "--no-progress", "--dense-checkpoint", str(tmp_path / "wider.pt")]  # fmt: skip
+    assert main(argv) == 2
+    assert "does not fit the small_cnn model (width 0.5)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

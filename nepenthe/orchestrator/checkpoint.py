@@ -7,6 +7,7 @@ kill at any moment leaves either the previous complete file or the new complete 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -114,3 +115,55 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if expected and int(expected.group(1)) != state["iteration"]:
         raise CheckpointError(f"checkpoint {path} holds iteration {state['iteration']}, its name says otherwise")
     return state
+
+
+def load_state_dict_file(model: torch.nn.Module, path: str | Path, what: str = "model") -> None:
+    """Load the state dict saved at ``path`` (``torch.save(model.state_dict(), path)``) into ``model``, read with
+    ``weights_only=True``; :class:`CheckpointError` names the file and the problem: it does not exist, it is not a
+    state dict (corrupt, or another pickled object), or its names and shapes do not fit ``what``."""
+    path = Path(path)
+    hint = "save one with torch.save(model.state_dict(), path)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"state dict {path} does not exist") from err
+    except pickle.UnpicklingError as err:  # not a pickle, or objects weights_only refuses (a module, a run's state)
+        raise CheckpointError(
+            f"{path} is not a state dict (it may be corrupt, a pickled model, or a nepenthe run's checkpoint): {hint}"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"state dict {path} is corrupt ({type(err).__name__}: {_first_line(err)})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict (names to tensors): {hint}")
+    problems = _misfit(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"state dict {path} does not fit the {what}: {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _misfit(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``got`` from loading where ``want`` is expected: missing and unexpected names, other shapes."""
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want]
+    shapes = [
+        f"{k} {tuple(got[k].shape)} for {tuple(want[k].shape)}"
+        for k in want
+        if k in got and got[k].shape != want[k].shape
+    ]
+    out = []
+    if missing:
+        out.append(f"{len(missing)} of its {len(want)} entries missing ({few(missing)})")
+    if unexpected:
+        out.append(f"{len(unexpected)} unexpected ({few(unexpected)})")
+    if shapes:
+        out.append(f"{len(shapes)} of other shapes ({few(shapes)})")
+    return out
