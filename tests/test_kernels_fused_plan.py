@@ -57,6 +57,12 @@ def test_failing_key_is_never_stored():
             fused_activation(x, "swish", counts)
         with pytest.raises(ValueError, match="needs parameter"):
             fused_activation(x, "leaky_relu", counts)
+        with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['negative_slop'\]"):
+            fused_activation(x, "leaky_relu", counts, negative_slope=0.1, negative_slop=0.2)
+        with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['aproximate'\] \(it takes \['approximate'\]\)"):
+            fused_activation(x, "gelu", counts, aproximate="tanh")
+        with pytest.raises(ValueError, match=r"fused relu got unknown parameter\(s\) \['slope'\] \(it takes none\)"):
+            fused_activation(x, "relu", counts, slope=0.1)
         with pytest.raises(ValueError, match="strictly increasing"):
             fused_activation(x, "relu", counts, thresholds=(1.0, 0.0))
     ours = [key for key in _plans if key[1] == x.shape]

@@ -132,8 +132,9 @@ def fused_activation(
     """Apply activation ``kind`` to ``x`` and add the states of ``x`` into ``counts`` in the same pass.
 
     ``kind``: ``"relu"``, ``"hardtanh"`` (``min_val``, ``max_val``; ReLU6 is ``hardtanh(0, 6)``),
-    ``"leaky_relu"`` (``negative_slope``) or ``"gelu"`` (``approximate="none"|"tanh"``). The states default to
-    the activation's knees. Differentiable in ``x``; gradients are torch's own.
+    ``"leaky_relu"`` (``negative_slope``) or ``"gelu"`` (``approximate="none"|"tanh"``); any other parameter
+    name raises ``ValueError``. The states default to the activation's knees. Differentiable in ``x``; gradients
+    are torch's own.
 
     Example::
 

@@ -66,6 +66,10 @@ def check_params(kind: str, params: dict[str, object]) -> dict[str, object]:
     missing = [p for p in needed if p not in params]
     if missing:
         raise ValueError(f"fused {kind} needs parameter(s) {missing}")
+    takes = ("approximate",) if kind == "gelu" else needed
+    unknown = [p for p in params if p not in takes]
+    if unknown:  # a misspelt name would otherwise be dropped, and the activation computed without it
+        raise ValueError(f"fused {kind} got unknown parameter(s) {unknown} (it takes {list(takes) or 'none'})")
     if kind == "gelu":
         params = {"approximate": params.get("approximate", "none")}
         if params["approximate"] not in ("none", "tanh"):
