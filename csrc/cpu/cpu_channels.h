@@ -450,7 +450,7 @@ void run_channels(const Job<S>& job) {
       // The fused output of the channels no lane wrote, after the item (out of place: 16-bit leaky_relu and GELU,
       // float32 GELU, float64): one run where the positions' channels lie end to end, as in place. Against a write
       // per position, in one process (Zen 4): float16/bfloat16 leaky_relu on channels_last maps 0.69-0.97 of the
-      // time, float32 GELU on tokens and maps 0.93-0.99, float64 0.86-1.07.
+      // time, float32 GELU on tokens and maps 0.93-0.99, float64 0.77-1.07.
       if (job.y != nullptr && written < n) write_positions(job, o, c0 + written, q0, q1, n - written, buf.data());
     }
     if (use_tables) tables.write_states(job.counts);
