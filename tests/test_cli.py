@@ -92,6 +92,7 @@ def test_a_state_dict_that_cannot_load_is_named_not_raised(tmp_path, capsys) -> 
     torch.save(build_model("small_cnn", 10, 1, 1.0, 8).state_dict(), tmp_path / "wider.pt")
     torch.save({"a": torch.zeros(3)}, tmp_path / "other.pt")
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save({**build_model("small_cnn", 10, 1, 0.5, 8).state_dict(), "features.0.weight": 3}, tmp_path / "int.pt")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:300])
@@ -102,6 +103,7 @@ def test_a_state_dict_that_cannot_load_is_named_not_raised(tmp_path, capsys) -> 
         "module.pt": "is not a state dict",
         "cut.pt": "is corrupt",
         "tensor.pt": "holds a Tensor, not a state dict",
+        "int.pt": "does not fit the small_cnn model (width 0.5): Error(s) in loading state_dict for",
         "other.pt": "does not fit the small_cnn model (width 0.5): 20 of its 20 entries missing",
         "wider.pt": "of other shapes (features.0.weight (16, 1, 3, 3) for (8, 1, 3, 3)",
     }

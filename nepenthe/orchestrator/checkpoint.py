@@ -133,12 +133,16 @@ def load_state_dict_file(model: torch.nn.Module, path: str | Path, what: str = "
         ) from err
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
         raise CheckpointError(f"state dict {path} is corrupt ({type(err).__name__}: {_first_line(err)})") from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict (names to tensors): {hint}")
     problems = _misfit(model.state_dict(), state)
     if problems:
         raise CheckpointError(f"state dict {path} does not fit the {what}: {'; '.join(problems)}")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as err:  # e.g. an entry that is not a tensor
+        details = " ".join(str(err).split())  # torch's message spans lines: the reason follows its first
+        raise CheckpointError(f"state dict {path} does not fit the {what}: {details[:400]}") from err
 
 
 def _first_line(err: BaseException) -> str:
@@ -157,7 +161,10 @@ def _misfit(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> list
     shapes = [
         f"{k} {tuple(got[k].shape)} for {tuple(want[k].shape)}"
         for k in want
-        if k in got and got[k].shape != want[k].shape
+        if k in got
+        and isinstance(got[k], torch.Tensor)
+        and isinstance(want[k], torch.Tensor)
+        and got[k].shape != want[k].shape
     ]
     out = []
     if missing:
