@@ -81,6 +81,21 @@ def test_shared_module_linearized_per_call_site():
         torch.testing.assert_close(torch.load(buf, weights_only=False)(X), expected)
 
 
+def test_trace_names_each_call_site_of_a_shared_module():
+    """shrink's reports name a shared module's calls as profiles do (relu@1), not by the traced module
+    (relu.original, the calls a CallSiteDispatch leaves to the original ReLU)."""
+    from nepenthe.surgery.trace import trace
+
+    def sites(model):
+        return [(n.target, n.meta.get("call_site")) for n in trace(model).graph.nodes if n.op == "call_module"]
+
+    model = Net(nn.Identity())
+    assert sites(model) == [("conv", None), ("act", None), ("relu", "relu@0"), ("conv2", None), ("relu", "relu@1")]
+    counts = {"relu@0": one_state_counts([0, 1, 1, 1], 2), "relu@1": one_state_counts([1, 1, 1, 1], 2)}
+    model, _ = nepenthe.linearize(model, ["relu@0"], profile=counts)
+    assert sites(model)[2:] == [("relu.sites.0", "relu@0"), ("conv2", None), ("relu.original", "relu@1")]
+
+
 def test_without_profile_becomes_identity_and_says_so():
     model, report = nepenthe.linearize(Net(nn.ReLU()), "act")
     assert model.act.is_identity()

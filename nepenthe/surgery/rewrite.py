@@ -115,8 +115,8 @@ class Surgeon:
     def _describe(self, n: object) -> str:
         if not isinstance(n, fx.Node):
             return repr(n)
-        if n.op == "call_module":
-            return f"{n.target} ({type(self.module(n)).__name__})"
+        if n.op == "call_module":  # a shared activation's call site by its own name (relu@1), not relu.original
+            return f"{n.meta.get('call_site', n.target)} ({type(self.module(n)).__name__})"
         if n.op == "call_function":
             return getattr(n.target, "__name__", str(n.target))
         return f"{n.op} {n.target}"

@@ -15,7 +15,9 @@ class SurgeryTracer(fx.Tracer):
     """An fx tracer whose leaves include :class:`ChannelAffine` and :class:`BorderBiasConv2d`.
 
     A :class:`CallSiteDispatch` is not kept as a node: call ``k`` is traced as a call of the module for call site
-    ``k`` (``relu.sites.1`` or ``relu.original``), so every call site is its own node and can be folded alone.
+    ``k`` (``relu.sites.1`` or ``relu.original``), so every call site is its own node and can be folded alone. The
+    node's ``meta["call_site"]`` keeps the call site's name (``relu@1``), which reports show instead of the target;
+    :func:`trace` names the calls of any other module called more than once the same way.
     """
 
     def __init__(self) -> None:
@@ -34,7 +36,10 @@ class SurgeryTracer(fx.Tracer):
             if m.calls:
                 index %= m.calls
             site = m.site_module(index)
-            return self.call_module(site, site.forward, args, kwargs)
+            out = self.call_module(site, site.forward, args, kwargs)
+            if isinstance(out, fx.Proxy):
+                out.node.meta["call_site"] = f"{self.path_of_module(m)}@{index}"
+            return out
         return super().call_module(m, forward, args, kwargs)
 
 
@@ -48,4 +53,18 @@ def trace(model: nn.Module) -> fx.GraphModule:
             f"shrink needs a torch.fx trace of {type(model).__name__}, which failed: {err}. Wrap data-dependent "
             "code in torch.fx.wrap'ed functions (as torchvision's swin does) or shrink a traceable submodule"
         ) from err
+    _name_shared_calls(graph)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _name_shared_calls(graph: fx.Graph) -> None:
+    """Give each call of a module called more than once its call site's name (``relu@1``, as profiles name them)
+    in ``meta["call_site"]``, where the tracer has not named it already."""
+    calls: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and "call_site" not in node.meta:
+            calls.setdefault(str(node.target), []).append(node)
+    for target, nodes in calls.items():
+        if len(nodes) > 1:
+            for k, node in enumerate(nodes):
+                node.meta["call_site"] = f"{target}@{k}"
