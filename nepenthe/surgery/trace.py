@@ -7,6 +7,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from ..profiler.callsites import call_site_names
 from .affine import CallSiteDispatch, ChannelAffine
 from .algebra import BorderBiasConv2d
 
@@ -16,8 +17,9 @@ class SurgeryTracer(fx.Tracer):
 
     A :class:`CallSiteDispatch` is not kept as a node: call ``k`` is traced as a call of the module for call site
     ``k`` (``relu.sites.1`` or ``relu.original``), so every call site is its own node and can be folded alone. The
-    node's ``meta["call_site"]`` keeps the call site's name (``relu@1``), which reports show instead of the target;
-    :func:`trace` names the calls of any other module called more than once the same way.
+    node's ``meta["call_of"]`` keeps the dispatch's name and ``k``, from which :func:`trace` names the call site
+    (``relu@1``) in ``meta["call_site"]``, as it names the calls of any other module called more than once; reports
+    show that name instead of the target.
     """
 
     def __init__(self) -> None:
@@ -38,7 +40,7 @@ class SurgeryTracer(fx.Tracer):
             site = m.site_module(index)
             out = self.call_module(site, site.forward, args, kwargs)
             if isinstance(out, fx.Proxy):
-                out.node.meta["call_site"] = f"{self.path_of_module(m)}@{index}"
+                out.node.meta["call_of"] = (self.path_of_module(m), index)
             return out
         return super().call_module(m, forward, args, kwargs)
 
@@ -58,13 +60,20 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 def _name_shared_calls(graph: fx.Graph) -> None:
-    """Give each call of a module called more than once its call site's name (``relu@1``, as profiles name them)
-    in ``meta["call_site"]``, where the tracer has not named it already."""
-    calls: dict[str, list[fx.Node]] = {}
+    """Put in ``meta["call_site"]`` the layer name of each call of a module called more than once (``relu@1``, as
+    profiles name them, :func:`call_site_names`); a :class:`CallSiteDispatch`'s calls by the dispatch's name."""
+    calls: list[tuple[fx.Node, tuple[str, int]]] = []
+    seen: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == "call_module" and "call_site" not in node.meta:
-            calls.setdefault(str(node.target), []).append(node)
-    for target, nodes in calls.items():
-        if len(nodes) > 1:
-            for k, node in enumerate(nodes):
-                node.meta["call_site"] = f"{target}@{k}"
+        if node.op != "call_module":
+            continue
+        call = node.meta.get("call_of")
+        if call is None:
+            target = str(node.target)
+            call = (target, seen.get(target, 0))
+            seen[target] = call[1] + 1
+        calls.append((node, call))
+    names = call_site_names(call for _, call in calls)
+    for node, call in calls:
+        if names[call] != node.target:
+            node.meta["call_site"] = names[call]
