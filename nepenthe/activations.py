@@ -3,12 +3,17 @@
 A state is one linear piece of an activation (METHOD.md section 1). The profiler reads the thresholds that
 separate the pieces; the surgeon reads the affine map of the one piece a neuron stays in. Both ask this module,
 so a user's own activation registered here is understood by every part of nepenthe.
+
+timm's own activation classes (``timm.layers.GELU``, ``GELUTanh``, ``QuickGELU``, and its fallbacks for old
+torch versions) are known too, by module and class name: they join the registry once the user has imported timm,
+so nepenthe never imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,15 +40,20 @@ class ActivationSpec:
 
     ``thresholds(module)`` gives the strictly increasing knees that split the input axis into states;
     ``pieces(module)`` gives one :class:`Piece` per state (``len(thresholds) + 1`` of them);
-    ``fused_kind`` names the fused counting kernel that computes this activation, or None.
+    ``fused_kind`` names the fused counting kernel that computes this activation, or None;
+    ``fixed_params``, where given, are that kernel's parameters for every module of the class (a class without
+    attributes that say them, such as timm's ``GELUTanh``).
     """
 
     thresholds: Callable[[nn.Module], tuple[float, ...]]
     pieces: Callable[[nn.Module], list[Piece]]
     fused_kind: str | None = None
+    fixed_params: Mapping[str, object] | None = field(default=None, compare=False)
 
     def fused_params(self, module: nn.Module) -> dict[str, object]:
         """Keyword parameters of the fused kernel for ``module`` (slopes, knees, GELU approximation)."""
+        if self.fixed_params is not None:
+            return dict(self.fixed_params)
         if self.fused_kind == "hardtanh":
             return {"min_val": float(module.min_val), "max_val": float(module.max_val)}
         if self.fused_kind == "leaky_relu":
@@ -73,6 +83,14 @@ def _prelu_pieces(m: nn.Module) -> list[Piece]:
     return [Piece(m.weight.detach().clone(), 0.0), Piece(1.0, 0.0)]
 
 
+_SMOOTH_SIGN = ActivationSpec(_sign, _sign_pieces_smooth)
+_HARDSWISH = ActivationSpec(
+    lambda m: (-3.0, 3.0), lambda m: [Piece(0.0, 0.0), Piece(0.5, 0.0, exact=False), Piece(1.0, 0.0)]
+)
+_HARDSIGMOID = ActivationSpec(
+    lambda m: (-3.0, 3.0), lambda m: [Piece(0.0, 0.0), Piece(1.0 / 6.0, 0.5), Piece(0.0, 1.0)]
+)
+
 _REGISTRY: dict[type[nn.Module], ActivationSpec] = {
     nn.ReLU: ActivationSpec(_sign, lambda m: [Piece(0.0, 0.0), Piece(1.0, 0.0)], "relu"),
     nn.LeakyReLU: ActivationSpec(_sign, lambda m: [Piece(float(m.negative_slope), 0.0), Piece(1.0, 0.0)], "leaky_relu"),
@@ -80,16 +98,48 @@ _REGISTRY: dict[type[nn.Module], ActivationSpec] = {
     nn.Hardtanh: ActivationSpec(_hardtanh_thresholds, _hardtanh_pieces, "hardtanh"),  # ReLU6 too
     nn.ELU: ActivationSpec(_sign, lambda m: [Piece(0.0, 0.0, exact=False), Piece(1.0, 0.0)]),
     nn.GELU: ActivationSpec(_sign, _sign_pieces_smooth, "gelu"),
-    nn.SiLU: ActivationSpec(_sign, _sign_pieces_smooth),
-    nn.Mish: ActivationSpec(_sign, _sign_pieces_smooth),
-    nn.Hardswish: ActivationSpec(
-        lambda m: (-3.0, 3.0),
-        lambda m: [Piece(0.0, 0.0), Piece(0.5, 0.0, exact=False), Piece(1.0, 0.0)],
-    ),
-    nn.Hardsigmoid: ActivationSpec(
-        lambda m: (-3.0, 3.0), lambda m: [Piece(0.0, 0.0), Piece(1.0 / 6.0, 0.5), Piece(0.0, 1.0)]
-    ),
+    nn.SiLU: _SMOOTH_SIGN,
+    nn.Mish: _SMOOTH_SIGN,
+    nn.Hardswish: _HARDSWISH,
+    nn.Hardsigmoid: _HARDSIGMOID,
 }
+
+# Activation classes of other libraries, by the module that defines them and their class name. Each joins
+# _REGISTRY once its module has been imported (by the user: nepenthe imports none of them). timm's forwards are
+# torch's functions: GELU is F.gelu(x), GELUTanh F.gelu(x, approximate="tanh"), QuickGELU x * sigmoid(1.702 x);
+# Swish, Mish, HardSwish and HardSigmoid (and the "Me" ones, with their own backward) are what timm uses where torch
+# lacks F.silu and the others.
+_ELSEWHERE: dict[str, dict[str, ActivationSpec]] = {
+    "timm.layers.activations": {
+        "GELU": ActivationSpec(_sign, _sign_pieces_smooth, "gelu", {"approximate": "none"}),
+        "GELUTanh": ActivationSpec(_sign, _sign_pieces_smooth, "gelu", {"approximate": "tanh"}),
+        "QuickGELU": _SMOOTH_SIGN,
+        "Swish": _SMOOTH_SIGN,
+        "Mish": _SMOOTH_SIGN,
+        "HardSwish": _HARDSWISH,
+        "HardSigmoid": _HARDSIGMOID,
+    },
+    "timm.layers.activations_me": {
+        "SwishMe": _SMOOTH_SIGN,
+        "MishMe": _SMOOTH_SIGN,
+        "HardSwishMe": _HARDSWISH,
+        "HardSigmoidMe": _HARDSIGMOID,
+    },
+}
+# Classes whose forward is exactly their spec's fused kernel, so fused profiling may run the kernel in their place.
+_FUSABLE_ELSEWHERE: set[type[nn.Module]] = set()
+
+
+def _register_imported() -> None:
+    """Move the classes of every module of _ELSEWHERE that is imported by now into _REGISTRY."""
+    for module_name in [name for name in _ELSEWHERE if name in sys.modules]:
+        module = sys.modules[module_name]
+        for class_name, spec in _ELSEWHERE.pop(module_name).items():
+            cls = getattr(module, class_name, None)
+            if isinstance(cls, type) and issubclass(cls, nn.Module):
+                _REGISTRY.setdefault(cls, spec)
+                if spec.fused_kind is not None:
+                    _FUSABLE_ELSEWHERE.add(cls)
 
 
 def register_activation(
@@ -128,6 +178,8 @@ def _unknown_pieces(m: nn.Module) -> list[Piece]:
 
 def activation_spec(module: nn.Module) -> ActivationSpec | None:
     """The spec of ``module``'s class (or its nearest registered base class), or None if not an activation."""
+    if _ELSEWHERE:
+        _register_imported()
     for cls in type(module).__mro__:
         spec = _REGISTRY.get(cls)
         if spec is not None:
@@ -137,4 +189,15 @@ def activation_spec(module: nn.Module) -> ActivationSpec | None:
 
 def tracked_activation_types() -> tuple[type[nn.Module], ...]:
     """Every activation class nepenthe knows, built in or registered."""
+    if _ELSEWHERE:
+        _register_imported()
     return tuple(_REGISTRY)
+
+
+def computes_fused_kind(module: nn.Module) -> bool:
+    """True when ``module``'s forward is its spec's fused kernel: torch's own classes (ReLU6 too) and the known
+    classes of other libraries, but not a user's subclass, whose forward may compute something else."""
+    spec = activation_spec(module)
+    if spec is None or spec.fused_kind is None:
+        return False
+    return type(module).__module__.startswith("torch.nn.modules.") or type(module) in _FUSABLE_ELSEWHERE

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..activations import ActivationSpec, activation_spec
+from ..activations import ActivationSpec, activation_spec, computes_fused_kind
 from ..entropy import LAYER_REDUCTIONS, is_linearizable, neuron_entropy, reduce_entropy
 from ..kernels import count_states
 from .callsites import site_name
@@ -163,9 +163,7 @@ class Profile:
         replacements: dict[int, nn.Module] = {}
         for name, module in self._modules.items():
             spec = activation_spec(module)
-            # only torch's own classes: a user subclass of nn.ReLU may compute something else in its forward
-            builtin = type(module).__module__.startswith("torch.nn.modules.")
-            if self.fused and spec.fused_kind is not None and builtin and module is not self.model:
+            if self.fused and computes_fused_kind(module) and module is not self.model:
                 replacements[id(module)] = FusedCountingActivation(module, spec, self._fused_site(name, module))
             else:
                 self._handles.append(module.register_forward_pre_hook(self._count_hook(name)))
@@ -517,17 +515,20 @@ def profile(
     """Count the states of every activation call site of ``model`` during the forward passes that follow.
 
     - ``activations``: None for every activation nepenthe knows (ReLU, ReLU6, LeakyReLU, PReLU, Hardtanh, ELU,
-      GELU, SiLU, Mish, Hardswish, Hardsigmoid and registered ones); a list of classes or names to track only
-      those; a mapping ``class -> thresholds`` to add a user's activation (registered for you) or override
+      GELU, SiLU, Mish, Hardswish, Hardsigmoid, timm's GELU, GELUTanh and QuickGELU, and registered ones); a list
+      of classes or names to track only those (a name takes every known class of that name: ``"gelu"`` is torch's
+      and timm's); a mapping ``class -> thresholds`` to add a user's activation (registered for you) or override
       thresholds.
     - ``ignore_ties``: leave values exactly at a threshold out of the counts (NEPENTHE's "don't care").
-    - ``fused``: swap ReLU/ReLU6/Hardtanh/LeakyReLU/GELU modules for fused kernels that compute the activation
-      and count in one pass (eager mode only; other activations keep hooks; swapped back on exit). ReLU, ReLU6,
-      Hardtanh and LeakyReLU give torch's outputs bit for bit; GELU agrees within float rounding (float32: about
-      1e-6 relative), so what follows a GELU can differ in its last bits, and a later value that sits exactly on
-      a kink (0 for a ReLU) may land on its other side and change that element's gradient. Hook mode leaves the
-      model's computation untouched. Where a backend measured torch's activation and a count faster than its
-      kernel, fused mode runs those (on CPU: GELU in bfloat16 and float64, and in float32 with AVX2-only kernels).
+    - ``fused``: swap ReLU/ReLU6/Hardtanh/LeakyReLU/GELU modules (torch's, and timm's GELU and GELUTanh; not
+      subclasses) for fused kernels that compute the activation and count in one pass (eager mode only; other
+      activations keep hooks; swapped back on exit). ReLU, ReLU6, Hardtanh and LeakyReLU give torch's outputs bit
+      for bit; GELU agrees within float rounding (float32: about 1e-6 relative), so what follows a GELU can differ
+      in its last bits: a later value that sits on a knee (0 for a ReLU or GELU) may land on its other side, so
+      later layers' counts can differ from hook mode's by a few, and that element's gradient can change. Hook mode
+      leaves the model's computation untouched. Where a backend measured torch's activation and a count faster
+      than its kernel, fused mode runs those (on CPU: GELU in bfloat16 and float64, and in float32 with AVX2-only
+      kernels).
     - ``channel_dims``: override the neuron dim per layer (``"layer1.0.relu@1"``) or per module (all its calls).
     - ``aggregate``: ``"sum"`` pools counts (exact entropy); ``"batch_mean"`` averages per-forward entropies as
       EGP/EASIER do (only to reproduce their numbers).

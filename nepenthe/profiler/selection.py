@@ -30,7 +30,7 @@ class ActivationSelection:
         if isinstance(activations, Mapping):
             self._extend(activations)
         elif isinstance(activations, (Sequence, set, frozenset)) and not isinstance(activations, str):
-            self.only = tuple(self._resolve(a) for a in activations)
+            self.only = tuple(cls for a in activations for cls in self._resolve(a))
             if not self.only:
                 raise ValueError("activations is empty: pass None for every registered activation")
         else:
@@ -52,22 +52,23 @@ class ActivationSelection:
             self.overrides[cls] = thresholds
 
     @staticmethod
-    def _resolve(item: object) -> type[nn.Module]:
+    def _resolve(item: object) -> tuple[type[nn.Module], ...]:
+        """The classes ``item`` names: a class, or every known class of that name (torch's GELU and timm's)."""
         known = tracked_activation_types()
         if isinstance(item, str):
-            by_name = {c.__name__.lower(): c for c in known}
-            if item.lower() not in by_name:
+            named = tuple(c for c in known if c.__name__.lower() == item.lower())
+            if not named:
                 raise ValueError(
-                    f"activations: unknown activation name {item!r}; known: {sorted(c.__name__ for c in known)}"
+                    f"activations: unknown activation name {item!r}; known: {sorted({c.__name__ for c in known})}"
                 )
-            return by_name[item.lower()]
+            return named
         if isinstance(item, type) and issubclass(item, nn.Module):
             if not any(issubclass(item, c) for c in known):
                 raise ValueError(
                     f"activations: {item.__name__} is not a registered activation; pass a mapping "
                     f"{{{item.__name__}: thresholds}} or call nepenthe.register_activation first"
                 )
-            return item
+            return (item,)
         raise TypeError(f"activations items must be activation classes or names, got {item!r}")
 
     def is_tracked(self, module: nn.Module) -> bool:

@@ -7,13 +7,15 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from ..activations import activation_spec
 from ..profiler.callsites import call_site_names
 from .affine import CallSiteDispatch, ChannelAffine
 from .algebra import BorderBiasConv2d
 
 
 class SurgeryTracer(fx.Tracer):
-    """An fx tracer whose leaves include :class:`ChannelAffine` and :class:`BorderBiasConv2d`.
+    """An fx tracer whose leaves include :class:`ChannelAffine`, :class:`BorderBiasConv2d` and every activation
+    nepenthe knows (timm's GELU too, whose forward would otherwise be traced into a bare ``F.gelu``).
 
     A :class:`CallSiteDispatch` is not kept as a node: call ``k`` is traced as a call of the module for call site
     ``k`` (``relu.sites.1`` or ``relu.original``), so every call site is its own node and can be folded alone. The
@@ -27,7 +29,7 @@ class SurgeryTracer(fx.Tracer):
         self._dispatch_calls: dict[int, int] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (ChannelAffine, BorderBiasConv2d)):
+        if isinstance(m, (ChannelAffine, BorderBiasConv2d)) or activation_spec(m) is not None:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
