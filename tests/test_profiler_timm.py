@@ -1,15 +1,15 @@
-"""timm's own activation classes: profiled by name, fused where their forward is the kernel's, linearized and merged.
+"""timm's own activation classes: profiled by name, counted exactly, fused where their forward is the kernel's.
 
 nepenthe knows them by module and class name and never imports timm itself (checked in a fresh interpreter).
+Linearizing and shrinking timm's models: tests/test_surgery_timm.py.
 """
 
 import subprocess
 import sys
 
-import timm  # in requirements.txt
 import torch
 from activation_oracles import assert_gelu_close
-from timm.layers import GELU, GELUTanh, QuickGELU
+from timm.layers import GELU, GELUTanh, QuickGELU  # timm is in requirements.txt
 from torch import nn
 
 import nepenthe
@@ -104,28 +104,3 @@ def test_activations_by_name_take_torch_and_timm_classes_of_that_name():
     with torch.no_grad(), nepenthe.profile(model, activations=["gelu"]) as prof:
         model(torch.randn(5, 12))
     assert list(prof.layers) == ["1", "7", "9"]  # timm's GELU, torch's, and the subclass of timm's
-
-
-def test_convnext_from_timm_loses_two_layers_per_linearized_mlp():
-    """timm's ConvNeXt (timm's GELU in each block's MLP): the two last MLPs' GELUs, held in their positive state,
-    let fc1 and fc2 merge; 12 GELUs -> 10, 41 conv/linear layers -> 39, the same function."""
-    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval()
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad(), nepenthe.profile(model) as prof:
-        model(x)
-    names = list(prof.layers)
-    assert len(names) == 12 and names[-1] == "stages.3.blocks.1.mlp.act"
-    chosen = names[-2:]
-    on = {name: torch.tensor([[0, 5]]).repeat(prof.counts()[name].shape[0], 1) for name in chosen}
-    lin, _ = nepenthe.linearize(model, chosen, profile=on)
-    small, report = nepenthe.shrink(lin, x, latency=False, check_dtypes=(torch.float64,))
-    assert report.before["activations"] == 10 and report.after["activations"] == 10
-    assert (report.before["conv_linear"], report.after["conv_linear"]) == (41, 39)
-    assert report.site_outcomes == {name: "removed (identity map)" for name in chosen}  # GELU's positive piece
-    merged = sorted(d.what for d in report.merges if d.what.startswith("merge"))
-    assert merged == [
-        f"merge stages.3.blocks.{b}.mlp.fc1 + stages.3.blocks.{b}.mlp.fc2 -> 1x1 conv (groups=1)" for b in (0, 1)
-    ]
-    lin64, small64, x64 = lin.double(), small.double(), x.double()
-    with torch.no_grad():
-        assert torch.allclose(small64(x64), lin64(x64), rtol=1e-10, atol=1e-12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch.fx as fx
@@ -11,6 +12,7 @@ from ..activations import activation_spec
 from ..profiler.callsites import call_site_names
 from .affine import CallSiteDispatch, ChannelAffine
 from .algebra import BorderBiasConv2d
+from .norm_act import NORM_PART, norm_act_parts
 
 
 class SurgeryTracer(fx.Tracer):
@@ -22,11 +24,15 @@ class SurgeryTracer(fx.Tracer):
     node's ``meta["call_of"]`` keeps the dispatch's name and ``k``, from which :func:`trace` names the call site
     (``relu@1``) in ``meta["call_site"]``, as it names the calls of any other module called more than once; reports
     show that name instead of the target.
+
+    A norm-then-activation module (timm's ``BatchNormAct2d``, :mod:`.norm_act`) is traced as its parts: a plain
+    BatchNorm (``NAME.batch_norm``, kept in ``parts``, sharing the module's tensors), then its own children.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._dispatch_calls: dict[int, int] = {}
+        self.parts: dict[str, nn.Module] = {}  # modules made by the trace, by target
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (ChannelAffine, BorderBiasConv2d)) or activation_spec(m) is not None:
@@ -44,6 +50,15 @@ class SurgeryTracer(fx.Tracer):
             if isinstance(out, fx.Proxy):
                 out.node.meta["call_of"] = (self.path_of_module(m), index)
             return out
+        parts = norm_act_parts(m)
+        if parts is not None:
+            norm, children = parts
+            target = f"{self.path_of_module(m)}.{NORM_PART}"
+            self.parts[target] = norm
+            out = self.create_proxy("call_module", target, args, kwargs)
+            for child in children:
+                out = self.call_module(child, child.forward, (out,), {})
+            return out
         return super().call_module(m, forward, args, kwargs)
 
 
@@ -58,7 +73,13 @@ def trace(model: nn.Module) -> fx.GraphModule:
             "code in torch.fx.wrap'ed functions (as torchvision's swin does) or shrink a traceable submodule"
         ) from err
     _name_shared_calls(graph)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    if not tracer.parts:
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    targets = {n.target for n in graph.nodes if n.op in ("call_module", "get_attr")}
+    root = {t: tracer.parts[t] if t in tracer.parts else operator.attrgetter(t)(model) for t in targets}
+    gm = fx.GraphModule(root, graph, type(model).__name__)
+    gm.training = model.training  # as a module root gives it (not gm.train(), which would set every submodule's)
+    return gm
 
 
 def _name_shared_calls(graph: fx.Graph) -> None:

@@ -1,0 +1,105 @@
+"""linearize + shrink on timm's models: its GELU class, and its BatchNormAct2d (BatchNorm2d, then drop, then act in
+one module, the norm of its MobileNets and EfficientNets) traced as a plain BatchNorm that folds, then its children.
+"""
+
+import copy
+
+import timm  # in requirements.txt
+import torch
+from model_helpers import random_bn
+from timm.layers import BatchNormAct2d
+from torch import nn
+
+import nepenthe
+from nepenthe.surgery.norm_act import norm_act_parts
+from nepenthe.surgery.trace import trace
+
+torch.set_num_threads(2)
+
+
+def in_state(prof: nepenthe.Profile, names: list[str], state: int) -> dict[str, torch.Tensor]:
+    """Counts where every neuron of each named layer sat only in ``state``."""
+    out = {}
+    for name in names:
+        counts = torch.zeros_like(prof.counts()[name])
+        counts[:, state] = 5
+        out[name] = counts
+    return out
+
+
+def test_mobilenet_v2_from_timm_folds_its_batch_norm_acts_and_merges_a_linearized_block():
+    """timm's MobileNetV2, its last inverted residual's two ReLU6 held in their linear piece: every BatchNormAct2d's
+    norm folds into the conv before it, and conv_pw, conv_dw and conv_pwl merge into one 3x3 conv (53 -> 51
+    conv layers). The shrunk model computes the linearized one's function, its plan rebuilds it from a fresh model,
+    and the user's model is left as it was."""
+    torch.manual_seed(0)
+    model = random_bn(timm.create_model("mobilenetv2_100", pretrained=False, num_classes=10))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), nepenthe.profile(model) as prof:
+        model(x)
+    chosen = ["blocks.6.0.bn1.act", "blocks.6.0.bn2.act"]
+    assert set(chosen) <= set(prof.layers) and len(prof.layers) == 35
+    lin, _ = nepenthe.linearize(model, chosen, profile=in_state(prof, chosen, 1))
+    lin, x = lin.double(), x.double()  # folds in float64, so that the check can be tight
+    kept = copy.deepcopy(lin.state_dict())
+    small, report = nepenthe.shrink(lin, x, latency=False, check_dtypes=(torch.float64,))
+    assert (report.before["conv_linear"], report.after["conv_linear"]) == (53, 51)
+    assert (report.before["activations"], report.after["activations"]) == (33, 33)
+    assert "merge blocks.6.0.conv_pw + blocks.6.0.conv_dw + blocks.6.0.conv_pwl -> 3x3 conv (groups=1)" in [
+        d.what for d in report.merges
+    ]
+    folded = {d.what.split()[1] for d in report.merges if d.what.startswith("fold ")}
+    norms = {f"{name}.batch_norm" for name, m in lin.named_modules() if isinstance(m, BatchNormAct2d)}
+    assert len(norms) == 52 and norms <= folded
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in small.modules())
+    assert lin.state_dict().keys() == kept.keys() and all(torch.equal(v, kept[k]) for k, v in lin.state_dict().items())
+    rebuilt = nepenthe.apply_plan(timm.create_model("mobilenetv2_100", num_classes=10), report.plan).double()
+    rebuilt.load_state_dict(small.state_dict())  # the plan rebuilds the shrunk structure from a fresh model
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), lin(x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(rebuilt(x), small(x), rtol=0, atol=0)
+
+
+def test_batch_norm_act_traces_as_its_norm_then_its_children_in_training_mode_too():
+    """The traced graph of a BatchNormAct2d computes what the module does, batch statistics and running-stat
+    updates included (the plain norm shares its tensors); a subclass is not split."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=nn.ReLU6)).train()
+    twin = copy.deepcopy(model)
+    gm = trace(twin)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["0", "1.batch_norm", "1.drop", "1.act"]
+    x = torch.randn(4, 3, 9, 9)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    torch.testing.assert_close(twin[1].running_mean, model[1].running_mean, rtol=0, atol=0)
+    assert int(twin[1].num_batches_tracked) == 1 and gm.training
+
+    class Shifted(BatchNormAct2d):
+        def forward(self, x):
+            return super().forward(x) + 1
+
+    assert norm_act_parts(Shifted(8)) is None and norm_act_parts(nn.BatchNorm2d(8)) is None
+
+
+def test_convnext_from_timm_loses_two_layers_per_linearized_mlp():
+    """timm's ConvNeXt (timm's GELU in each block's MLP): the two last MLPs' GELUs, held in their positive state,
+    let fc1 and fc2 merge; 12 GELUs -> 10, 41 conv/linear layers -> 39, the same function."""
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), nepenthe.profile(model) as prof:
+        model(x)
+    names = list(prof.layers)
+    assert len(names) == 12 and names[-1] == "stages.3.blocks.1.mlp.act"
+    chosen = names[-2:]
+    on = {name: torch.tensor([[0, 5]]).repeat(prof.counts()[name].shape[0], 1) for name in chosen}
+    lin, _ = nepenthe.linearize(model, chosen, profile=on)
+    small, report = nepenthe.shrink(lin, x, latency=False, check_dtypes=(torch.float64,))
+    assert report.before["activations"] == 10 and report.after["activations"] == 10
+    assert (report.before["conv_linear"], report.after["conv_linear"]) == (41, 39)
+    assert report.site_outcomes == {name: "removed (identity map)" for name in chosen}  # GELU's positive piece
+    merged = sorted(d.what for d in report.merges if d.what.startswith("merge"))
+    assert merged == [
+        f"merge stages.3.blocks.{b}.mlp.fc1 + stages.3.blocks.{b}.mlp.fc2 -> 1x1 conv (groups=1)" for b in (0, 1)
+    ]
+    lin64, small64, x64 = lin.double(), small.double(), x.double()
+    with torch.no_grad():
+        assert torch.allclose(small64(x64), lin64(x64), rtol=1e-10, atol=1e-12)
