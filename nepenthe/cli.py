@@ -52,7 +52,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .orchestrator.data import DATASETS
 
     # Model names are checked by build_model: importing them here would import torchvision for every command.
-    p.add_argument("--model", default="resnet18", help="resnet18, mobilenet_v2, vgg16_bn, swin_t or small_cnn")
+    p.add_argument(
+        "--model",
+        default="resnet18",
+        help="resnet18, mobilenet_v2, vgg16_bn, swin_t, small_cnn, or timm:NAME (a timm model, timm installed)",
+    )
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (resnet18, mobilenet_v2, small_cnn)")
     p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS, help="dataset (default fashion_mnist)")
     p.add_argument("--data-root", default=None, help="folder of the dataset (cifar10, imagefolder; fashion_mnist)")

@@ -82,6 +82,19 @@ def test_profile_prints_the_entropy_table(capsys) -> None:
     assert "features.2" in text and "features.8" in text  # the three ReLU layers of the small CNN
 
 
+def test_timm_models_by_name(capsys) -> None:
+    """--model timm:NAME builds timm's model for the dataset's images (digits: 1x8x8, 10 classes), named by timm's
+    module names; an unknown name, or a model whose patches do not fit the images, is an error before any work."""
+    argv = ["profile", "--model", "timm:resnet18", "--dataset", "digits", "--subset", "64", "--batch-size", "32"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "layer1.0.act1" in text and "layer4.1.act2" in text and "17 layers" in text
+    assert main(argv[:2] + ["timm:resnet_nosuch"] + argv[3:]) == 2
+    assert "timm has no model 'resnet_nosuch'" in capsys.readouterr().err
+    assert main(argv[:2] + ["timm:vit_tiny_patch16_224"] + argv[3:]) == 2
+    assert "timm:vit_tiny_patch16_224 does not run on 1x8x8 images" in capsys.readouterr().err
+
+
 def test_a_state_dict_that_cannot_load_is_named_not_raised(tmp_path, capsys) -> None:
     """--checkpoint (profile) and --dense-checkpoint (prune): a missing, corrupt, foreign or misfit file is an error
     naming the file and what is wrong, before any work; a state dict of the same model loads."""

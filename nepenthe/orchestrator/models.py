@@ -4,17 +4,22 @@
   optional width multiplier (``width=0.25`` gives 16-32-64-128 channels); module names and blocks are
   torchvision's own, so every part of nepenthe recognises them;
 - ``mobilenet_v2`` (first conv stride 1), ``vgg16_bn``, ``swin_t`` (patch 2 for small images);
-- ``small_cnn``: a few conv-BN-ReLU layers and a linear head, for tests.
+- ``small_cnn``: a few conv-BN-ReLU layers and a linear head, for tests;
+- ``timm:NAME``: any model of timm (``timm:mobilenetv2_100``, ``timm:convnext_atto``), if timm is installed, built
+  by ``timm.create_model`` with the dataset's classes, channels and (for models that take one) image size, and
+  timm's own stem; ``width`` does not apply.
 Grey images (``in_channels=1``) replace the first conv.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock, ResNet
 
-MODELS = ("resnet18", "mobilenet_v2", "vgg16_bn", "swin_t", "small_cnn")
+MODELS = ("resnet18", "mobilenet_v2", "vgg16_bn", "swin_t", "small_cnn", "timm:NAME")
+TIMM_PREFIX = "timm:"
 
 
 class CifarResNet18(ResNet):
@@ -77,6 +82,8 @@ def build_model(
     """
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
+    if name.startswith(TIMM_PREFIX):
+        return timm_model(name[len(TIMM_PREFIX) :], num_classes, in_channels, image_size)
     if name == "resnet18":
         return CifarResNet18(num_classes, in_channels, width)
     if name == "small_cnn":
@@ -104,3 +111,25 @@ def build_model(
             model.features[0][0] = nn.Conv2d(in_channels, embed.out_channels, patch, stride=patch)
         return model
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+
+
+def timm_model(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """timm's model ``name``, freshly initialised (never downloaded weights), for this dataset's images."""
+    try:
+        import timm
+    except ImportError as err:
+        raise ValueError(f"model timm:{name} needs timm, which is not installed (pip install timm)") from err
+    if name not in timm.list_models():
+        raise ValueError(f"timm has no model {name!r} (timm.list_models() lists them)")
+    kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
+    try:  # vision transformers take the image size; convnets refuse the argument
+        model = timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError:
+        model = timm.create_model(name, **kwargs)
+    model.eval()
+    try:  # a model whose stem or patches do not fit the images fails here, not deep inside training
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, image_size, image_size))
+    except Exception as err:  # torch raises RuntimeError, timm AssertionError
+        raise ValueError(f"timm:{name} does not run on {in_channels}x{image_size}x{image_size} images: {err}") from err
+    return model.train()
