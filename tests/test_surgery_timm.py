@@ -1,5 +1,7 @@
-"""linearize + shrink on timm's models: its GELU class, and its BatchNormAct2d (BatchNorm2d, then drop, then act in
-one module, the norm of its MobileNets and EfficientNets) traced as a plain BatchNorm that folds, then its children.
+"""linearize + shrink on timm's models: its GELU class; its BatchNormAct2d (BatchNorm2d, then drop, then act in one
+module, the norm of its MobileNets and EfficientNets) traced as a plain BatchNorm that folds, then its children; its
+Conv2dSame (the tf_* models' strided convs, padded by amounts that depend on the input's size) traced as a padding
+node and a plain conv.
 """
 
 import copy
@@ -7,11 +9,11 @@ import copy
 import timm  # in requirements.txt
 import torch
 from model_helpers import random_bn
-from timm.layers import BatchNormAct2d
+from timm.layers import BatchNormAct2d, Conv2dSame
 from torch import nn
 
 import nepenthe
-from nepenthe.surgery.norm_act import norm_act_parts
+from nepenthe.surgery.split import parts_of
 from nepenthe.surgery.trace import trace
 
 torch.set_num_threads(2)
@@ -60,24 +62,56 @@ def test_mobilenet_v2_from_timm_folds_its_batch_norm_acts_and_merges_a_linearize
         torch.testing.assert_close(rebuilt(x), small(x), rtol=0, atol=0)
 
 
-def test_batch_norm_act_traces_as_its_norm_then_its_children_in_training_mode_too():
-    """The traced graph of a BatchNormAct2d computes what the module does, batch statistics and running-stat
-    updates included (the plain norm shares its tensors); a subclass is not split."""
+def test_split_modules_trace_as_their_parts_in_training_mode_too():
+    """The traced graph of a Conv2dSame and a BatchNormAct2d computes what the modules do: "SAME" padding for each
+    input size (odd and even), batch statistics and running-stat updates (the plain modules share their tensors).
+    A subclass is not split."""
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=nn.ReLU6)).train()
+    model = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), BatchNormAct2d(8, act_layer=nn.ReLU6)).train()
     twin = copy.deepcopy(model)
     gm = trace(twin)
-    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["0", "1.batch_norm", "1.drop", "1.act"]
-    x = torch.randn(4, 3, 9, 9)
-    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    calls = [(n.op, n.target if isinstance(n.target, str) else n.target.__name__) for n in gm.graph.nodes]
+    assert calls[1:-1] == [
+        ("call_function", "pad_same"), ("call_module", "0.conv"), ("call_module", "1.batch_norm"),
+        ("call_module", "1.drop"), ("call_module", "1.act"),
+    ]  # fmt: skip
+    for h, w in ((9, 10), (10, 9), (12, 12)):
+        x = torch.randn(4, 3, h, w)
+        torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
     torch.testing.assert_close(twin[1].running_mean, model[1].running_mean, rtol=0, atol=0)
-    assert int(twin[1].num_batches_tracked) == 1 and gm.training
+    assert int(twin[1].num_batches_tracked) == 3 and gm.training
 
     class Shifted(BatchNormAct2d):
         def forward(self, x):
             return super().forward(x) + 1
 
-    assert norm_act_parts(Shifted(8)) is None and norm_act_parts(nn.BatchNorm2d(8)) is None
+    assert parts_of(Shifted(8)) is None and parts_of(nn.BatchNorm2d(8)) is None and parts_of(nn.Conv2d(1, 1, 1)) is None
+
+
+def test_tf_efficientnet_lite0_folds_into_its_same_padded_convs_and_runs_on_other_sizes():
+    """timm's tf_efficientnet_lite0: 5 strided convs pad "SAME" at run time (Conv2dSame). Each one's BatchNorm folds
+    into its plain conv; the last block, linearized, merges (50 -> 48 conv layers). The shrunk model pads each input
+    size as the model does: the same function on 32x32 and on 33x31 images."""
+    torch.manual_seed(0)
+    model = random_bn(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), nepenthe.profile(model) as prof:
+        model(x)
+    chosen = ["blocks.6.0.bn1.act", "blocks.6.0.bn2.act"]
+    lin, _ = nepenthe.linearize(model, chosen, profile=in_state(prof, chosen, 1))
+    lin, x = lin.double(), x.double()
+    small, report = nepenthe.shrink(lin, x, latency=False, check_dtypes=(torch.float64,))
+    same = [name for name, m in lin.named_modules() if isinstance(m, Conv2dSame)]
+    assert same == ["conv_stem"] + [f"blocks.{b}.0.conv_dw" for b in (1, 2, 3, 5)]
+    done = [d.what for d in report.merges]
+    assert "fold bn1.batch_norm into conv_stem.conv" in done
+    assert all(f"fold blocks.{b}.0.bn2.batch_norm into blocks.{b}.0.conv_dw.conv" in done for b in (1, 2, 3, 5))
+    assert "merge blocks.6.0.conv_pw + blocks.6.0.conv_dw + blocks.6.0.conv_pwl -> 3x3 conv (groups=1)" in done
+    assert (report.before["conv_linear"], report.after["conv_linear"]) == (50, 48)
+    for size in ((32, 32), (33, 31)):
+        y = torch.randn(1, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+        with torch.no_grad():
+            torch.testing.assert_close(small(y), lin(y), rtol=1e-10, atol=1e-10)
 
 
 def test_convnext_from_timm_loses_two_layers_per_linearized_mlp():

@@ -12,7 +12,7 @@ from ..activations import activation_spec
 from ..profiler.callsites import call_site_names
 from .affine import CallSiteDispatch, ChannelAffine
 from .algebra import BorderBiasConv2d
-from .norm_act import NORM_PART, norm_act_parts
+from .split import parts_of
 
 
 class SurgeryTracer(fx.Tracer):
@@ -25,8 +25,9 @@ class SurgeryTracer(fx.Tracer):
     (``relu@1``) in ``meta["call_site"]``, as it names the calls of any other module called more than once; reports
     show that name instead of the target.
 
-    A norm-then-activation module (timm's ``BatchNormAct2d``, :mod:`.norm_act`) is traced as its parts: a plain
-    BatchNorm (``NAME.batch_norm``, kept in ``parts``, sharing the module's tensors), then its own children.
+    Some modules of other libraries (timm's ``BatchNormAct2d`` and ``Conv2dSame``, :mod:`.split`) are traced as
+    their parts: plain torch modules that share their tensors (``NAME.batch_norm``, ``NAME.conv``, kept in
+    ``parts``), their own children, and functions.
     """
 
     def __init__(self) -> None:
@@ -50,14 +51,18 @@ class SurgeryTracer(fx.Tracer):
             if isinstance(out, fx.Proxy):
                 out.node.meta["call_of"] = (self.path_of_module(m), index)
             return out
-        parts = norm_act_parts(m)
+        parts = parts_of(m)
         if parts is not None:
-            norm, children = parts
-            target = f"{self.path_of_module(m)}.{NORM_PART}"
-            self.parts[target] = norm
-            out = self.create_proxy("call_module", target, args, kwargs)
-            for child in children:
-                out = self.call_module(child, child.forward, (out,), {})
+            (out,) = args
+            for part in parts:
+                if part.name is not None:  # a module made by the split
+                    target = f"{self.path_of_module(m)}.{part.name}"
+                    self.parts[target] = part.call
+                    out = self.create_proxy("call_module", target, (out,), {})
+                elif isinstance(part.call, nn.Module):  # a child of the split module
+                    out = self.call_module(part.call, part.call.forward, (out,), {})
+                else:
+                    out = self.create_proxy("call_function", part.call, (out, *part.args), {})
             return out
         return super().call_module(m, forward, args, kwargs)
 
