@@ -1,5 +1,6 @@
 """shrink's check: the surgery runs in float64, so the float64 check tests its algebra alone; a model that amplifies
-float32 rounding gets a warning, not a false bug report; a wrong surgery still raises."""
+float32 rounding gets a warning, not a false bug report; a wrong surgery still raises. A model fx cannot trace is
+an error naming the module where the trace failed."""
 
 import importlib
 
@@ -52,3 +53,14 @@ def test_a_wrong_surgery_still_raises(monkeypatch):
     lin, _ = nepenthe.linearize(model, ["1"], profile={"1": torch.tensor([[0, 5]] * 4)})
     with pytest.raises(RuntimeError, match=r"differs from the input model in float64 .* bug in nepenthe's surgery"):
         nepenthe.shrink(lin, torch.randn(4, 3), latency=False)
+
+
+class Branchy(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.sum() > 0 else -x  # data-dependent control flow: fx cannot trace it
+
+
+def test_an_untraceable_model_is_an_error_naming_the_module_that_failed():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.ReLU(), Branchy()))
+    with pytest.raises(RuntimeError, match=r"trace of Sequential, which failed in 1\.1 \(Branchy\): symbolically"):
+        nepenthe.shrink(model, torch.randn(2, 3), latency=False)

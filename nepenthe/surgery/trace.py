@@ -34,6 +34,7 @@ class SurgeryTracer(fx.Tracer):
         super().__init__()
         self._dispatch_calls: dict[int, int] = {}
         self.parts: dict[str, nn.Module] = {}  # modules made by the trace, by target
+        self.failed_in: str | None = None  # where a failed trace failed: "stages.3.1 (MobileVitBlock)"
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (ChannelAffine, BorderBiasConv2d)) or activation_spec(m) is not None:
@@ -41,6 +42,14 @@ class SurgeryTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return self._call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module whose trace failed
+                self.failed_in = f"{self.path_of_module(m) or 'the model'} ({type(m).__name__})"
+            raise
+
+    def _call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         if isinstance(m, CallSiteDispatch):
             index = self._dispatch_calls.get(id(m), 0)
             self._dispatch_calls[id(m)] = index + 1
@@ -73,9 +82,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises many types (TraceError, TypeError on data-dependent control flow)
+        where = f" in {tracer.failed_in}" if tracer.failed_in else ""
         raise RuntimeError(
-            f"shrink needs a torch.fx trace of {type(model).__name__}, which failed: {err}. Wrap data-dependent "
-            "code in torch.fx.wrap'ed functions (as torchvision's swin does) or shrink a traceable submodule"
+            f"shrink needs a torch.fx trace of {type(model).__name__}, which failed{where}: {err}. Wrap "
+            "data-dependent code in torch.fx.wrap'ed functions (as torchvision's swin does) or shrink a traceable "
+            "submodule"
         ) from err
     _name_shared_calls(graph)
     if not tracer.parts:
