@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 Scalar = float | torch.Tensor
 
@@ -201,3 +201,11 @@ def computes_fused_kind(module: nn.Module) -> bool:
     if spec is None or spec.fused_kind is None:
         return False
     return type(module).__module__.startswith("torch.nn.modules.") or type(module) in _FUSABLE_ELSEWHERE
+
+
+class ActivationTracer(fx.Tracer):
+    """A torch.fx tracer that keeps every activation module nepenthe knows as a leaf: one ``call_module`` node per
+    call site, even for a class whose forward is a bare function (timm's ``GELU`` is ``F.gelu``)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return activation_spec(m) is not None or super().is_leaf_module(m, module_qualified_name)

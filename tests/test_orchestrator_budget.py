@@ -144,3 +144,16 @@ def test_swin_and_mobilenet_prunable_layers() -> None:
     assert len(swin) == 12 and all(v.endswith("mlp.0") for v in swin.values())
     mnv2 = feeding_layers(torchvision.models.mobilenet_v2(num_classes=10).eval())
     assert len(mnv2) == 35 and mnv2["features.1.conv.0.2"] == "features.1.conv.0.0"
+
+
+def test_timm_models_prunable_layers() -> None:
+    """timm's GELU (whose forward is F.gelu) is one call site, fed by its MLP's fc1; the ReLU6 inside each
+    BatchNormAct2d of timm's MobileNetV2 is fed by the conv before that norm."""
+    import timm  # in requirements.txt
+
+    convnext = feeding_layers(timm.create_model("convnext_atto", num_classes=10).eval())
+    assert len(convnext) == 12 and convnext["stages.3.blocks.1.mlp.act"] == "stages.3.blocks.1.mlp.fc1"
+    assert all(v.endswith("mlp.fc1") for v in convnext.values())
+    mnv2 = feeding_layers(timm.create_model("mobilenetv2_100", num_classes=10).eval())
+    assert len(mnv2) == 35 and mnv2["blocks.6.0.bn1.act"] == "blocks.6.0.conv_pw"
+    assert mnv2["blocks.6.0.bn2.act"] == "blocks.6.0.conv_dw" and mnv2["bn2.act"] == "conv_head"

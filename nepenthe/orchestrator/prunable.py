@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import fx, nn
 
-from ..activations import activation_spec
+from ..activations import ActivationTracer, activation_spec
 from ..profiler.callsites import call_site_names
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -82,7 +82,7 @@ def feeding_calls_in_order(
 
 
 def _by_graph(model: nn.Module) -> dict[tuple[str, int], str | None]:
-    graph = fx.Tracer().trace(model)
+    graph = ActivationTracer().trace(model)
     modules = dict(model.named_modules())
 
     def module_of(node: fx.Node) -> nn.Module | None:

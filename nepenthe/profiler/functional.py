@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
-from ..activations import activation_spec
+from ..activations import ActivationTracer, activation_spec
 
 
 @dataclass(frozen=True)
@@ -144,15 +144,12 @@ def describe_unseen(calls: list[FunctionalCall]) -> str:
     )
 
 
-class _CallerTracer(fx.Tracer):
+class _CallerTracer(ActivationTracer):
     """An fx tracer that keeps activation modules as leaves and notes which module made each node."""
 
     def __init__(self) -> None:
         super().__init__()
         self._stack = [""]
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return activation_spec(m) is not None or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         self._stack.append(self.path_of_module(m))

@@ -8,14 +8,14 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from ..activations import activation_spec
+from ..activations import ActivationTracer
 from ..profiler.callsites import call_site_names
 from .affine import CallSiteDispatch, ChannelAffine
 from .algebra import BorderBiasConv2d
 from .split import parts_of
 
 
-class SurgeryTracer(fx.Tracer):
+class SurgeryTracer(ActivationTracer):
     """An fx tracer whose leaves include :class:`ChannelAffine`, :class:`BorderBiasConv2d` and every activation
     nepenthe knows (timm's GELU too, whose forward would otherwise be traced into a bare ``F.gelu``).
 
@@ -37,7 +37,7 @@ class SurgeryTracer(fx.Tracer):
         self.failed_in: str | None = None  # where a failed trace failed: "stages.3.1 (MobileVitBlock)"
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (ChannelAffine, BorderBiasConv2d)) or activation_spec(m) is not None:
+        if isinstance(m, (ChannelAffine, BorderBiasConv2d)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
