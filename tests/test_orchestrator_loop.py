@@ -165,3 +165,25 @@ def test_config_presets_and_errors() -> None:
 
 def test_library_api_is_exported() -> None:
     assert nepenthe.run_nepenthe is run_nepenthe and nepenthe.NepentheConfig is NepentheConfig
+
+
+class WeightStandardizedCNN(nn.Module):
+    """Its conv computes its weight in its forward (weight standardization, as timm's StdConv2d): a function call
+    that pruning masks cannot reach, so no module feeds the ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 1, 3, 3))
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / self.weight.std((1, 2, 3), keepdim=True)
+        return self.fc(self.relu(torch.nn.functional.conv2d(x, w)).mean((2, 3)))
+
+
+def test_a_model_with_nothing_to_prune_is_refused_before_any_training(digits, tmp_path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"no conv or linear layer of WeightStandardizedCNN feeds any of its 1 "):
+        run_nepenthe(WeightStandardizedCNN(), digits.train, digits.test, _config(out))
+    assert not (out / "checkpoints").exists()

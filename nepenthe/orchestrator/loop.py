@@ -136,6 +136,13 @@ class _Run:
         dense_feeders = feeding_calls(copy.deepcopy(self.template).eval(), self.example_input)
         self.prunable = {layer for layer in dense_feeders.values() if layer is not None}
         names = call_site_names(dense_feeders)
+        if names and not self.prunable:
+            raise ValueError(
+                f"no conv or linear layer of {type(model).__name__} feeds any of its {len(names)} activation call "
+                "sites, so NEPENTHE has nothing to prune. Only nn.Conv1d/2d/3d and nn.Linear modules are pruned, "
+                "and a conv that computes its weight in its forward (timm's weight-standardized StdConv2d, in its "
+                "BiT ResNetV2s and NFNets) runs as a function that masks cannot reach."
+            )
         fed: dict[str, list[str]] = {}
         for key, layer in dense_feeders.items():
             if layer is not None:
