@@ -1,11 +1,13 @@
 """linearize + shrink on timm's models: its GELU class; its BatchNormAct2d (BatchNorm2d, then drop, then act in one
 module, the norm of its MobileNets and EfficientNets) traced as a plain BatchNorm that folds, then its children; its
 Conv2dSame (the tf_* models' strided convs, padded by amounts that depend on the input's size) traced as a padding
-node and a plain conv.
+node and a plain conv. And a zoo of 18 timm models (about 20 s): counts, fused mode, linearize and shrink.
 """
 
 import copy
+import warnings
 
+import pytest
 import timm  # in requirements.txt
 import torch
 from model_helpers import random_bn
@@ -13,6 +15,7 @@ from timm.layers import BatchNormAct2d, Conv2dSame
 from torch import nn
 
 import nepenthe
+from nepenthe.orchestrator.models import timm_model
 from nepenthe.surgery.split import parts_of
 from nepenthe.surgery.trace import trace
 
@@ -137,3 +140,39 @@ def test_convnext_from_timm_loses_two_layers_per_linearized_mlp():
     lin64, small64, x64 = lin.double(), small.double(), x.double()
     with torch.no_grad():
         assert torch.allclose(small64(x64), lin64(x64), rtol=1e-10, atol=1e-12)
+
+
+ZOO = [
+    "resnet18", "resnet50", "resnetv2_50", "mobilenetv2_100", "mobilenetv3_small_100", "efficientnet_b0",
+    "tf_efficientnet_lite0", "mixnet_s", "regnetx_002", "regnety_002", "densenet121", "ghostnet_100", "repvgg_a0",
+    "dla34", "rexnet_100", "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_timm_model_zoo(name, monkeypatch):
+    """Each model at 64x64: hook counts equal the torch reference backend's; fused mode gives the model's output
+    (GELU: within rounding) and the first call site's counts; the last two call sites, linearized in their
+    identity-like piece, shrink to a model that passes shrink's own float64 and float32 checks."""
+    model = random_bn(timm_model(name, 10, 3, 64))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad(), nepenthe.profile(model) as prof:
+        want = model(x)
+    monkeypatch.setenv("NEPENTHE_BACKEND", "torch")
+    with torch.no_grad(), nepenthe.profile(model) as ref:
+        model(x)
+    monkeypatch.delenv("NEPENTHE_BACKEND")
+    counts, ref_counts = prof.counts(), ref.counts()
+    assert counts.keys() == ref_counts.keys() and all(torch.equal(counts[k], ref_counts[k]) for k in counts)
+    with torch.no_grad(), nepenthe.profile(model, fused=True) as fused:
+        got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    first = next(iter(counts))
+    assert torch.equal(fused.counts()[first], counts[first])
+    chosen = list(prof.layers)[-2:]
+    lin, _ = nepenthe.linearize(model, chosen, profile=in_state(prof, chosen, 1))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="shrink: in float32")  # random weights may amplify rounding
+        _, report = nepenthe.shrink(lin, x[:1], latency=False)
+    assert report.after["conv_linear"] <= report.before["conv_linear"]
+    assert report.max_rel_diff["float64"] < 1e-5
