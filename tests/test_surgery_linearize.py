@@ -191,3 +191,31 @@ def test_plan_for_another_architecture_is_refused(tmp_path):
         nepenthe.apply_plan(nn.Sequential(nn.ReLU()), plan)
     with pytest.raises(ValueError, match="not a nepenthe shrink plan"):
         nepenthe.apply_plan(Net(nn.ReLU()), {"edits": []})
+
+
+class ReluThrice(nn.Module):
+    """One ReLU module called three times per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.c(self.relu(self.b(self.relu(self.a(x))))))
+
+
+def test_counts_naming_only_the_first_calls_of_a_module_leave_its_last_call_alone():
+    """Counts for relu@0 and relu@1 only (no Profile saying there are three calls): call 2 stays a ReLU. Before,
+    the dispatch wrapped at two calls, and call 2 ran call 0's affine map."""
+    model = ReluThrice()
+    on = torch.tensor([[0, 5]] * 4)
+    lin, _ = nepenthe.linearize(model, ["relu@0", "relu@1"], profile={"relu@0": on, "relu@1": on})
+    x = torch.randn(6, 4)
+    with torch.no_grad():
+        want = torch.relu(model.c(model.b(model.a(x))))  # calls 0 and 1 are identities
+        torch.testing.assert_close(lin(x), want, rtol=0, atol=0)
+        torch.testing.assert_close(lin(x), want, rtol=0, atol=0)  # the next forward starts at call 0 again
+        small, _ = nepenthe.shrink(lin, x, latency=False)
+        torch.testing.assert_close(small(x), want, rtol=1e-6, atol=1e-6)

@@ -206,13 +206,12 @@ def linearize(
     modules = activation_modules(
         model, lambda m: activation_spec(m) is not None or isinstance(m, (CallSiteDispatch, ChannelAffine))
     )
+    # Calls per forward of each module, as a Profile saw them. Counts alone may name only some call sites of a
+    # module (relu@0 and relu@1 of one called three times): there the dispatch counts calls without wrapping, and
+    # the root model's pre-hook starts each forward at call 0.
     calls_per_module: dict[str, int] = {}
     for info in infos.values():
         calls_per_module[info.module_name] = max(calls_per_module.get(info.module_name, 0), info.call_index + 1)
-    if counts is not None and not infos:
-        for key in counts:
-            m, i, shared = _parse_site(key)
-            calls_per_module[m] = max(calls_per_module.get(m, 1 if not shared else 2), i + 1)
 
     plans = []
     for name in names:
