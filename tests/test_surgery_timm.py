@@ -145,7 +145,8 @@ def test_convnext_from_timm_loses_two_layers_per_linearized_mlp():
 ZOO = [
     "resnet18", "resnet50", "resnetv2_50", "mobilenetv2_100", "mobilenetv3_small_100", "efficientnet_b0",
     "tf_efficientnet_lite0", "mixnet_s", "regnetx_002", "regnety_002", "densenet121", "ghostnet_100", "repvgg_a0",
-    "dla34", "rexnet_100", "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
+    "dla34", "rexnet_100", "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "mobilevit_xxs",
+    "tiny_vit_5m_224",
 ]  # fmt: skip
 
 
@@ -176,3 +177,8 @@ def test_timm_model_zoo(name, monkeypatch):
         _, report = nepenthe.shrink(lin, x[:1], latency=False)
     assert report.after["conv_linear"] <= report.before["conv_linear"]
     assert report.max_rel_diff["float64"] < 1e-5
+    if name in TRACED_WITH_SHAPES:  # their attention pads or partitions by shape: traced for 3x64x64 only
+        assert report.plan["input_shape"] == [3, 64, 64]
+
+
+TRACED_WITH_SHAPES = {"mobilevit_xxs", "tiny_vit_5m_224"}

@@ -461,10 +461,11 @@ def constant_pass(s: Any) -> bool:
 
 
 class InputShapeGuard(nn.Module):
-    """Refuses inputs of another shape than the one a model's folded constants were computed for.
+    """Refuses inputs of another shape than the one a shrunk model holds for.
 
-    Constants are computed for the traced input size (a padded conv makes them depend on it), so a shrunk model
-    that holds one is exact only at that size: this guard makes any other size a clear error, never a wrong output.
+    Constants are computed for the traced input size (a padded conv makes them depend on it), and a model whose
+    control flow depends on shapes is traced with the example's branches (:mod:`.concrete`): such a shrunk model is
+    exact only at that size, and this guard makes any other size a clear error, never a wrong output.
 
     Example::
 
@@ -479,8 +480,9 @@ class InputShapeGuard(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(
-                f"this shrunk model folded constants computed for inputs of shape (N, *{self.shape}), got "
-                f"{tuple(x.shape)}; shrink the model again with an example input of the new shape"
+                f"this shrunk model holds for inputs of shape (N, *{self.shape}) only (it folded constants computed "
+                f"for that shape, or its trace took that shape's branches), got {tuple(x.shape)}; shrink the model "
+                "again with an example input of the new shape"
             )
         return x
 

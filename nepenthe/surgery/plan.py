@@ -121,7 +121,13 @@ def apply_plan(model: nn.Module, plan: dict) -> fx.GraphModule:
             setattr(parent, attr, current)
         current.sites[str(entry["call_index"])] = affine
         install_dispatch_reset(model)
-    gm = replay(trace(model), plan["edits"])
+    shape = plan.get("input_shape")
+    example = None
+    if shape:  # a model traced with its shape-dependent branches fixed is traced again with that shape
+        weight = next(model.parameters(), None)
+        example = torch.zeros(1, *shape, dtype=weight.dtype if weight is not None else torch.float32,
+                              device=weight.device if weight is not None else "cpu")  # fmt: skip
+    gm = replay(trace(model, example), plan["edits"])
     if plan.get("input_shape"):
         guard_input_shape(gm, tuple(plan["input_shape"]))
     return gm

@@ -16,7 +16,7 @@ from .constants import CONSTANT_EDITS, guard_input_shape
 from .plan import make_plan
 from .report import ShrinkReport, count_flops, graph_layer_counts
 from .rewrite import Surgeon
-from .trace import trace
+from .trace import SPECIALIZED, trace
 
 _TOLERANCE = {torch.float64: 1e-5, torch.float32: 1e-4}
 
@@ -170,9 +170,9 @@ def shrink(
         x = example_input
         if own_dtype is not None:
             work, x = work.to(torch.float64), example_input.to(torch.float64)
-        gm = trace(work)
+        gm = trace(work, x)
         ShapeProp(gm).propagate(x)
-        before = _stats(trace(model), model, example_input[:1])
+        before = _stats(trace(model, example_input), model, example_input[:1])
         sites = [
             n.target
             for n in gm.graph.nodes
@@ -183,7 +183,8 @@ def shrink(
         surgeon = Surgeon(gm, skip_slower=skip_slower)
         surgeon.run()
         plan["edits"] = surgeon.edits
-        if any(edit["kind"] in CONSTANT_EDITS for edit in surgeon.edits):
+        constants = any(edit["kind"] in CONSTANT_EDITS for edit in surgeon.edits)
+        if constants or SPECIALIZED in gm.meta:  # the result holds for this input shape only
             plan["input_shape"] = list(example_input.shape[1:])
             guard_input_shape(gm, tuple(plan["input_shape"]))
         after = _stats(gm, gm, x[:1])

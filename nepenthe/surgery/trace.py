@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import operator
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -12,6 +14,7 @@ from ..activations import ActivationTracer
 from ..profiler.callsites import call_site_names
 from .affine import CallSiteDispatch, ChannelAffine
 from .algebra import BorderBiasConv2d
+from .concrete import ConcreteValues
 from .split import parts_of
 
 
@@ -76,18 +79,74 @@ class SurgeryTracer(ActivationTracer):
         return super().call_module(m, forward, args, kwargs)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Trace ``model`` into a GraphModule with :class:`SurgeryTracer` (raises with advice when fx cannot)."""
+class ConcreteSurgeryTracer(ConcreteValues, SurgeryTracer):
+    """:class:`SurgeryTracer` with an example input run alongside (:mod:`.concrete`): control flow on shapes takes
+    the example's branch."""
+
+    def module_for_target(self, target: str) -> nn.Module:
+        return self.parts[target] if target in self.parts else super().module_for_target(target)
+
+
+# Where a trace took the example's branches, gm.meta[SPECIALIZED] holds the input shape it holds for (no batch dim).
+SPECIALIZED = "nepenthe_traced_for_shape"
+
+
+def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule with :class:`SurgeryTracer` (raises with advice when fx cannot).
+
+    Where plain tracing fails and ``example_input`` is given, the trace runs it alongside: control flow on shapes
+    (``if H % window:``, ``len(x.shape)``) takes the example's branch, and ``gm.meta[SPECIALIZED]`` holds the input
+    shape (without the batch dim) that the graph is for. Control flow on the data still fails.
+    """
     tracer = SurgeryTracer()
     try:
-        graph = tracer.trace(model)
+        return _module(model, tracer, tracer.trace(model))
     except Exception as err:  # fx raises many types (TraceError, TypeError on data-dependent control flow)
+        _scrub_proxies(model)
         where = f" in {tracer.failed_in}" if tracer.failed_in else ""
-        raise RuntimeError(
+        failure = RuntimeError(
             f"shrink needs a torch.fx trace of {type(model).__name__}, which failed{where}: {err}. Wrap "
             "data-dependent code in torch.fx.wrap'ed functions (as torchvision's swin does) or shrink a traceable "
             "submodule"
-        ) from err
+        )
+        failure.__cause__ = err
+        if example_input is None:
+            raise failure from err
+    concrete = ConcreteSurgeryTracer()
+    concrete.start(example_input)
+    try:
+        gm = _module(model, concrete, concrete.trace(model, concrete_args=_defaults_after_first(model)))
+    except Exception:  # noqa: BLE001 - the plain trace's failure says more
+        _scrub_proxies(model)
+        raise failure from failure.__cause__
+    if concrete.specialized:
+        gm.meta[SPECIALIZED] = tuple(example_input.shape[1:])
+        _check_batch_free(model, gm, example_input)
+    return gm
+
+
+def _defaults_after_first(model: nn.Module) -> dict[str, Any]:
+    """The defaults of ``model.forward``'s parameters after the input (``mask=None``): the example run gives only
+    the input, so those keep their defaults instead of becoming proxies that are never None."""
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _scrub_proxies(model: nn.Module) -> None:
+    """Remove the proxies a trace left in modules' own state (a cache filled during the forward, as timm's TinyViT
+    caches attention biases in eval mode): left there, the model would hand them out after the trace and could not
+    be copied."""
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, fx.Proxy):
+                setattr(module, name, None)
+            elif isinstance(value, dict) and not name.startswith("_"):
+                for key in [k for k, v in value.items() if isinstance(v, fx.Proxy) or isinstance(k, fx.Proxy)]:
+                    del value[key]
+
+
+def _module(model: nn.Module, tracer: SurgeryTracer, graph: fx.Graph) -> fx.GraphModule:
+    _scrub_proxies(model)
     _name_shared_calls(graph)
     if not tracer.parts:
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
@@ -96,6 +155,21 @@ def trace(model: nn.Module) -> fx.GraphModule:
     gm = fx.GraphModule(root, graph, type(model).__name__)
     gm.training = model.training  # as a module root gives it (not gm.train(), which would set every submodule's)
     return gm
+
+
+def _check_batch_free(model: nn.Module, gm: fx.GraphModule, example_input: torch.Tensor) -> None:
+    """A graph traced with the example's branches must hold for other batch sizes (its guard checks the rest)."""
+    x = torch.cat([example_input, example_input[:1]])
+    with torch.no_grad():
+        try:
+            same = torch.allclose(gm(x), model(x), rtol=1e-4, atol=1e-6)
+        except Exception:  # noqa: BLE001 - a shape error here is the same finding
+            same = False
+    if not same:
+        raise RuntimeError(
+            f"shrink traced {type(model).__name__} with its control flow on shapes fixed by the example input, "
+            "but the result depends on the batch size: shrink a submodule whose control flow fx can trace"
+        )
 
 
 def _name_shared_calls(graph: fx.Graph) -> None:
