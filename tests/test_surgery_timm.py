@@ -32,20 +32,27 @@ def in_state(prof: nepenthe.Profile, names: list[str], state: int) -> dict[str, 
     return out
 
 
+def last_block_linearized(name: str, seed: int) -> tuple[nepenthe.Profile, nn.Module, torch.Tensor]:
+    """timm's ``name`` with random BatchNorm statistics, profiled on 2 images of 32x32; its last block's two
+    activations (``blocks.6.0.bn1.act``, ``bn2.act``) linearized in their linear piece; in float64 with its input,
+    so that shrink folds exactly and checks can be tight."""
+    torch.manual_seed(0)
+    model = random_bn(timm.create_model(name, pretrained=False, num_classes=10))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad(), nepenthe.profile(model) as prof:
+        model(x)
+    chosen = ["blocks.6.0.bn1.act", "blocks.6.0.bn2.act"]
+    lin, _ = nepenthe.linearize(model, chosen, profile=in_state(prof, chosen, 1))
+    return prof, lin.double(), x.double()
+
+
 def test_mobilenet_v2_from_timm_folds_its_batch_norm_acts_and_merges_a_linearized_block():
     """timm's MobileNetV2, its last inverted residual's two ReLU6 held in their linear piece: every BatchNormAct2d's
     norm folds into the conv before it, and conv_pw, conv_dw and conv_pwl merge into one 3x3 conv (53 -> 51
     conv layers). The shrunk model computes the linearized one's function, its plan rebuilds it from a fresh model,
     and the user's model is left as it was."""
-    torch.manual_seed(0)
-    model = random_bn(timm.create_model("mobilenetv2_100", pretrained=False, num_classes=10))
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad(), nepenthe.profile(model) as prof:
-        model(x)
-    chosen = ["blocks.6.0.bn1.act", "blocks.6.0.bn2.act"]
-    assert set(chosen) <= set(prof.layers) and len(prof.layers) == 35
-    lin, _ = nepenthe.linearize(model, chosen, profile=in_state(prof, chosen, 1))
-    lin, x = lin.double(), x.double()  # folds in float64, so that the check can be tight
+    prof, lin, x = last_block_linearized("mobilenetv2_100", seed=4)
+    assert len(prof.layers) == 35
     kept = copy.deepcopy(lin.state_dict())
     small, report = nepenthe.shrink(lin, x, latency=False, check_dtypes=(torch.float64,))
     assert (report.before["conv_linear"], report.after["conv_linear"]) == (53, 51)
@@ -95,14 +102,7 @@ def test_tf_efficientnet_lite0_folds_into_its_same_padded_convs_and_runs_on_othe
     """timm's tf_efficientnet_lite0: 5 strided convs pad "SAME" at run time (Conv2dSame). Each one's BatchNorm folds
     into its plain conv; the last block, linearized, merges (50 -> 48 conv layers). The shrunk model pads each input
     size as the model does: the same function on 32x32 and on 33x31 images."""
-    torch.manual_seed(0)
-    model = random_bn(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10))
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad(), nepenthe.profile(model) as prof:
-        model(x)
-    chosen = ["blocks.6.0.bn1.act", "blocks.6.0.bn2.act"]
-    lin, _ = nepenthe.linearize(model, chosen, profile=in_state(prof, chosen, 1))
-    lin, x = lin.double(), x.double()
+    _, lin, x = last_block_linearized("tf_efficientnet_lite0", seed=5)
     small, report = nepenthe.shrink(lin, x, latency=False, check_dtypes=(torch.float64,))
     same = [name for name, m in lin.named_modules() if isinstance(m, Conv2dSame)]
     assert same == ["conv_stem"] + [f"blocks.{b}.0.conv_dw" for b in (1, 2, 3, 5)]
