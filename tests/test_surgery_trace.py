@@ -87,6 +87,17 @@ def test_a_trace_leaves_no_proxy_in_the_model():
         torch.testing.assert_close(copy.deepcopy(model)(x), model.fc(x) + model.fc.bias * 2)
 
 
+def test_the_example_run_leaves_the_model_and_the_input_as_they_were():
+    """A model in training mode that writes into its input: the runs of the example (trace, batch check) update
+    neither its BatchNorm nor the example."""
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.BatchNorm2d(3), WindowPadded()).train()
+    x = torch.randn(2, 3, 10, 9)
+    kept_x, kept = x.clone(), copy.deepcopy(model.state_dict())
+    gm = trace(model, x)
+    assert SPECIALIZED in gm.meta and torch.equal(x, kept_x)
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+
+
 class BatchBranch(nn.Module):
     def __init__(self) -> None:
         super().__init__()

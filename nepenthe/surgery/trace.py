@@ -113,15 +113,24 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.Gra
         if example_input is None:
             raise failure from err
     concrete = ConcreteSurgeryTracer()
-    concrete.start(example_input)
+    concrete.start(example_input.clone())  # the model may write into its input
+    # The runs must leave the model as it was: a BatchNorm in training mode would update its running statistics.
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
     try:
         gm = _module(model, concrete, concrete.trace(model, concrete_args=_defaults_after_first(model)))
+        if concrete.specialized:
+            gm.meta[SPECIALIZED] = tuple(example_input.shape[1:])
+            _check_batch_free(model, gm, example_input)
+    except TraceFailure:
+        raise
     except Exception:  # noqa: BLE001 - the plain trace's failure says more
         _scrub_proxies(model)
         raise failure from failure.__cause__
-    if concrete.specialized:
-        gm.meta[SPECIALIZED] = tuple(example_input.shape[1:])
-        _check_batch_free(model, gm, example_input)
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
     return gm
 
 
@@ -157,6 +166,10 @@ def _module(model: nn.Module, tracer: SurgeryTracer, graph: fx.Graph) -> fx.Grap
     return gm
 
 
+class TraceFailure(RuntimeError):
+    """A trace that succeeded but cannot serve (it holds for one batch size)."""
+
+
 def _check_batch_free(model: nn.Module, gm: fx.GraphModule, example_input: torch.Tensor) -> None:
     """A graph traced with the example's branches must hold for other batch sizes (its guard checks the rest)."""
     x = torch.cat([example_input, example_input[:1]])
@@ -166,7 +179,7 @@ def _check_batch_free(model: nn.Module, gm: fx.GraphModule, example_input: torch
         except Exception:  # noqa: BLE001 - a shape error here is the same finding
             same = False
     if not same:
-        raise RuntimeError(
+        raise TraceFailure(
             f"shrink traced {type(model).__name__} with its control flow on shapes fixed by the example input, "
             "but the result depends on the batch size: shrink a submodule whose control flow fx can trace"
         )
