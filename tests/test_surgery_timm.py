@@ -16,6 +16,7 @@ from torch import nn
 
 import nepenthe
 from nepenthe.orchestrator.models import timm_model
+from nepenthe.surgery.outputs import compare_outputs
 from nepenthe.surgery.split import parts_of
 from nepenthe.surgery.trace import trace
 
@@ -182,3 +183,23 @@ def test_timm_model_zoo(name, monkeypatch):
 
 
 TRACED_WITH_SHAPES = {"mobilevit_xxs", "tiny_vit_5m_224"}
+
+
+def test_a_feature_extractor_with_several_outputs_shrinks_and_is_checked_on_each():
+    """timm's ResNet-18 as a feature extractor returns three maps: shrink's check compares each (relative to its
+    own scale), and a wrong structure is an infinite difference."""
+    model = random_bn(timm.create_model("resnet18", features_only=True, out_indices=(2, 3, 4)))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad(), nepenthe.profile(model) as prof:
+        maps = model(x)
+    assert [tuple(m.shape[1:]) for m in maps] == [(128, 8, 8), (256, 4, 4), (512, 2, 2)]
+    lin, _ = nepenthe.linearize(model, ["layer4.1.act1"], profile=in_state(prof, ["layer4.1.act1"], 1))
+    small, report = nepenthe.shrink(lin.double(), x.double(), latency=False)
+    assert report.max_rel_diff["float64"] < 1e-10
+    assert report.site_outcomes == {"layer4.1.act1": "removed (identity map)"}
+    with torch.no_grad():
+        got, want = small(x.double()), lin(x.double())
+    assert isinstance(got, list) and len(got) == 3
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+    assert compare_outputs(want, want[:2]) == (float("inf"), float("inf"))
