@@ -1,7 +1,7 @@
 """linearize + shrink on timm's models: its GELU class; its BatchNormAct2d (BatchNorm2d, then drop, then act in one
 module, the norm of its MobileNets and EfficientNets) traced as a plain BatchNorm that folds, then its children; its
 Conv2dSame (the tf_* models' strided convs, padded by amounts that depend on the input's size) traced as a padding
-node and a plain conv. And a zoo of 18 timm models (about 20 s): counts, fused mode, linearize and shrink.
+node and a plain conv. And a zoo of 21 timm models (about 25 s): counts, fused mode, linearize and shrink.
 """
 
 import copy
@@ -147,7 +147,7 @@ ZOO = [
     "resnet18", "resnet50", "resnetv2_50", "mobilenetv2_100", "mobilenetv3_small_100", "efficientnet_b0",
     "tf_efficientnet_lite0", "mixnet_s", "regnetx_002", "regnety_002", "densenet121", "ghostnet_100", "repvgg_a0",
     "dla34", "rexnet_100", "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "mobilevit_xxs",
-    "tiny_vit_5m_224",
+    "tiny_vit_5m_224", "efficientvit_b0",
 ]  # fmt: skip
 
 
@@ -182,7 +182,7 @@ def test_timm_model_zoo(name, monkeypatch):
         assert report.plan["input_shape"] == [3, 64, 64]
 
 
-TRACED_WITH_SHAPES = {"mobilevit_xxs", "tiny_vit_5m_224"}
+TRACED_WITH_SHAPES = {"mobilevit_xxs", "tiny_vit_5m_224", "efficientvit_b0"}
 
 
 def test_a_feature_extractor_with_several_outputs_shrinks_and_is_checked_on_each():

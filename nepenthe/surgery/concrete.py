@@ -44,7 +44,9 @@ class _Concrete:
     def __index__(self) -> int:
         return operator.index(self._concrete())
 
-    def __getattr__(self, k: str) -> ConcreteAttribute:
+    def __getattr__(self, k: str) -> ConcreteAttribute | str:
+        if k == "type" and isinstance(self, fx.proxy.Attribute) and self.attr == "device":
+            return self._concrete().type  # x.device.type: a string for Python's logic (torch.autocast's device_type)
         return ConcreteAttribute(self, k)
 
 
