@@ -134,7 +134,9 @@ def shrink(
     blocks whose branch became one conv (the skip becomes a Dirac kernel). Merges that would raise FLOPs are
     skipped when ``skip_slower`` (the DepthShrinker caveat); merges that would not be exact are refused; both
     are listed in the report with the reason. The surgery works on a float64 copy of ``model`` and rounds its
-    result to ``model``'s dtype once. With ``check`` the result is compared with ``model`` on random inputs of
+    result to ``model``'s dtype once. Where torch.fx cannot trace control flow on shapes (windowed attention that
+    pads), the trace runs ``example_input`` alongside: the result takes that shape's branches and refuses inputs of
+    another shape (as it does when it folded constants computed for the shape; ``report.plan["input_shape"]``). With ``check`` the result is compared with ``model`` on random inputs of
     ``example_input``'s shape (relative error under 1e-5 in float64 and 1e-4 in float32, for each of
     ``check_dtypes``; float64 convs are slow on CPU, so large models may check float32 only): a failure in float64
     raises (the surgery is wrong); one in float32 alone, where float64 passed, is a warning that says how much the
