@@ -136,9 +136,9 @@ def shrink(
     are listed in the report with the reason. The surgery works on a float64 copy of ``model`` and rounds its
     result to ``model``'s dtype once. Where torch.fx cannot trace control flow on shapes (windowed attention that
     pads), the trace runs ``example_input`` alongside: the result takes that shape's branches and refuses inputs of
-    another shape (as it does when it folded constants computed for the shape; ``report.plan["input_shape"]``). With ``check`` the result is compared with ``model`` on random inputs of
-    ``example_input``'s shape (relative error under 1e-5 in float64 and 1e-4 in float32, for each of
-    ``check_dtypes``; float64 convs are slow on CPU, so large models may check float32 only): a failure in float64
+    another shape (as it does when it folded constants computed for the shape; ``report.plan["input_shape"]``).
+    With ``check`` the result is compared with ``model`` on random inputs of ``example_input``'s shape (relative
+    error under 1e-5 in float64 and 1e-4 in float32, for each of ``check_dtypes``; float64 convs are slow on CPU, so large models may check float32 only): a failure in float64
     raises (the surgery is wrong); one in float32 alone, where float64 passed, is a warning that says how much the
     model itself amplifies float32 rounding (random weights or untrained BatchNorm can). The returned
     ``torch.fx.GraphModule`` is for inference (dropout is removed); ``model`` is left unchanged. With ``latency``
