@@ -128,22 +128,22 @@ def shrink(
 ) -> tuple[fx.GraphModule, ShrinkReport]:
     """A shallower copy of a (linearized) ``model`` that computes the same function, and a report.
 
-    Folds eval-mode BatchNorm and the linearized sites' affine maps into the convs/linears next to them, then
-    merges the layers they left adjacent wherever the result is exact: Linear∘Linear, chains of convs (1x1 with
-    any conv, depthwise with pointwise, k1 then k2 into k1 + k2 - 1 when the zero padding allows), and residual
-    blocks whose branch became one conv (the skip becomes a Dirac kernel). Merges that would raise FLOPs are
-    skipped when ``skip_slower`` (the DepthShrinker caveat); merges that would not be exact are refused; both
-    are listed in the report with the reason. The surgery works on a float64 copy of ``model`` and rounds its
-    result to ``model``'s dtype once. Where torch.fx cannot trace control flow on shapes (windowed attention that
-    pads), the trace runs ``example_input`` alongside: the result takes that shape's branches and refuses inputs of
-    another shape (as it does when it folded constants computed for the shape; ``report.plan["input_shape"]``).
-    With ``check`` the result is compared with ``model`` on random inputs of ``example_input``'s shape (relative
-    error under 1e-5 in float64 and 1e-4 in float32, for each of ``check_dtypes``; float64 convs are slow on CPU, so large models may check float32 only): a failure in float64
-    raises (the surgery is wrong); one in float32 alone, where float64 passed, is a warning that says how much the
-    model itself amplifies float32 rounding (random weights or untrained BatchNorm can). The returned
-    ``torch.fx.GraphModule`` is for inference (dropout is removed); ``model`` is left unchanged. With ``latency``
-    the report measures batch 1 and ``latency_batch`` on ``example_input``'s device: before, identity-only and
-    shrunk.
+    Folds eval-mode BatchNorm and the linearized sites' affine maps into the convs/linears next to them, then merges
+    the layers they left adjacent wherever the result is exact: Linear∘Linear, chains of convs (1x1 with any conv,
+    depthwise with pointwise, k1 then k2 into k1 + k2 - 1 when the zero padding allows), and residual blocks whose
+    branch became one conv (the skip becomes a Dirac kernel). Merges that would raise FLOPs are skipped when
+    ``skip_slower`` (the DepthShrinker caveat); merges that would not be exact are refused; both are listed in the
+    report with the reason. The surgery works on a float64 copy of ``model`` and rounds its result to ``model``'s
+    dtype once. Where torch.fx cannot trace control flow on shapes (windowed attention that pads), the trace runs
+    ``example_input`` alongside: the result takes that shape's branches and refuses inputs of another shape (as it
+    does when it folded constants computed for the shape; ``report.plan["input_shape"]``). With ``check`` the result
+    is compared with ``model`` on random inputs of ``example_input``'s shape (relative error under 1e-5 in float64
+    and 1e-4 in float32, for each of ``check_dtypes``; float64 convs are slow on CPU, so large models may check
+    float32 only): a failure in float64 raises (the surgery is wrong); one in float32 alone, where float64 passed,
+    is a warning that says how much the model itself amplifies float32 rounding (random weights or untrained
+    BatchNorm can). The returned ``torch.fx.GraphModule`` is for inference (dropout is removed); ``model`` is left
+    unchanged. With ``latency`` the report measures batch 1 and ``latency_batch`` on ``example_input``'s device:
+    before, identity-only and shrunk.
 
     Usage (a sketch)::
 
