@@ -119,7 +119,7 @@ def timm_model(name: str, num_classes: int, in_channels: int, image_size: int) -
         import timm
     except ImportError as err:
         raise ValueError(f"model timm:{name} needs timm, which is not installed (pip install timm)") from err
-    if name not in timm.list_models():
+    if not timm.is_model(name):  # a base name or one with a pretrained tag (resnet18.a1_in1k)
         raise ValueError(f"timm has no model {name!r} (timm.list_models() lists them)")
     kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
     try:  # vision transformers take the image size; convnets refuse the argument
