@@ -205,7 +205,30 @@ def computes_fused_kind(module: nn.Module) -> bool:
 
 class ActivationTracer(fx.Tracer):
     """A torch.fx tracer that keeps every activation module nepenthe knows as a leaf: one ``call_module`` node per
-    call site, even for a class whose forward is a bare function (timm's ``GELU`` is ``F.gelu``)."""
+    call site, even for a class whose forward is a bare function (timm's ``GELU`` is ``F.gelu``).
+
+    A trace, finished or failed, leaves no proxy in the modules' own state: a cache that the forward fills (timm's
+    TinyViT caches attention biases in eval mode) would otherwise hand proxies out after the trace, and the model
+    could not be copied.
+    """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return activation_spec(m) is not None or super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root: nn.Module | Callable[..., object], concrete_args: dict | None = None) -> fx.Graph:
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            if isinstance(root, nn.Module):
+                _scrub_proxies(root)
+
+
+def _scrub_proxies(model: nn.Module) -> None:
+    """Remove the proxies a trace left in the modules' own attributes and in the dicts they hold."""
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, fx.Proxy):
+                setattr(module, name, None)
+            elif isinstance(value, dict) and not name.startswith("_"):
+                for key in [k for k, v in value.items() if isinstance(v, fx.Proxy) or isinstance(k, fx.Proxy)]:
+                    del value[key]

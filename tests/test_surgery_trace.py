@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nepenthe
+from nepenthe.orchestrator.prunable import feeding_layers
 from nepenthe.surgery.trace import SPECIALIZED, trace
 
 torch.set_num_threads(2)
@@ -79,8 +80,12 @@ class Cached(nn.Module):
 
 
 def test_a_trace_leaves_no_proxy_in_the_model():
+    """Every nepenthe trace (shrink's, prepare's, the pruning budget's layer walk) derives from ActivationTracer."""
     model = Cached().eval()
     trace(model)
+    assert model.cache == {}
+    nepenthe.prepare(model)
+    feeding_layers(model)
     assert model.cache == {}
     x = torch.randn(3, 4)
     with torch.no_grad():

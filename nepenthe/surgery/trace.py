@@ -103,7 +103,6 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.Gra
     try:
         return _module(model, tracer, tracer.trace(model))
     except Exception as err:  # fx raises many types (TraceError, TypeError on data-dependent control flow)
-        _scrub_proxies(model)
         where = f" in {tracer.failed_in}" if tracer.failed_in else ""
         failure = RuntimeError(
             f"shrink needs a torch.fx trace of {type(model).__name__}, which failed{where}: {err}. Wrap "
@@ -125,7 +124,6 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.Gra
     except TraceFailure:
         raise
     except Exception:  # noqa: BLE001 - the plain trace's failure says more
-        _scrub_proxies(model)
         raise failure from failure.__cause__
     finally:
         with torch.no_grad():
@@ -142,21 +140,7 @@ def _defaults_after_first(model: nn.Module) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
-def _scrub_proxies(model: nn.Module) -> None:
-    """Remove the proxies a trace left in modules' own state (a cache filled during the forward, as timm's TinyViT
-    caches attention biases in eval mode): left there, the model would hand them out after the trace and could not
-    be copied."""
-    for module in model.modules():
-        for name, value in list(vars(module).items()):
-            if isinstance(value, fx.Proxy):
-                setattr(module, name, None)
-            elif isinstance(value, dict) and not name.startswith("_"):
-                for key in [k for k, v in value.items() if isinstance(v, fx.Proxy) or isinstance(k, fx.Proxy)]:
-                    del value[key]
-
-
 def _module(model: nn.Module, tracer: SurgeryTracer, graph: fx.Graph) -> fx.GraphModule:
-    _scrub_proxies(model)
     _name_shared_calls(graph)
     if not tracer.parts:
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
