@@ -172,7 +172,7 @@ def shrink(
             work, x = work.to(torch.float64), example_input.to(torch.float64)
         gm = trace(work, x)
         ShapeProp(gm).propagate(x)
-        before = _stats(trace(model, example_input), model, example_input[:1])
+        before = _stats(gm, model, example_input[:1])  # gm before the surgery: the traced copy of model
         sites = [
             n.target
             for n in gm.graph.nodes
