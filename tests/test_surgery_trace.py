@@ -103,6 +103,43 @@ def test_the_example_run_leaves_the_model_and_the_input_as_they_were():
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
 
 
+class LazyPositions(nn.Module):
+    """Builds a table of positions on its first forward, in place of a placeholder buffer (as timm's ConViT builds its
+    relative positions), and expands it by the batch size: a trace must see the built table, and leave the
+    placeholder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.register_buffer("positions", torch.zeros(1, 1, 1), persistent=False)
+        self.mix = nn.Linear(1, 4)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, N)
+        B, N = x.shape
+        if self.positions.shape[1] != N:
+            self.positions = torch.arange(N, dtype=x.dtype).view(1, N, 1) / N  # not from a proxy: built eagerly
+        p = self.positions.expand(B, -1, -1)
+        return self.head(self.act(self.mix(p + x.unsqueeze(-1))))
+
+
+def test_a_buffer_built_on_the_first_forward_is_traced_as_built_and_the_model_keeps_its_own():
+    model = LazyPositions().eval()
+    placeholder = model.positions
+    x = torch.randn(2, 6)
+    gm = trace(model, x)
+    assert gm.meta[SPECIALIZED] == (6,)
+    assert model.positions is placeholder and torch.equal(placeholder, torch.zeros(1, 1, 1))
+    x3 = torch.randn(3, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x3), model(x3), rtol=0, atol=0)
+        lin, _ = nepenthe.linearize(model, ["act"], profile={"act": torch.tensor([[0, 5]] * 4)})
+        small, report = nepenthe.shrink(lin, x, latency=False)
+        torch.testing.assert_close(small(x3), lin(x3), rtol=1e-6, atol=1e-6)
+    assert report.site_outcomes == {"act": "removed (identity map)"}
+
+
 class BatchBranch(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -84,6 +84,10 @@ class ConcreteSurgeryTracer(ConcreteValues, SurgeryTracer):
     """:class:`SurgeryTracer` with an example input run alongside (:mod:`.concrete`): control flow on shapes takes
     the example's branch."""
 
+    # Buffers read in a forward become get_attr nodes, as parameters do: ``self.rel_indices.expand(B, -1, -1, -1)``
+    # with B a proxy cannot run on the tensor itself (ConViT).
+    proxy_buffer_attributes = True
+
     def module_for_target(self, target: str) -> nn.Module:
         return self.parts[target] if target in self.parts else super().module_for_target(target)
 
@@ -114,9 +118,12 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.Gra
             raise failure from err
     concrete = ConcreteSurgeryTracer()
     concrete.start(example_input.clone())  # the model may write into its input
-    # The runs must leave the model as it was: a BatchNorm in training mode would update its running statistics.
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    # The runs must leave the model as it was: a BatchNorm in training mode would update its running statistics,
+    # and a cache built on the first forward (ConViT's relative positions) replaces a buffer.
+    buffers = _saved_buffers(model)
     try:
+        with torch.no_grad():  # one eager run first: caches built lazily then hold the example's shape
+            model(example_input.clone())
         gm = _module(model, concrete, concrete.trace(model, concrete_args=_defaults_after_first(model)))
         if concrete.specialized:
             gm.meta[SPECIALIZED] = tuple(example_input.shape[1:])
@@ -126,11 +133,27 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.Gra
     except Exception:  # noqa: BLE001 - the plain trace's failure says more
         raise failure from failure.__cause__
     finally:
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                if name in buffers:
-                    b.copy_(buffers[name])
+        _restore_buffers(buffers)
     return gm
+
+
+def _saved_buffers(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor | None, torch.Tensor | None]]:
+    """Each module's buffers: the module, the name, the tensor itself and a copy of its values."""
+    return [
+        (module, name, b, None if b is None else b.clone())
+        for module in model.modules()
+        for name, b in module._buffers.items()
+    ]
+
+
+def _restore_buffers(saved: list[tuple[nn.Module, str, torch.Tensor | None, torch.Tensor | None]]) -> None:
+    """Put back the buffers :func:`_saved_buffers` saw, the same tensors with the same values (a buffer that a
+    forward replaced by a tensor of another shape is not overwritten, which would broadcast into it)."""
+    with torch.no_grad():
+        for module, name, b, values in saved:
+            module._buffers[name] = b
+            if b is not None:
+                b.copy_(values)
 
 
 def _defaults_after_first(model: nn.Module) -> dict[str, Any]:
