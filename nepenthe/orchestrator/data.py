@@ -45,10 +45,15 @@ class DataBundle:
 def read_idx_gz(path: str | Path) -> np.ndarray:
     """Read a gzip-compressed idx file (the MNIST format: magic, dims, big-endian sizes, unsigned bytes).
 
-    Example::
+    Example: a file of 2x3 labels (magic ``00 00 08 02``, then the sizes 2 and 3, then the six bytes)::
 
-        >>> read_idx_gz("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").shape
-        (10000,)
+        >>> import gzip, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx2-ubyte.gz")
+        >>> with gzip.open(path, "wb") as f:
+        ...     _ = f.write(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 7, 2, 9, 0, 1, 255]))
+        >>> read_idx_gz(path)
+        array([[  7,   2,   9],
+               [  0,   1, 255]], dtype=uint8)
     """
     path = Path(path)
     with gzip.open(path, "rb") as f:
