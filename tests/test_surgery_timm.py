@@ -1,7 +1,7 @@
 """linearize + shrink on timm's models: its GELU class; its BatchNormAct2d (BatchNorm2d, then drop, then act in one
 module, the norm of its MobileNets and EfficientNets) traced as a plain BatchNorm that folds, then its children; its
 Conv2dSame (the tf_* models' strided convs, padded by amounts that depend on the input's size) traced as a padding
-node and a plain conv. And a zoo of 21 timm models (about 25 s): counts, fused mode, linearize and shrink.
+node and a plain conv. And a zoo of 22 timm models (about 25 s): counts, fused mode, linearize and shrink.
 """
 
 import copy
@@ -11,7 +11,7 @@ import pytest
 import timm  # in requirements.txt
 import torch
 from model_helpers import random_bn
-from timm.layers import BatchNormAct2d, Conv2dSame
+from timm.layers import BatchNormAct2d, Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from torch import nn
 
 import nepenthe
@@ -99,6 +99,90 @@ def test_split_modules_trace_as_their_parts_in_training_mode_too():
     assert parts_of(Shifted(8)) is None and parts_of(nn.BatchNorm2d(8)) is None and parts_of(nn.Conv2d(1, 1, 1)) is None
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: StdConv2d(3, 8, 3, padding=1, bias=True),
+        lambda: StdConv2dSame(3, 8, 3, stride=1),  # "SAME" padding fixed when built
+        lambda: StdConv2dSame(3, 8, 3, stride=2),  # "SAME" padding at run time
+        lambda: ScaledStdConv2d(3, 8, 3, groups=1),
+        lambda: ScaledStdConv2dSame(4, 8, 3, stride=2, groups=2),
+    ],
+    ids=["std", "std-same-static", "std-same-dynamic", "scaled", "scaled-same-dynamic-groups"],
+)
+def test_weight_standardized_convs_trace_as_plain_convs_of_their_standardized_weights(make):
+    """timm's weight-standardized convs standardize their weight in every forward. Traced, each is a plain conv
+    whose weight is that standardized weight, computed here by hand in float64: each output channel's weights less
+    their mean, over the square root of their (biased) variance plus eps, times gain * scale for the scaled form.
+    The graph computes what the module does, on odd and even sizes; the module's own weight is left as it was."""
+    torch.manual_seed(3)
+    module = make().double()
+    scaled = isinstance(module, (ScaledStdConv2d, ScaledStdConv2dSame))  # the "SAME" form is not a subclass
+    if scaled:
+        module.gain.data.uniform_(0.5, 1.5)
+    kept = module.weight.detach().clone()
+    gm = trace(nn.Sequential(module))
+    conv = gm.get_submodule("0.conv")
+    assert type(conv) is nn.Conv2d and conv.bias is module.bias
+    w = kept.flatten(1)
+    want = (w - w.mean(1, keepdim=True)) / torch.sqrt(w.var(1, unbiased=False, keepdim=True) + module.eps)
+    if scaled:
+        want = want * (module.gain.detach() * module.scale).view(-1, 1)
+    torch.testing.assert_close(conv.weight.detach(), want.view_as(kept), rtol=1e-12, atol=1e-12)
+    assert torch.equal(module.weight, kept)
+    for h, wd in ((9, 10), (12, 12)):
+        x = torch.randn(2, module.in_channels, h, wd, dtype=torch.float64)
+        with torch.no_grad():
+            torch.testing.assert_close(gm(x), module(x), rtol=1e-10, atol=1e-10)
+
+
+def test_weight_standardized_convs_merge_once_linearized():
+    """A 1x1 StdConv2d, a ReLU held in its linear piece, a 3x3 ScaledStdConv2d: the two merge into one 3x3 conv (as
+    plain convs; traced as they are, they would be function calls that nothing merges), and the result computes the
+    linearized model's function."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        StdConv2d(3, 16, 1, bias=True), nn.ReLU(), ScaledStdConv2d(16, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 4),
+    ).double().eval()  # fmt: skip
+    model[2].gain.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    lin, _ = nepenthe.linearize(model, ["1"], profile={"1": torch.tensor([[0, 5]] * 16)})
+    small, report = nepenthe.shrink(lin, x, latency=False, check_dtypes=(torch.float64,))
+    assert [d.what for d in report.merges] == [
+        "drop identity map 1 (site 1)",
+        "merge 0.conv + 2.conv -> 3x3 conv (groups=1)",
+    ]
+    assert (report.before["conv_linear"], report.after["conv_linear"]) == (3, 2)
+    y = torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(small(y), lin(y), rtol=1e-10, atol=1e-10)
+
+
+def test_an_nfnet_shrinks_with_plain_convs_in_place_of_its_weight_standardized_ones():
+    """timm's NF-ResNet-26 has no norm, and every conv is a ScaledStdConv2d: before the split, shrink saw 1 conv or
+    linear layer in it (the head), now 30, and the shrunk model holds no weight-standardized conv. Its conv gains
+    made non-zero (each branch's last one is 0 when built, a dead branch), with its last block linearized, the
+    shrunk model computes the linearized one's function."""
+    torch.manual_seed(0)
+    model = timm.create_model("nf_resnet26", pretrained=False, num_classes=10).eval()
+    for name, p in model.named_parameters():
+        if name.endswith("gain"):
+            p.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad(), nepenthe.profile(model) as prof:
+        model(x)
+    chosen = ["stages.3.1.act2", "stages.3.1.act3"]
+    lin, _ = nepenthe.linearize(model, chosen, profile=in_state(prof, chosen, 1))
+    lin, x = lin.double(), x.double()
+    small, report = nepenthe.shrink(lin, x, latency=False, check_dtypes=(torch.float64,))
+    assert report.before["conv_linear"] == 30
+    assert not any(isinstance(m, (ScaledStdConv2d, StdConv2d)) for m in small.modules())
+    assert sum(type(m) is nn.Conv2d for m in small.modules()) == 29
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), lin(x), rtol=1e-10, atol=1e-10)
+
+
 def test_tf_efficientnet_lite0_folds_into_its_same_padded_convs_and_runs_on_other_sizes():
     """timm's tf_efficientnet_lite0: 5 strided convs pad "SAME" at run time (Conv2dSame). Each one's BatchNorm folds
     into its plain conv; the last block, linearized, merges (50 -> 48 conv layers). The shrunk model pads each input
@@ -147,7 +231,7 @@ ZOO = [
     "resnet18", "resnet50", "resnetv2_50", "mobilenetv2_100", "mobilenetv3_small_100", "efficientnet_b0",
     "tf_efficientnet_lite0", "mixnet_s", "regnetx_002", "regnety_002", "densenet121", "ghostnet_100", "repvgg_a0",
     "dla34", "rexnet_100", "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "mobilevit_xxs",
-    "tiny_vit_5m_224", "efficientvit_b0",
+    "tiny_vit_5m_224", "efficientvit_b0", "convit_tiny",
 ]  # fmt: skip
 
 
@@ -178,11 +262,12 @@ def test_timm_model_zoo(name, monkeypatch):
         _, report = nepenthe.shrink(lin, x[:1], latency=False)
     assert report.after["conv_linear"] <= report.before["conv_linear"]
     assert report.max_rel_diff["float64"] < 1e-5
-    if name in TRACED_WITH_SHAPES:  # their attention pads or partitions by shape: traced for 3x64x64 only
+    if name in TRACED_WITH_SHAPES:  # traced for 3x64x64 only
         assert report.plan["input_shape"] == [3, 64, 64]
 
 
-TRACED_WITH_SHAPES = {"mobilevit_xxs", "tiny_vit_5m_224", "efficientvit_b0"}
+# Their attention pads or partitions by shape; ConViT builds its relative positions on the first forward.
+TRACED_WITH_SHAPES = {"mobilevit_xxs", "tiny_vit_5m_224", "efficientvit_b0", "convit_tiny"}
 
 
 def test_a_feature_extractor_with_several_outputs_shrinks_and_is_checked_on_each():

@@ -8,10 +8,15 @@
   that depend on the input's size: fx cannot trace that. Its parts: :func:`pad_same` (one graph node, which
   computes the amounts when it runs), then a plain ``nn.Conv2d`` without padding (``NAME.conv``). BatchNorm and
   affine maps fold into that conv; merges across the pad are not made.
+- timm's weight-standardized convs (``StdConv2d``, ``ScaledStdConv2d`` and their "SAME" forms; BiT, NFNets, hybrid
+  ViTs) standardize their weight in every forward, then run ``F.conv2d``: traced as they are, the conv is a bare
+  function call that nothing folds or merges. Their parts: a plain ``nn.Conv2d`` (``NAME.conv``) whose weight is
+  the standardized weight, computed once when traced, after :func:`pad_same` where the module pads dynamically.
 
-The new modules hold the split module's own parameters and buffers (the same tensors) and its training mode. The
-classes are known by module and class name (nepenthe never imports timm), and only those exact classes: a subclass
-may compute something else.
+The new modules hold the split module's own parameters and buffers (the same tensors) and its training mode, but
+for the standardized weight, which is a new tensor: the traced model computes the same function, and training it
+would train a plain conv. The classes are known by module and class name (nepenthe never imports timm), and only
+those exact classes: a subclass may compute something else.
 """
 
 from __future__ import annotations
@@ -67,6 +72,26 @@ def _conv2d_same(module: nn.Module) -> list[Part]:
     return [Part(pad_same, args=(module.kernel_size, module.stride, module.dilation)), Part(conv, "conv")]
 
 
+def _standardized_conv2d(module: nn.Module) -> list[Part]:
+    weight = module._parameters["weight"]
+    gain = module._parameters.get("gain")  # ScaledStdConv2d: the standardized weight times gain * scale
+    with torch.no_grad():
+        standardized = F.batch_norm(
+            weight.reshape(1, module.out_channels, -1), None, None,
+            weight=None if gain is None else (gain * module.scale).view(-1), training=True, momentum=0.0,
+            eps=module.eps,
+        ).reshape_as(weight)  # fmt: skip
+    dynamic = getattr(module, "same_pad", False)
+    conv = nn.Conv2d(
+        module.in_channels, module.out_channels, module.kernel_size, module.stride, 0 if dynamic else module.padding,
+        module.dilation, module.groups, module._parameters["bias"] is not None, device="meta",
+    )  # fmt: skip
+    _share(module, conv, ("bias",), ())
+    conv._parameters["weight"] = nn.Parameter(standardized, requires_grad=weight.requires_grad)
+    pad = [Part(pad_same, args=(module.kernel_size, module.stride, module.dilation))] if dynamic else []
+    return [*pad, Part(conv, "conv")]
+
+
 def _share(source: nn.Module, made: nn.Module, parameters: tuple[str, ...], buffers: tuple[str, ...]) -> None:
     for name in parameters:
         made._parameters[name] = source._parameters[name]
@@ -75,10 +100,13 @@ def _share(source: nn.Module, made: nn.Module, parameters: tuple[str, ...], buff
     made.train(source.training)
 
 
+_STANDARDIZED = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+
 # (module, class name) -> the parts of a module of exactly that class, and the torch class it must subclass.
 _SPLITS: dict[tuple[str, str], tuple[type[nn.Module], Callable[[nn.Module], list[Part]]]] = {
     ("timm.layers.norm_act", "BatchNormAct2d"): (nn.BatchNorm2d, _batch_norm_act),
     ("timm.layers.conv2d_same", "Conv2dSame"): (nn.Conv2d, _conv2d_same),
+    **{("timm.layers.std_conv", name): (nn.Conv2d, _standardized_conv2d) for name in _STANDARDIZED},
 }
 
 
