@@ -17,6 +17,14 @@ import torch
 from nepenthe.kernels import available_backends, cpu_backend, dispatch
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The CPU extension's builds for other x86 CPUs compile on the core the other tests leave idle (cpu_variants.py).
+    if any(item.path.name == "test_kernels_portable_build.py" for item in session.items):
+        from test_kernels_portable_build import start_portable_builds
+
+        start_portable_builds()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -66,11 +66,11 @@ def installed_isa() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def foreign_isa(tmp_path_factory) -> ModuleType:
+def foreign_isa() -> ModuleType:
     """nepenthe._cpu_isa built with -march=sapphirerapids (CMake, about 10 s), loaded under another name."""
     if shutil.which("cmake") is None:
         pytest.skip("cmake not found")
-    return build_cpu_variant("_cpu_isa", FOREIGN_ARCH, tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("out"))
+    return build_cpu_variant("_cpu_isa", FOREIGN_ARCH)
 
 
 @needs_x86_linux
