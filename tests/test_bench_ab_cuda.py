@@ -1,9 +1,12 @@
 """The CUDA A/B harness (benchmarks/ab/ab_cuda.sh) builds, so that a GPU session can run it at once.
 
 It compiles two builds of csrc/cuda/count_cuda.cu with their namespaces renamed, and the harness that times and
-checks them, here for sm_90 without a GPU (about 40 s on 2 cores, the two versions at once). Running it needs a
-GPU: ``bash benchmarks/ab/ab_cuda.sh A B`` (each a git revision or a folder holding csrc/), or
+checks them, here for sm_90 without a GPU (about 40 s on 2 cores, the two versions at once; 80 s of CPU time).
+Running it needs a GPU: ``bash benchmarks/ab/ab_cuda.sh A B`` (each a git revision or a folder holding csrc/), or
 ``AB_OLD=A bash benchmarks/gpu_check.sh``.
+
+Marked slow, since the default suite passed ten minutes on a 2-core Xeon VM: run it before a session with a GPU
+(``python -m pytest -m slow tests/test_bench_ab_cuda.py``), as for the CPU harness (tests/test_bench_ab_torch.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pytest
 from cuda_toolkit import ROOT, find_nvcc
 
 
+@pytest.mark.slow
 def test_ab_harness_builds(tmp_path):
     nvcc = find_nvcc()
     if nvcc is None:
