@@ -10,6 +10,7 @@ cover. Triton is listed for CPU tensors only under ``TRITON_INTERPRET=1``. Where
 
 from __future__ import annotations
 
+import cpu_variants
 import cuda_emulated
 import pytest
 import torch
@@ -19,10 +20,19 @@ from nepenthe.kernels import available_backends, cpu_backend, dispatch
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # The CPU extension's builds for other x86 CPUs compile on the core the other tests leave idle (cpu_variants.py).
-    if any(item.path.name == "test_kernels_portable_build.py" for item in session.items):
+    archs = {
+        item.callspec.params["portable_ext"]
+        for item in session.items
+        if "portable_ext" in getattr(getattr(item, "callspec", None), "params", {})
+    }
+    if archs:
         from test_kernels_portable_build import start_portable_builds
 
-        start_portable_builds()
+        start_portable_builds(archs)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cpu_variants.stop_builds()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

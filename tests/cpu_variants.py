@@ -1,8 +1,9 @@
 """Build one target of CMakeLists.txt for another ``-march`` into temporary folders and load it under its own name,
 beside the installed extension (tests of builds for other CPUs than this one).
 
-Builds run in background threads (:func:`start_cpu_variant`): conftest.py starts the portable builds as soon as
-the suite is collected, so that they compile on the core the tests leave idle. Built in turn when their tests came,
+Builds run in background threads (:func:`start_cpu_variant`): conftest.py starts the portable builds that the
+selected tests need as soon as the suite is collected, so that they compile on the core the tests leave idle, and
+stops what still runs when the session ends. Built in turn when their tests came,
 the three took 4.5 of the suite's 11 minutes on a 2-core Xeon (about 400 s of CPU time: the CPU kernels are one
 translation unit).
 """
@@ -10,12 +11,16 @@ translation unit).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.machinery
 import importlib.util
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _BUILDS: dict[tuple[str, str], Future[Path]] = {}
 _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="cpu-variant")
+_RUNNING: set[subprocess.Popen] = set()  # the builds' cmake processes
+_STOPPED = threading.Event()
 
 
 def start_cpu_variant(target: str, arch: str) -> Future[Path]:
@@ -59,8 +66,28 @@ def _compile(target: str, arch: str, build: Path, out: Path) -> Path:
         "-DNEPENTHE_WERROR=ON",
     ]  # fmt: skip
     for command in (configure, ["cmake", "--build", str(build), "--target", target]):
-        run = subprocess.run(command, capture_output=True, text=True, check=False)
-        output = run.stdout[-6000:] + run.stderr[-2000:]
+        if _STOPPED.is_set():
+            raise RuntimeError("the test session ended before this build")
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        ) as run:  # its own process group: stop_builds stops cmake and ninja together
+            _RUNNING.add(run)
+            try:
+                stdout, stderr = run.communicate()
+            finally:
+                _RUNNING.discard(run)
+        output = stdout[-6000:] + stderr[-2000:]
         assert run.returncode == 0, f"{' '.join(command[:3])} failed for -march={arch}:\n{output}"
     (path,) = out.glob(f"{target}.*so")
     return path
+
+
+def stop_builds() -> None:
+    """Kill the builds still running (conftest.py, when the session ends: a run stopped early need not wait)."""
+    _STOPPED.set()
+    for run in list(_RUNNING):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGTERM)  # ninja stops the compilers it runs (in groups of their own)
+    for run in list(_RUNNING):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.wait(timeout=10)

@@ -51,9 +51,10 @@ def _runs_here(arch: str) -> bool:
     return sys.platform == "linux" and _has_flag(ARCHS[arch]) and shutil.which("cmake") is not None
 
 
-def start_portable_builds() -> None:
-    """Start every build this machine can run, in the background (conftest.py calls this once collected)."""
-    for arch in filter(_runs_here, ARCHS):
+def start_portable_builds(archs: set[str]) -> None:
+    """Start the builds for ``archs`` that this machine can run, in the background (conftest.py calls this once the
+    suite is collected, with the archs of the selected tests)."""
+    for arch in filter(_runs_here, sorted(archs)):
         start_cpu_variant("_cpu", arch)
 
 
@@ -62,7 +63,6 @@ def portable_ext(request) -> ModuleType:
     arch = request.param
     if not _runs_here(arch):
         pytest.skip(f"needs Linux on an x86 CPU with {ARCHS[arch]}, and cmake")
-    start_portable_builds()  # all at once, if conftest has not (the first one's tests run while the others compile)
     return build_cpu_variant("_cpu", arch)
 
 
