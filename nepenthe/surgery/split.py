@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,12 +65,9 @@ def _batch_norm_act(module: nn.Module) -> list[Part]:
 
 
 def _conv2d_same(module: nn.Module) -> list[Part]:
-    conv = nn.Conv2d(
-        module.in_channels, module.out_channels, module.kernel_size, module.stride, 0, module.dilation,
-        module.groups, module._parameters["bias"] is not None, device="meta",
-    )  # fmt: skip
+    conv = _plain_conv(module, padding=0)
     _share(module, conv, ("weight", "bias"), ())
-    return [Part(pad_same, args=(module.kernel_size, module.stride, module.dilation)), Part(conv, "conv")]
+    return [_same_padding(module), Part(conv, "conv")]
 
 
 def _standardized_conv2d(module: nn.Module) -> list[Part]:
@@ -82,14 +80,22 @@ def _standardized_conv2d(module: nn.Module) -> list[Part]:
             eps=module.eps,
         ).reshape_as(weight)  # fmt: skip
     dynamic = getattr(module, "same_pad", False)
-    conv = nn.Conv2d(
-        module.in_channels, module.out_channels, module.kernel_size, module.stride, 0 if dynamic else module.padding,
-        module.dilation, module.groups, module._parameters["bias"] is not None, device="meta",
-    )  # fmt: skip
+    conv = _plain_conv(module, padding=0 if dynamic else module.padding)
     _share(module, conv, ("bias",), ())
     conv._parameters["weight"] = nn.Parameter(standardized, requires_grad=weight.requires_grad)
-    pad = [Part(pad_same, args=(module.kernel_size, module.stride, module.dilation))] if dynamic else []
-    return [*pad, Part(conv, "conv")]
+    return [_same_padding(module), Part(conv, "conv")] if dynamic else [Part(conv, "conv")]
+
+
+def _plain_conv(module: nn.Module, padding: Any) -> nn.Conv2d:
+    """An ``nn.Conv2d`` of ``module``'s shape with ``padding``, its tensors on the meta device (to be replaced)."""
+    return nn.Conv2d(
+        module.in_channels, module.out_channels, module.kernel_size, module.stride, padding, module.dilation,
+        module.groups, module._parameters["bias"] is not None, device="meta",
+    )  # fmt: skip
+
+
+def _same_padding(module: nn.Module) -> Part:
+    return Part(pad_same, args=(module.kernel_size, module.stride, module.dilation))
 
 
 def _share(source: nn.Module, made: nn.Module, parameters: tuple[str, ...], buffers: tuple[str, ...]) -> None:
